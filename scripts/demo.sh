@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The README's first command: set-up, release build, synthetic world, proposals, recall table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --locked
+exec target/release/momentminer demo --out "${1:-out/demo}"

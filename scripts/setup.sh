@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what momentminer needs to build on a fresh Debian machine: a C compiler, pkg-config
+# and libhdf5 (HDF5 input). Safe to run again; does nothing when all is present.
+set -euo pipefail
+need=()
+command -v cc >/dev/null || need+=(gcc)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists hdf5 2>/dev/null || need+=(libhdf5-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+command -v cargo >/dev/null || { echo "error: cargo not found; install Rust from rustup first" >&2; exit 1; }

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The README's second command: set-up, then the whole test suite (unit + integration tests
+# that run the real binary). Uses ../shared/data beside the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo test --locked --all-targets

@@ -1,0 +1,328 @@
+//! One configuration tree. Its defaults are `config/momentminer.toml`, embedded in the binary,
+//! so every parameter is documented in exactly one place; user files and `--set` overrides are
+//! merged over it key by key.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/momentminer.toml");
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin} is not valid TOML: {message}")]
+    Parse { origin: String, message: String },
+    #[error("override '{0}' must look like section.key=value")]
+    BadOverride(String),
+    #[error("override '{0}': no such key in the configuration")]
+    UnknownKey(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub ingest: IngestConfig,
+    pub sample: SampleConfig,
+    pub events: EventsConfig,
+    pub proposals: ProposalsConfig,
+    pub run: RunConfig,
+    pub synth: SynthConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinitePolicy {
+    Reject,
+    Zero,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub stream: String,
+    pub stream_preference: Vec<String>,
+    pub hdf5_dataset: String,
+    pub durations_file: String,
+    pub features_per_second: f64,
+    pub max_frames: usize,
+    pub max_dim: usize,
+    pub non_finite: NonFinitePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleMethod {
+    Mean,
+    Pick,
+    Midpoint,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    pub steps: usize,
+    pub method: SampleMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialSelection {
+    MostBoundaries,
+    Inertia,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeColumn {
+    None,
+    Linear,
+    Sqrt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    pub k: usize,
+    pub trials: usize,
+    pub max_iter: usize,
+    pub tol: f64,
+    pub trial_selection: TrialSelection,
+    pub time_column: TimeColumn,
+    pub time_weight: f32,
+    pub smoothing_window: usize,
+    pub min_event_steps: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    Uniform,
+    Compactness,
+    Diversity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalsConfig {
+    pub sampler: Sampler,
+    pub cap: usize,
+    pub min_length: f64,
+    pub max_length: f64,
+    pub rerank_iou: f64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub threads: usize,
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    pub videos: usize,
+    pub seed: u64,
+    pub dim: usize,
+    pub frames_min: usize,
+    pub frames_max: usize,
+    pub seconds_per_frame: f64,
+    pub events_min: usize,
+    pub events_max: usize,
+    pub event_length_min: f64,
+    pub event_length_max: f64,
+    pub background_share: f64,
+    pub noise: f32,
+    pub drift: f32,
+    pub style: f32,
+    pub nuisance: f32,
+    pub transition_frames: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::load(None, &[]).expect("the embedded default configuration is valid")
+    }
+}
+
+impl Config {
+    /// Defaults, then the optional user file, then `section.key=value` overrides.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut tree = parse_toml(DEFAULT_TOML, "built-in defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let user = parse_toml(&text, &path.display().to_string())?;
+            merge(&mut tree, user);
+        }
+        for item in overrides {
+            apply_override(&mut tree, item)?;
+        }
+        let config: Config =
+            toml::Value::Table(tree)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: file.map_or("overrides".into(), |p| p.display().to_string()),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(bool, &str); 13] = [
+            (self.sample.steps >= 2, "sample.steps must be at least 2"),
+            (self.events.k >= 1, "events.k must be at least 1"),
+            (self.events.trials >= 1, "events.trials must be at least 1"),
+            (
+                self.events.max_iter >= 1,
+                "events.max_iter must be at least 1",
+            ),
+            (self.events.tol >= 0.0, "events.tol must be non-negative"),
+            (
+                self.events.smoothing_window % 2 == 1,
+                "events.smoothing_window must be odd",
+            ),
+            (self.proposals.cap >= 1, "proposals.cap must be at least 1"),
+            (
+                (0.0..=1.0).contains(&self.proposals.min_length)
+                    && self.proposals.min_length <= self.proposals.max_length
+                    && self.proposals.max_length <= 1.0,
+                "proposals.min_length <= proposals.max_length must lie in [0, 1]",
+            ),
+            (
+                self.proposals.rerank_iou > 0.0 && self.proposals.rerank_iou <= 1.0,
+                "proposals.rerank_iou must lie in (0, 1]",
+            ),
+            (
+                self.ingest.features_per_second >= 0.0,
+                "ingest.features_per_second must be non-negative",
+            ),
+            (
+                self.ingest.max_frames >= 1 && self.ingest.max_dim >= 1,
+                "ingest.max_frames and ingest.max_dim must be at least 1",
+            ),
+            (
+                self.synth.frames_min >= 8 && self.synth.frames_min <= self.synth.frames_max,
+                "synth.frames_min must be at least 8 and at most synth.frames_max",
+            ),
+            (
+                self.synth.events_min >= 1
+                    && self.synth.events_min <= self.synth.events_max
+                    && self.synth.event_length_min > 0.0
+                    && self.synth.event_length_min <= self.synth.event_length_max
+                    && (0.0..1.0).contains(&self.synth.background_share)
+                    && self.synth.dim >= 1
+                    && self.synth.seconds_per_frame > 0.0,
+                "synth: events_min <= events_max, 0 < event_length_min <= event_length_max, \
+                 background_share in [0, 1), dim >= 1 and seconds_per_frame > 0",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(ConfigError::Invalid((*message).to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `section.key=value`; the value is read as a TOML literal (number, bool, array) and falls
+/// back to a plain string, so `--set proposals.sampler=diversity` needs no quotes.
+fn apply_override(tree: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let (path, raw) = item
+        .split_once('=')
+        .ok_or_else(|| ConfigError::BadOverride(item.to_string()))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let (last, parents) = keys
+        .split_last()
+        .filter(|(_, parents)| !parents.is_empty())
+        .ok_or_else(|| ConfigError::BadOverride(item.to_string()))?;
+    let mut table = &mut *tree;
+    for key in parents {
+        table = match table.get_mut(*key) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return Err(ConfigError::UnknownKey(item.to_string())),
+        };
+    }
+    if !table.contains_key(*last) {
+        return Err(ConfigError::UnknownKey(item.to_string()));
+    }
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    table.insert((*last).to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_overrides_apply() {
+        let config = Config::load(
+            None,
+            &[
+                "events.k=7".into(),
+                "proposals.sampler=diversity".into(),
+                "ingest.features_per_second = 0.5".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.events.k, 7);
+        assert_eq!(config.proposals.sampler, Sampler::Diversity);
+        assert_eq!(config.ingest.features_per_second, 0.5);
+        assert_eq!(config.sample.steps, 128);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported() {
+        let unknown = Config::load(None, &["events.kk=3".into()]).unwrap_err();
+        assert!(unknown.to_string().contains("no such key"), "{unknown}");
+        let bad = Config::load(None, &["events.smoothing_window=4".into()]).unwrap_err();
+        assert!(bad.to_string().contains("odd"), "{bad}");
+        let typo = Config::load(None, &["proposals.sampler=random".into()]).unwrap_err();
+        assert!(typo.to_string().contains("random"), "{typo}");
+    }
+
+    #[test]
+    fn a_partial_user_file_merges_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[events]\nk = 3\n").unwrap();
+        let config = Config::load(Some(&path), &[]).unwrap();
+        assert_eq!(config.events.k, 3);
+        assert_eq!(config.events.trials, 6);
+    }
+}

@@ -1,0 +1,263 @@
+//! Metrics of the field: R@n at temporal IoU m and mIoU, for ranked proposals (and later for
+//! grounding predictions), with the two baselines every proposal method must beat.
+
+use crate::dataset::{read_annotations, DatasetError, Moment};
+use crate::pipeline::VideoProposals;
+use crate::rng::{hash_str, Rng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const IOU_THRESHOLDS: [f64; 3] = [0.3, 0.5, 0.7];
+
+#[derive(Debug, Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Annotations(#[from] DatasetError),
+    #[error("{path}: {message}")]
+    Proposals { path: PathBuf, message: String },
+}
+
+pub fn iou(a: [f64; 2], b: [f64; 2]) -> f64 {
+    let inter = (a[1].min(b[1]) - a[0].max(b[0])).max(0.0);
+    let union = a[1].max(b[1]) - a[0].min(b[0]);
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Recall of one method over a set of queries.
+#[derive(Debug, Clone)]
+pub struct RecallTable {
+    pub method: String,
+    pub queries: usize,
+    /// Queries whose video had no predictions at all (counted as misses).
+    pub unmatched: usize,
+    pub r1: [f64; 3],
+    pub r5: [f64; 3],
+    pub r_all: [f64; 3],
+    pub mean_iou_top1: f64,
+    pub per_video: f64,
+}
+
+/// Scores ranked predictions (best first, seconds) against every query.
+pub fn recall(
+    method: &str,
+    moments: &[Moment],
+    predictions: &HashMap<String, Vec<[f64; 2]>>,
+) -> RecallTable {
+    let mut hits = [[0usize; 3]; 3];
+    let (mut unmatched, mut iou_sum) = (0, 0.0);
+    for moment in moments {
+        let Some(ranked) = predictions.get(&moment.vid).filter(|r| !r.is_empty()) else {
+            unmatched += 1;
+            continue;
+        };
+        let best = |p: &[f64; 2]| {
+            moment
+                .windows
+                .iter()
+                .map(|w| iou(*p, *w))
+                .fold(0.0, f64::max)
+        };
+        let ious: Vec<f64> = ranked.iter().map(best).collect();
+        iou_sum += ious[0];
+        for (depth, counts) in [1, 5, usize::MAX].into_iter().zip(hits.iter_mut()) {
+            let top = ious.iter().take(depth).fold(0.0, |a: f64, &b| a.max(b));
+            for (threshold, count) in IOU_THRESHOLDS.iter().zip(counts.iter_mut()) {
+                *count += usize::from(top >= *threshold);
+            }
+        }
+    }
+    let total = moments.len().max(1) as f64;
+    let rate = |counts: [usize; 3]| counts.map(|c| c as f64 / total);
+    let videos = predictions.len().max(1) as f64;
+    RecallTable {
+        method: method.to_string(),
+        queries: moments.len(),
+        unmatched,
+        r1: rate(hits[0]),
+        r5: rate(hits[1]),
+        r_all: rate(hits[2]),
+        mean_iou_top1: iou_sum / total,
+        per_video: predictions.values().map(Vec::len).sum::<usize>() as f64 / videos,
+    }
+}
+
+/// `count` multi-scale sliding windows with half-window stride, taken round-robin over scales
+/// (lengths 1/2, 1/3, 1/4, ... of the video) so any prefix mixes scales.
+pub fn sliding_windows(duration: f64, count: usize) -> Vec<[f64; 2]> {
+    let mut scales: Vec<Vec<[f64; 2]>> = Vec::new();
+    let mut total = 0;
+    let mut m = 2;
+    while total < count {
+        let len = 1.0 / m as f64;
+        let windows: Vec<[f64; 2]> = (0..2 * m - 1)
+            .map(|i| {
+                let s = i as f64 * len / 2.0;
+                [s * duration, (s + len).min(1.0) * duration]
+            })
+            .collect();
+        total += windows.len();
+        scales.push(windows);
+        m += 1;
+    }
+    let longest = scales.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| scales.iter().filter_map(move |s| s.get(i).copied()))
+        .take(count)
+        .collect()
+}
+
+/// `count` spans with uniformly random ends, at least 5% of the video long.
+pub fn random_spans(duration: f64, count: usize, rng: &mut Rng) -> Vec<[f64; 2]> {
+    (0..count)
+        .map(|_| {
+            let len = rng.range_f64(0.05, 1.0);
+            let start = rng.range_f64(0.0, 1.0 - len);
+            [start * duration, (start + len) * duration]
+        })
+        .collect()
+}
+
+/// Reads `dir/<vid>.json` result files (`dir` may be the run's output folder or its
+/// `proposals/` folder).
+pub fn load_proposals(dir: &Path) -> Result<HashMap<String, VideoProposals>, EvalError> {
+    let nested = dir.join("proposals");
+    let dir = if nested.is_dir() {
+        nested
+    } else {
+        dir.to_path_buf()
+    };
+    let fail = |path: &Path, message: String| EvalError::Proposals {
+        path: path.to_path_buf(),
+        message,
+    };
+    let entries = std::fs::read_dir(&dir).map_err(|e| fail(&dir, e.to_string()))?;
+    let mut out = HashMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| fail(&dir, e.to_string()))?.path();
+        let is_result = path.extension().is_some_and(|e| e == "json")
+            && !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !is_result {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| fail(&path, e.to_string()))?;
+        let parsed: VideoProposals =
+            serde_json::from_str(&text).map_err(|e| fail(&path, e.to_string()))?;
+        out.insert(parsed.vid.clone(), parsed);
+    }
+    Ok(out)
+}
+
+/// Our proposals against sliding windows and random spans of the same count per video.
+pub fn proposal_report(gt: &Path, proposals_dir: &Path) -> Result<Vec<RecallTable>, EvalError> {
+    let moments = read_annotations(gt)?;
+    let ours = load_proposals(proposals_dir)?;
+    let spans = |f: &dyn Fn(&VideoProposals) -> Vec<[f64; 2]>| -> HashMap<String, Vec<[f64; 2]>> {
+        ours.iter().map(|(vid, v)| (vid.clone(), f(v))).collect()
+    };
+    let ranked = spans(&|v| v.proposals.iter().map(|p| [p.start, p.end]).collect());
+    let sliding = spans(&|v| sliding_windows(v.duration, v.proposals.len()));
+    let random = spans(&|v| {
+        random_spans(
+            v.duration,
+            v.proposals.len(),
+            &mut Rng::new(hash_str(&v.vid)),
+        )
+    });
+    Ok(vec![
+        recall("proposals", &moments, &ranked),
+        recall("sliding windows", &moments, &sliding),
+        recall("random spans", &moments, &random),
+    ])
+}
+
+/// A plain-text table, one row per method.
+pub fn format_table(tables: &[RecallTable]) -> String {
+    let mut out = format!(
+        "{:<16} {:>7} {:>6}  {:^20}  {:^20}  {:^20}  {:>6}\n{:<16} {:>7} {:>6}  {:^20}  {:^20}  {:^20}  {:>6}\n",
+        "method", "queries", "per-v", "R@1 IoU .3/.5/.7", "R@5 IoU .3/.5/.7", "R@all IoU .3/.5/.7", "mIoU@1",
+        "", "", "video", "", "", "", ""
+    );
+    let triple = |r: [f64; 3]| {
+        format!(
+            "{:5.1} {:5.1} {:5.1}",
+            100.0 * r[0],
+            100.0 * r[1],
+            100.0 * r[2]
+        )
+    };
+    for t in tables {
+        out.push_str(&format!(
+            "{:<16} {:>7} {:>6.1}  {:^20}  {:^20}  {:^20}  {:>6.1}\n",
+            t.method,
+            t.queries,
+            t.per_video,
+            triple(t.r1),
+            triple(t.r5),
+            triple(t.r_all),
+            100.0 * t.mean_iou_top1
+        ));
+    }
+    if let Some(t) = tables.iter().find(|t| t.unmatched > 0) {
+        out.push_str(&format!(
+            "note: {} of {} queries name videos without proposals; they count as misses\n",
+            t.unmatched, t.queries
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_of_known_pairs() {
+        assert_eq!(iou([0.0, 10.0], [0.0, 10.0]), 1.0);
+        assert_eq!(iou([0.0, 10.0], [5.0, 15.0]), 5.0 / 15.0);
+        assert_eq!(iou([0.0, 1.0], [2.0, 3.0]), 0.0);
+    }
+
+    #[test]
+    fn recall_counts_top1_top5_and_all() {
+        let moments = vec![Moment {
+            vid: "v".into(),
+            query: "q".into(),
+            duration: Some(100.0),
+            windows: vec![[10.0, 20.0]],
+        }];
+        let mut preds = HashMap::new();
+        let mut ranked = vec![[50.0, 60.0]; 6];
+        ranked[4] = [10.0, 21.0]; // IoU 0.91, at rank 5
+        ranked[5] = [10.0, 20.0];
+        preds.insert("v".to_string(), ranked);
+        let t = recall("x", &moments, &preds);
+        assert_eq!(t.r1, [0.0; 3]);
+        assert_eq!(t.r5, [1.0; 3]);
+        assert_eq!(t.r_all, [1.0; 3]);
+        preds.clear();
+        assert_eq!(recall("x", &moments, &preds).unmatched, 1);
+    }
+
+    #[test]
+    fn baselines_produce_the_requested_count_inside_the_video() {
+        for count in [1, 4, 12, 40] {
+            let windows = sliding_windows(30.0, count);
+            assert_eq!(windows.len(), count);
+            assert!(windows
+                .iter()
+                .all(|w| w[0] >= 0.0 && w[1] <= 30.0 && w[0] < w[1]));
+            let random = random_spans(30.0, count, &mut Rng::new(1));
+            assert_eq!(random.len(), count);
+            assert!(random
+                .iter()
+                .all(|w| w[0] >= 0.0 && w[1] <= 30.0 + 1e-9 && w[0] < w[1]));
+        }
+    }
+}

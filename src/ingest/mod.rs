@@ -1,0 +1,400 @@
+//! Ingest: feature files on disk → [`Video`]s with a duration and one or more feature streams.
+//!
+//! Formats: `.npy` (one stream), `.npz` (named streams) and, with the `hdf5` feature, HDF5
+//! files holding many videos (ActivityNet's `h5[vid]["c3d_features"]`).
+
+#[cfg(feature = "hdf5")]
+mod hdf5;
+pub mod npy;
+pub mod npz;
+mod sidecar;
+
+use crate::config::{IngestConfig, NonFinitePolicy};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub use sidecar::Durations;
+
+/// A `frames × dim` matrix of features, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub frames: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Features {
+    pub fn row(&self, t: usize) -> &[f32] {
+        &self.data[t * self.dim..(t + 1) * self.dim]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stream {
+    pub name: String,
+    pub features: Features,
+}
+
+#[derive(Debug, Clone)]
+pub struct Video {
+    pub id: String,
+    pub source: PathBuf,
+    pub duration: f64,
+    /// Every stream the file holds; `primary` indexes the one that drives proposals.
+    pub streams: Vec<Stream>,
+    pub primary: usize,
+}
+
+impl Video {
+    pub fn features(&self) -> &Features {
+        &self.streams[self.primary].features
+    }
+}
+
+/// What is wrong with an input, without the file name (see [`IngestError`]).
+#[derive(Debug, Error)]
+pub enum Problem {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a .npy array (bad magic bytes)")]
+    BadMagic,
+    #[error("malformed header: {0}")]
+    BadHeader(String),
+    #[error("truncated: needs {expected} bytes of data, {found} present")]
+    Truncated { expected: u64, found: u64 },
+    #[error("unsupported dtype '{0}' (float16, float32 and float64 are read)")]
+    UnsupportedDtype(String),
+    #[error("shape {shape:?} has rank != 2 after squeezing length-1 axes; expected (T, D)")]
+    Rank { shape: Vec<usize> },
+    #[error("shape ({frames}, {dim}) exceeds the limits (ingest.max_frames = {max_frames}, ingest.max_dim = {max_dim})")]
+    TooLarge {
+        frames: usize,
+        dim: usize,
+        max_frames: usize,
+        max_dim: usize,
+    },
+    #[error("no frames (T = 0)")]
+    NoFrames,
+    #[error("zero-width features (D = 0)")]
+    NoDims,
+    #[error("{count} NaN/Inf values in stream '{stream}' (ingest.non_finite = \"reject\")")]
+    NonFinite { stream: String, count: usize },
+    #[error("not a valid archive: {0}")]
+    Archive(String),
+    #[error("no stream named '{wanted}'; the file holds {available:?}")]
+    MissingStream {
+        wanted: String,
+        available: Vec<String>,
+    },
+    #[error("HDF5: {0}")]
+    Hdf5(String),
+    #[error("no duration: no sidecar {sidecar}, not in ingest.durations_file, and ingest.features_per_second is 0")]
+    MissingDuration { sidecar: PathBuf },
+    #[error("bad duration {0} seconds in the sidecar or durations file (must be finite and > 0)")]
+    BadDuration(f64),
+    #[error("sidecar {path} is unreadable: {message}")]
+    BadSidecar { path: PathBuf, message: String },
+    #[error("video id '{0}' cannot name an output file (empty, '.', '..', or contains a path separator or NUL)")]
+    BadVideoId(String),
+    #[error("unsupported file type (expected .npy, .npz{})", if cfg!(feature = "hdf5") { ", .h5 or .hdf5" } else { "; HDF5 support is not built in" })]
+    UnsupportedType,
+}
+
+#[derive(Debug, Error)]
+#[error("{}{}: {problem}", path.display(), key.as_ref().map(|k| format!(" [{k}]")).unwrap_or_default())]
+pub struct IngestError {
+    pub path: PathBuf,
+    /// The entry inside a many-video file (HDF5 key), when the problem is confined to it.
+    pub key: Option<String>,
+    pub problem: Problem,
+}
+
+impl IngestError {
+    fn new(path: &Path, key: Option<&str>, problem: Problem) -> Self {
+        IngestError {
+            path: path.to_path_buf(),
+            key: key.map(str::to_string),
+            problem,
+        }
+    }
+
+    /// I/O failures other than short reads may succeed on retry; format problems never do.
+    pub fn is_transient(&self) -> bool {
+        matches!(&self.problem, Problem::Io(e) if e.kind() != std::io::ErrorKind::UnexpectedEof)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_frames: usize,
+    pub max_dim: usize,
+}
+
+impl Limits {
+    pub fn check(&self, frames: usize, dim: usize) -> Result<(), Problem> {
+        if frames > self.max_frames || dim > self.max_dim {
+            return Err(Problem::TooLarge {
+                frames,
+                dim,
+                max_frames: self.max_frames,
+                max_dim: self.max_dim,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Npy,
+    Npz,
+    Hdf5,
+}
+
+impl FileKind {
+    /// The kind of feature file a path names, judged by its extension; `None` for other files
+    /// (sidecars, annotations) that folder scans pass over.
+    pub fn of(path: &Path) -> Option<FileKind> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "npy" => Some(FileKind::Npy),
+            "npz" => Some(FileKind::Npz),
+            "h5" | "hdf5" => Some(FileKind::Hdf5),
+            _ => None,
+        }
+    }
+}
+
+/// One video inside a feature file: the file itself, or one key of an HDF5 file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoRef {
+    pub path: PathBuf,
+    pub key: Option<String>,
+}
+
+impl VideoRef {
+    /// The video id: the HDF5 key, or the file stem.
+    pub fn id(&self) -> String {
+        match &self.key {
+            Some(key) => key.clone(),
+            None => self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The videos a feature file holds, without reading their features.
+pub fn list_videos(path: &Path) -> Result<Vec<VideoRef>, IngestError> {
+    let single = || {
+        vec![VideoRef {
+            path: path.to_path_buf(),
+            key: None,
+        }]
+    };
+    match FileKind::of(path) {
+        Some(FileKind::Npy | FileKind::Npz) => Ok(single()),
+        #[cfg(feature = "hdf5")]
+        Some(FileKind::Hdf5) => Ok(hdf5::list(path)
+            .map_err(|problem| IngestError::new(path, None, problem))?
+            .into_iter()
+            .map(|key| VideoRef {
+                path: path.to_path_buf(),
+                key: Some(key),
+            })
+            .collect()),
+        _ => Err(IngestError::new(path, None, Problem::UnsupportedType)),
+    }
+}
+
+/// Reads one video: its streams, checked, and its duration.
+pub fn read_video(
+    video: &VideoRef,
+    config: &IngestConfig,
+    durations: &Durations,
+) -> Result<Video, IngestError> {
+    let path = video.path.as_path();
+    let id = video.id();
+    let fail = |problem| IngestError::new(path, video.key.as_deref(), problem);
+    check_video_id(&id).map_err(fail)?;
+    let limits = Limits {
+        max_frames: config.max_frames,
+        max_dim: config.max_dim,
+    };
+    let mut streams = match (FileKind::of(path), video.key.as_deref()) {
+        (Some(FileKind::Npy), None) => {
+            let file = std::fs::File::open(path).map_err(|e| fail(e.into()))?;
+            let len = file.metadata().map_err(|e| fail(e.into()))?.len();
+            let features = npy::read(std::io::BufReader::new(file), len, &limits).map_err(fail)?;
+            vec![Stream {
+                name: "features".into(),
+                features,
+            }]
+        }
+        (Some(FileKind::Npz), None) => npz::read(path, &limits).map_err(fail)?,
+        #[cfg(feature = "hdf5")]
+        (Some(FileKind::Hdf5), Some(key)) => vec![Stream {
+            name: config.hdf5_dataset.clone(),
+            features: hdf5::read(path, key, &config.hdf5_dataset, &limits).map_err(fail)?,
+        }],
+        _ => return Err(fail(Problem::UnsupportedType)),
+    };
+    for stream in &mut streams {
+        check_features(stream, config.non_finite).map_err(fail)?;
+    }
+    let primary = pick_stream(&streams, config).map_err(fail)?;
+    let frames = streams[primary].features.frames;
+    let duration = durations
+        .resolve(path, &id, frames, config.features_per_second)
+        .map_err(fail)?;
+    Ok(Video {
+        id,
+        source: path.to_path_buf(),
+        duration,
+        streams,
+        primary,
+    })
+}
+
+/// Video ids become output file names, so they must not be able to leave the output folder.
+pub fn check_video_id(id: &str) -> Result<(), Problem> {
+    let bad = id.is_empty() || id == "." || id == ".." || id.contains(['/', '\\', '\0']);
+    if bad {
+        return Err(Problem::BadVideoId(id.to_string()));
+    }
+    Ok(())
+}
+
+fn check_features(stream: &mut Stream, policy: NonFinitePolicy) -> Result<(), Problem> {
+    let f = &mut stream.features;
+    if f.frames == 0 {
+        return Err(Problem::NoFrames);
+    }
+    if f.dim == 0 {
+        return Err(Problem::NoDims);
+    }
+    let count = f.data.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        match policy {
+            NonFinitePolicy::Reject => {
+                return Err(Problem::NonFinite {
+                    stream: stream.name.clone(),
+                    count,
+                })
+            }
+            NonFinitePolicy::Zero => {
+                tracing::warn!(stream = %stream.name, count, "replacing NaN/Inf feature values with 0");
+                f.data
+                    .iter_mut()
+                    .filter(|v| !v.is_finite())
+                    .for_each(|v| *v = 0.0);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pick_stream(streams: &[Stream], config: &IngestConfig) -> Result<usize, Problem> {
+    let names = || streams.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let position = |name: &str| streams.iter().position(|s| s.name == name);
+    if config.stream != "auto" {
+        return position(&config.stream).ok_or_else(|| Problem::MissingStream {
+            wanted: config.stream.clone(),
+            available: names(),
+        });
+    }
+    if streams.len() == 1 {
+        return Ok(0);
+    }
+    config
+        .stream_preference
+        .iter()
+        .find_map(|name| position(name))
+        .ok_or_else(|| Problem::MissingStream {
+            wanted: format!("auto (one of {:?})", config.stream_preference),
+            available: names(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn write_npy(dir: &Path, name: &str, features: &Features) -> PathBuf {
+        let path = dir.join(name);
+        npy::write(std::fs::File::create(&path).unwrap(), features).unwrap();
+        path
+    }
+
+    fn read_file(
+        path: &Path,
+        config: &IngestConfig,
+        durations: &Durations,
+    ) -> Result<Vec<Video>, IngestError> {
+        list_videos(path)?
+            .iter()
+            .map(|v| read_video(v, config, durations))
+            .collect()
+    }
+
+    fn features(frames: usize, dim: usize) -> Features {
+        Features {
+            frames,
+            dim,
+            data: (0..frames * dim).map(|i| i as f32).collect(),
+        }
+    }
+
+    #[test]
+    fn duration_comes_from_sidecar_then_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_npy(dir.path(), "vid1.npy", &features(10, 4));
+        let mut config = Config::default().ingest;
+        let none = Durations::default();
+        let err = read_file(&path, &config, &none).unwrap_err().to_string();
+        assert!(
+            err.contains("vid1.npy") && err.contains("no duration"),
+            "{err}"
+        );
+        config.features_per_second = 2.0;
+        assert_eq!(read_file(&path, &config, &none).unwrap()[0].duration, 5.0);
+        std::fs::write(dir.path().join("vid1.json"), r#"{"duration": 31.5}"#).unwrap();
+        let video = &read_file(&path, &config, &none).unwrap()[0];
+        assert_eq!((video.id.as_str(), video.duration), ("vid1", 31.5));
+    }
+
+    #[test]
+    fn non_finite_values_are_rejected_or_zeroed_by_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = features(4, 3);
+        f.data[2] = f32::NAN;
+        f.data[7] = f32::INFINITY;
+        let path = write_npy(dir.path(), "nan.npy", &f);
+        let mut config = Config::default().ingest;
+        config.features_per_second = 1.0;
+        let err = read_file(&path, &config, &Durations::default()).unwrap_err();
+        assert!(err.to_string().contains("2 NaN/Inf"), "{err}");
+        assert!(!err.is_transient());
+        config.non_finite = NonFinitePolicy::Zero;
+        let video = &read_file(&path, &config, &Durations::default()).unwrap()[0];
+        assert_eq!(video.features().data[2], 0.0);
+        assert_eq!(video.features().data[7], 0.0);
+    }
+
+    #[test]
+    fn zero_frames_and_escaping_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_npy(dir.path(), "empty.npy", &features(0, 8));
+        let mut config = Config::default().ingest;
+        config.features_per_second = 1.0;
+        let err = read_file(&path, &config, &Durations::default()).unwrap_err();
+        assert!(err.to_string().contains("T = 0"), "{err}");
+        for id in ["", ".", "..", "a/b", "a\\b"] {
+            assert!(check_video_id(id).is_err(), "{id:?}");
+        }
+        assert!(check_video_id("v_ab.c d é").is_ok());
+    }
+}

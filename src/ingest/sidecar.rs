@@ -1,0 +1,138 @@
+//! Where a video's duration in seconds comes from: a `<vid>.json` sidecar beside the feature
+//! file, a durations map for a whole dataset, or a configured feature rate.
+
+use super::{IngestError, Problem};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A dataset-wide map from video id to duration (seconds).
+#[derive(Debug, Default, Clone)]
+pub struct Durations {
+    by_id: HashMap<String, f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Seconds(f64),
+    Record { duration: f64 },
+}
+
+#[derive(Deserialize)]
+struct Sidecar {
+    duration: Option<f64>,
+    fps: Option<f64>,
+}
+
+impl Durations {
+    /// Reads `{vid: {"duration": s, ...}}` (ActivityNet Captions' layout) or `{vid: s}`.
+    /// An empty path means no map.
+    pub fn load(path: &str) -> Result<Durations, IngestError> {
+        if path.is_empty() {
+            return Ok(Durations::default());
+        }
+        let path = Path::new(path);
+        let fail = |message: String| IngestError {
+            path: path.to_path_buf(),
+            key: None,
+            problem: Problem::BadSidecar {
+                path: path.to_path_buf(),
+                message,
+            },
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let raw: HashMap<String, Entry> =
+            serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let by_id = raw
+            .into_iter()
+            .map(|(id, entry)| {
+                let seconds = match entry {
+                    Entry::Seconds(s) | Entry::Record { duration: s } => s,
+                };
+                (id, seconds)
+            })
+            .collect();
+        Ok(Durations { by_id })
+    }
+
+    pub fn resolve(
+        &self,
+        path: &Path,
+        id: &str,
+        frames: usize,
+        features_per_second: f64,
+    ) -> Result<f64, Problem> {
+        let sidecar = path.with_file_name(format!("{id}.json"));
+        let seconds = match read_sidecar(&sidecar)? {
+            Some(Sidecar {
+                duration: Some(d), ..
+            }) => d,
+            Some(Sidecar { fps: Some(fps), .. }) if fps > 0.0 => frames as f64 / fps,
+            _ => match self.by_id.get(id) {
+                Some(&d) => d,
+                None if features_per_second > 0.0 => frames as f64 / features_per_second,
+                None => return Err(Problem::MissingDuration { sidecar }),
+            },
+        };
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return Err(Problem::BadDuration(seconds));
+        }
+        Ok(seconds)
+    }
+}
+
+fn read_sidecar(path: &Path) -> Result<Option<Sidecar>, Problem> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Problem::Io(e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Problem::BadSidecar {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_activitynet_style_and_plain_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.json");
+        std::fs::write(
+            &path,
+            r#"{"v_a": {"duration": 12.5, "timestamps": [[0, 1]]}, "v_b": 3}"#,
+        )
+        .unwrap();
+        let map = Durations::load(path.to_str().unwrap()).unwrap();
+        let feature = dir.path().join("x.h5");
+        assert_eq!(map.resolve(&feature, "v_a", 10, 0.0).unwrap(), 12.5);
+        assert_eq!(map.resolve(&feature, "v_b", 10, 0.0).unwrap(), 3.0);
+        assert!(map.resolve(&feature, "v_c", 10, 0.0).is_err());
+    }
+
+    #[test]
+    fn sidecar_fps_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let feature = dir.path().join("v.npy");
+        std::fs::write(dir.path().join("v.json"), r#"{"fps": 4}"#).unwrap();
+        let none = Durations::default();
+        assert_eq!(none.resolve(&feature, "v", 10, 0.0).unwrap(), 2.5);
+        std::fs::write(dir.path().join("v.json"), r#"{"duration": -1}"#).unwrap();
+        assert!(matches!(
+            none.resolve(&feature, "v", 10, 0.0),
+            Err(Problem::BadDuration(_))
+        ));
+        std::fs::write(dir.path().join("v.json"), "{oops").unwrap();
+        let err = none
+            .resolve(&feature, "v", 10, 0.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("v.json"), "{err}");
+    }
+}

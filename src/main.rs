@@ -1,0 +1,350 @@
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use momentminer::batch::{collect_videos, propose_all, BatchReport};
+use momentminer::config::Config;
+use momentminer::ingest::{read_video, Durations};
+use momentminer::pipeline::{analyse, StageTimes};
+use momentminer::{eval, inspect, synth};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "momentminer",
+    version,
+    about = "Mines temporal event proposals for video moment retrieval from unlabelled video features"
+)]
+struct Cli {
+    /// Configuration file (TOML); only the keys it sets change the built-in defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Override one configuration key, e.g. --set events.k=6 (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Propose temporal events for feature files and folders; writes OUT/proposals/<vid>.json.
+    Propose {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Exit non-zero when any input fails.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Draw one video's similarity matrix, atomic events and top proposals to a PNG.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        png: PathBuf,
+        /// Which video of a many-video (HDF5) file; the first if omitted.
+        #[arg(long)]
+        video: Option<String>,
+    },
+    /// Generate the synthetic world: features, duration sidecars and ground truth (gt.jsonl).
+    /// Flags override the [synth] section of the configuration.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        videos: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        dim: Option<usize>,
+    },
+    /// Recall of ranked proposals against ground truth, with sliding-window and random baselines.
+    EvalProposals {
+        /// Annotations: Charades-STA .txt, Moment-DETR .jsonl (e.g. synth's gt.jsonl),
+        /// ActivityNet Captions .json or PSVL .json.
+        #[arg(long)]
+        gt: PathBuf,
+        /// The output folder of `propose` (or its proposals/ folder).
+        #[arg(long)]
+        proposals: PathBuf,
+    },
+    /// The README's first command: synthetic world → proposals → recall table.
+    Demo {
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+    },
+    /// Throughput of the whole propose path on a generated corpus, with per-stage times.
+    Bench {
+        #[arg(long, default_value_t = 2000)]
+        videos: usize,
+        #[arg(long, default_value_t = 60)]
+        frames_min: usize,
+        #[arg(long, default_value_t = 400)]
+        frames_max: usize,
+        #[arg(long, default_value_t = 1024)]
+        dim: usize,
+        /// Timed passes over the corpus; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Where the corpus is generated (a temporary folder if omitted).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let mut config = Config::load(cli.config.as_deref(), &cli.overrides)?;
+    match cli.command {
+        Command::Propose {
+            inputs,
+            out,
+            strict,
+        } => {
+            let report = propose_paths(&inputs, &out, &config)?;
+            if strict && !report.failures.is_empty() {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
+        Command::Inspect { file, png, video } => {
+            let (videos, failures) = collect_videos(std::slice::from_ref(&file));
+            if let Some(f) = failures.first() {
+                bail!("{}: {}", f.input, f.message);
+            }
+            let chosen = match &video {
+                Some(id) => videos.iter().find(|v| &v.id() == id),
+                None => videos.first(),
+            }
+            .with_context(|| {
+                format!("{}: no video {}", file.display(), video.unwrap_or_default())
+            })?;
+            let durations = Durations::load(&config.ingest.durations_file)?;
+            let loaded = read_video(chosen, &config.ingest, &durations)?;
+            let analysis = analyse(&loaded, &config, &mut StageTimes::default());
+            inspect::draw(&loaded, &analysis, &png)?;
+            println!(
+                "{}: {} atomic events, {} proposals; picture in {}",
+                loaded.id,
+                analysis.events.spans.len(),
+                analysis.proposals.len(),
+                png.display()
+            );
+        }
+        Command::Synth {
+            out,
+            videos,
+            seed,
+            dim,
+        } => {
+            config.synth.videos = videos.unwrap_or(config.synth.videos);
+            config.synth.seed = seed.unwrap_or(config.synth.seed);
+            config.synth.dim = dim.unwrap_or(config.synth.dim);
+            let truth = synth::generate(&out, &config.synth)?;
+            println!(
+                "synthetic world: {} videos, {} events, features in {}, ground truth in {}",
+                config.synth.videos,
+                truth.len(),
+                out.join("features").display(),
+                out.join("gt.jsonl").display()
+            );
+        }
+        Command::EvalProposals { gt, proposals } => {
+            print!(
+                "{}",
+                eval::format_table(&eval::proposal_report(&gt, &proposals)?)
+            );
+        }
+        Command::Demo { out } => {
+            let truth = synth::generate(&out, &config.synth)?;
+            println!(
+                "1/3 synthetic world: {} videos, {} planted events in {}",
+                config.synth.videos,
+                truth.len(),
+                out.display()
+            );
+            println!("2/3 proposing");
+            propose_paths(&[out.join("features")], &out, &config)?;
+            println!("3/3 recall against the planted events");
+            print!(
+                "{}",
+                eval::format_table(&eval::proposal_report(&out.join("gt.jsonl"), &out)?)
+            );
+        }
+        Command::Bench {
+            videos,
+            frames_min,
+            frames_max,
+            dim,
+            repeats,
+            dir,
+        } => bench(
+            &mut config,
+            videos,
+            frames_min,
+            frames_max,
+            dim,
+            repeats,
+            dir,
+        )?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn propose_paths(inputs: &[PathBuf], out: &Path, config: &Config) -> Result<BatchReport> {
+    let (videos, mut failures) = collect_videos(inputs);
+    let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut report = propose_all(&videos, out, config, show_progress)?;
+    failures.append(&mut report.failures);
+    report.failures = failures;
+    println!(
+        "proposed {} videos in {:.2} s ({:.0} videos/s); results in {}",
+        report.videos,
+        report.elapsed.as_secs_f64(),
+        report.videos_per_second(),
+        out.join("proposals").display()
+    );
+    if !report.failures.is_empty() {
+        println!("{} inputs failed:", report.failures.len());
+        for f in &report.failures {
+            println!("  {}: {}", f.input, f.message);
+        }
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    config: &mut Config,
+    videos: usize,
+    frames_min: usize,
+    frames_max: usize,
+    dim: usize,
+    repeats: usize,
+    dir: Option<PathBuf>,
+) -> Result<()> {
+    let scratch = tempfile_dir(dir)?;
+    let root = scratch.path();
+    config.synth.videos = videos;
+    config.synth.frames_min = frames_min;
+    config.synth.frames_max = frames_max;
+    config.synth.dim = dim;
+    synth::generate(root, &config.synth)?;
+    let (refs, failures) = collect_videos(&[root.join("features")]);
+    if !failures.is_empty() {
+        bail!("benchmark corpus unreadable: {}", failures[0].message);
+    }
+    println!(
+        "corpus: {} videos, T {}..{}, D {}; fsync {}; {} timed passes (+1 warm-up)",
+        refs.len(),
+        frames_min,
+        frames_max,
+        dim,
+        config.run.fsync,
+        repeats
+    );
+    let mut runs: Vec<BatchReport> = Vec::new();
+    for pass in 0..=repeats {
+        let out = root.join(format!("run{pass}"));
+        let report = propose_all(&refs, &out, config, false)?;
+        std::fs::remove_dir_all(&out).ok();
+        if pass > 0 {
+            println!("  pass {pass}: {:.0} videos/s", report.videos_per_second());
+            runs.push(report);
+        }
+    }
+    runs.sort_by(|a, b| a.videos_per_second().total_cmp(&b.videos_per_second()));
+    let median = &runs[runs.len() / 2];
+    println!(
+        "median: {:.0} videos/s ({:.3} ms per video wall clock, {} workers)",
+        median.videos_per_second(),
+        1e3 * median.elapsed.as_secs_f64() / median.videos.max(1) as f64,
+        median.threads
+    );
+    println!("per-stage time per video in the median pass (summed over workers):");
+    let per_video = |d: std::time::Duration| 1e3 * d.as_secs_f64() / median.videos.max(1) as f64;
+    let total: f64 = median
+        .times
+        .named()
+        .iter()
+        .map(|(_, d)| per_video(*d))
+        .sum();
+    for (name, d) in median.times.named() {
+        println!(
+            "  {name:<11} {:8.3} ms  {:5.1}%",
+            per_video(d),
+            100.0 * per_video(d) / total.max(1e-12)
+        );
+    }
+    Ok(())
+}
+
+/// A folder that is removed afterwards unless the user named it.
+fn tempfile_dir(dir: Option<PathBuf>) -> Result<Scratch> {
+    match dir {
+        Some(path) => {
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Ok(Scratch {
+                path,
+                remove: false,
+            })
+        }
+        None => {
+            let path =
+                std::env::temp_dir().join(format!("momentminer-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Ok(Scratch { path, remove: true })
+        }
+    }
+}
+
+struct Scratch {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.remove {
+            std::fs::remove_dir_all(&self.path).ok();
+        }
+    }
+}

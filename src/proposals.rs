@@ -1,0 +1,199 @@
+//! Compound proposals: every contiguous run of atomic events is a candidate; a sampler keeps at
+//! most `cap` of them, and each kept one gets a score so the list is ranked best first.
+
+use crate::config::{ProposalsConfig, Sampler};
+use crate::events::AtomicEvents;
+use crate::rng::Rng;
+use crate::similarity::Ssm;
+
+/// A span of steps `[start, end)` with its score (higher is better).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Proposal {
+    pub start: usize,
+    pub end: usize,
+    pub score: f32,
+    /// Mean self-similarity inside the span (what the compactness/diversity samplers rank by).
+    pub cohesion: f32,
+}
+
+pub fn propose(
+    events: &AtomicEvents,
+    ssm: &Ssm,
+    config: &ProposalsConfig,
+    seed: u64,
+) -> Vec<Proposal> {
+    let n = events.n as f64;
+    let spans = &events.spans;
+    let mut candidates: Vec<Proposal> = (0..spans.len())
+        .flat_map(|i| (i..spans.len()).map(move |j| (spans[i].0, spans[j].1)))
+        .filter(|&(s, e)| {
+            let length = (e - s) as f64 / n;
+            length >= config.min_length - 1e-9 && length <= config.max_length + 1e-9
+        })
+        .map(|(start, end)| score(ssm, start, end))
+        .collect();
+    if candidates.len() > config.cap {
+        match config.sampler {
+            Sampler::Uniform => Rng::new(seed).shuffle(&mut candidates),
+            Sampler::Compactness => candidates.sort_by(|a, b| b.cohesion.total_cmp(&a.cohesion)),
+            Sampler::Diversity => candidates.sort_by(|a, b| a.cohesion.total_cmp(&b.cohesion)),
+        }
+        candidates.truncate(config.cap);
+    }
+    rank(candidates, config.rerank_iou)
+}
+
+/// Contrast between a span and its surroundings: how much more its steps resemble each other
+/// than they resemble the steps just outside it (a window as long as half the span on each
+/// side). A real event is self-similar and differs from what comes before and after it.
+fn score(ssm: &Ssm, start: usize, end: usize) -> Proposal {
+    let len = end - start;
+    let reach = len.div_ceil(2).max(1);
+    let cohesion = ssm.block_mean((start, end), (start, end));
+    let left = (start.saturating_sub(reach), start);
+    let right = (end, (end + reach).min(ssm.n));
+    let (nl, nr) = (left.1 - left.0, right.1 - right.0);
+    let context = if nl + nr == 0 {
+        cohesion
+    } else {
+        (ssm.block_mean((start, end), left) * nl as f32
+            + ssm.block_mean((start, end), right) * nr as f32)
+            / (nl + nr) as f32
+    };
+    Proposal {
+        start,
+        end,
+        score: cohesion - context,
+        cohesion,
+    }
+}
+
+/// Best score first; a proposal that overlaps an already placed better one by more than
+/// `max_iou` waits until every distinct one has been placed, so the top few differ.
+fn rank(mut proposals: Vec<Proposal>, max_iou: f64) -> Vec<Proposal> {
+    proposals.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.start.cmp(&b.start))
+            .then(a.end.cmp(&b.end))
+    });
+    let mut placed: Vec<Proposal> = Vec::with_capacity(proposals.len());
+    let mut deferred = Vec::new();
+    for p in proposals {
+        let overlaps = placed
+            .iter()
+            .any(|q| step_iou((p.start, p.end), (q.start, q.end)) > max_iou);
+        if overlaps {
+            deferred.push(p);
+        } else {
+            placed.push(p);
+        }
+    }
+    placed.extend(deferred);
+    placed
+}
+
+fn step_iou(a: (usize, usize), b: (usize, usize)) -> f64 {
+    let inter = a.1.min(b.1).saturating_sub(a.0.max(b.0));
+    let union = a.1.max(b.1) - a.0.min(b.0);
+    if union == 0 {
+        0.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// An SSM of blocks: steps in the same block have similarity 1, others 0.
+    fn block_ssm(bounds: &[usize]) -> Ssm {
+        let n = *bounds.last().unwrap();
+        let block = |t: usize| bounds.iter().position(|&b| t < b).unwrap();
+        Ssm {
+            n,
+            data: (0..n * n)
+                .map(|k| f32::from(u8::from(block(k / n) == block(k % n))))
+                .collect(),
+        }
+    }
+
+    fn events(bounds: &[usize]) -> AtomicEvents {
+        let mut start = 0;
+        AtomicEvents {
+            n: *bounds.last().unwrap(),
+            spans: bounds
+                .iter()
+                .map(|&b| {
+                    let span = (start, b);
+                    start = b;
+                    span
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_whole_atomic_event_outranks_spans_that_cross_boundaries() {
+        let bounds = [30, 60, 100, 128];
+        let config = Config::default().proposals;
+        let ranked = propose(&events(&bounds), &block_ssm(&bounds), &config, 0);
+        // 4 events → 10 contiguous runs, all within the default length limits.
+        assert_eq!(ranked.len(), 10);
+        let top: Vec<(usize, usize)> = ranked[..4].iter().map(|p| (p.start, p.end)).collect();
+        for single in [(0, 30), (30, 60), (60, 100), (100, 128)] {
+            assert!(top.contains(&single), "{top:?}");
+        }
+        assert!(ranked.windows(2).take(3).all(|w| w[0].score >= w[1].score));
+    }
+
+    #[test]
+    fn samplers_respect_the_cap_and_uniform_is_seeded() {
+        let bounds = [10, 25, 40, 60, 80, 100, 128];
+        let mut config = Config::default().proposals;
+        config.cap = 5;
+        config.min_length = 0.0;
+        let ssm = block_ssm(&bounds);
+        let ev = events(&bounds);
+        let a = propose(&ev, &ssm, &config, 3);
+        assert_eq!(a.len(), 5);
+        assert_eq!(a, propose(&ev, &ssm, &config, 3));
+        assert_ne!(a, propose(&ev, &ssm, &config, 4));
+        config.sampler = Sampler::Compactness;
+        let compact = propose(&ev, &ssm, &config, 3);
+        assert!(compact.iter().all(|p| p.cohesion == 1.0));
+        config.sampler = Sampler::Diversity;
+        let diverse = propose(&ev, &ssm, &config, 3);
+        assert!(diverse.iter().all(|p| p.cohesion < 0.5));
+    }
+
+    #[test]
+    fn length_limits_filter_candidates() {
+        let bounds = [10, 64, 128];
+        let mut config = Config::default().proposals;
+        config.min_length = 0.2;
+        config.max_length = 0.9;
+        let ranked = propose(&events(&bounds), &block_ssm(&bounds), &config, 0);
+        let spans: Vec<(usize, usize)> = ranked.iter().map(|p| (p.start, p.end)).collect();
+        assert!(!spans.contains(&(0, 10)) && !spans.contains(&(0, 128)));
+        assert!(spans.contains(&(10, 64)) && spans.contains(&(64, 128)));
+    }
+
+    #[test]
+    fn near_duplicates_are_pushed_behind_distinct_proposals() {
+        let make = |start, end, score| Proposal {
+            start,
+            end,
+            score,
+            cohesion: 0.0,
+        };
+        let ranked = rank(
+            vec![make(0, 50, 0.9), make(0, 52, 0.8), make(60, 100, 0.5)],
+            0.7,
+        );
+        assert_eq!((ranked[1].start, ranked[1].end), (60, 100));
+        assert_eq!((ranked[2].start, ranked[2].end), (0, 52));
+    }
+}

@@ -1,0 +1,314 @@
+//! End-to-end tests of the real binary: the synthetic world, every malformed-input kind, real
+//! CLIP features, HDF5 and the picture.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn momentminer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_momentminer"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+/// The R@1/R@5/R@all triples of one method row of the recall table.
+fn row(table: &str, method: &str) -> Vec<f64> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(method))
+        .unwrap_or_else(|| panic!("no row '{method}' in\n{table}"));
+    line[method.len()..]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn proposals_beat_sliding_windows_on_the_synthetic_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = momentminer(&[
+        "synth",
+        "--out",
+        p(dir.path()),
+        "--videos",
+        "120",
+        "--dim",
+        "256",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = momentminer(&[
+        "propose",
+        p(&dir.path().join("features")),
+        "--out",
+        p(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("proposed 120 videos"), "{}", text(&out));
+    let out = momentminer(&[
+        "eval-proposals",
+        "--gt",
+        p(&dir.path().join("gt.jsonl")),
+        "--proposals",
+        p(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = text(&out);
+    // Columns: queries, per-video, R@1 x3, R@5 x3, R@all x3, mIoU.
+    let ours = row(&table, "proposals");
+    let sliding = row(&table, "sliding windows");
+    assert_eq!(
+        ours[1], sliding[1],
+        "baseline must have the same count\n{table}"
+    );
+    assert!(ours[6] > sliding[6] + 10.0, "R@5 IoU 0.5\n{table}");
+    assert!(ours[10] > sliding[10] + 10.0, "R@all IoU 0.7\n{table}");
+
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("proposals/synth_00000.json")).unwrap(),
+    )
+    .unwrap();
+    let proposals = result["proposals"].as_array().unwrap();
+    assert!(!proposals.is_empty());
+    let scores: Vec<f64> = proposals
+        .iter()
+        .map(|p| p["score"].as_f64().unwrap())
+        .collect();
+    let duration = result["duration"].as_f64().unwrap();
+    for p in proposals {
+        let (s, e) = (p["start"].as_f64().unwrap(), p["end"].as_f64().unwrap());
+        assert!(0.0 <= s && s < e && e <= duration + 1e-9);
+    }
+    assert!(scores[0] >= scores[1], "best first: {scores:?}");
+    let events = result["atomic_events"].as_array().unwrap();
+    assert_eq!(events.first().unwrap()[0].as_f64(), Some(0.0));
+    assert!((events.last().unwrap()[1].as_f64().unwrap() - duration).abs() < 1e-9);
+}
+
+#[test]
+fn every_malformed_kind_is_reported_by_name_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("in");
+    std::fs::create_dir(&inbox).unwrap();
+    let good = f32_bytes((0..40 * 8).map(|i| ((i * 7) % 13) as f32));
+    let mut nan = good.clone();
+    nan[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated.npy",
+            npy("<f4", "(40, 8)", &good[..100]),
+            "truncated",
+        ),
+        ("badmagic.npy", b"NOTNUMPY, just text".to_vec(), "bad magic"),
+        (
+            "ints.npy",
+            npy("<i8", "(40, 8)", &good),
+            "unsupported dtype",
+        ),
+        ("rank3.npy", npy("<f4", "(2, 20, 8)", &good), "rank"),
+        ("noframes.npy", npy("<f4", "(0, 8)", &[]), "T = 0"),
+        ("nan.npy", npy("<f4", "(40, 8)", &nan), "NaN/Inf"),
+        (
+            "gigantic.npy",
+            npy("<f4", "(9000000000, 9000000000)", &good),
+            "exceeds the limits",
+        ),
+        ("empty.npy", Vec::new(), "truncated"),
+        (
+            "broken.npz",
+            b"PK\x03\x04 not really a zip".to_vec(),
+            "archive",
+        ),
+        (
+            "noduration.npy",
+            npy("<f4", "(40, 8)", &good),
+            "no duration",
+        ),
+    ];
+    for (name, bytes, _) in &cases {
+        std::fs::write(inbox.join(name), bytes).unwrap();
+        let stem = name.rsplit_once('.').unwrap().0;
+        if *name != "noduration.npy" {
+            std::fs::write(inbox.join(format!("{stem}.json")), r#"{"duration": 20}"#).unwrap();
+        }
+    }
+    std::fs::write(inbox.join("good.npy"), npy("<f4", "(40, 8)", &good)).unwrap();
+    std::fs::write(inbox.join("good.json"), r#"{"duration": 20}"#).unwrap();
+    let out_dir = dir.path().join("out");
+
+    let out = momentminer(&["propose", p(&inbox), "--out", p(&out_dir)]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("proposed 1 videos"), "{report}");
+    assert!(
+        report.contains(&format!("{} inputs failed", cases.len())),
+        "{report}"
+    );
+    for (name, _, reason) in &cases {
+        let line = report
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} not reported:\n{report}"));
+        assert!(
+            line.contains(reason),
+            "{name}: expected '{reason}' in '{line}'"
+        );
+    }
+    assert!(out_dir.join("proposals/good.json").exists());
+    let written: Vec<_> = std::fs::read_dir(out_dir.join("proposals"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        written.len(),
+        1,
+        "only the good file has a result, and no temporaries"
+    );
+
+    let strict = momentminer(&["propose", p(&inbox), "--out", p(&out_dir), "--strict"]);
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
+}
+
+#[test]
+fn real_clip_features_run_end_to_end_with_a_picture() {
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/univtg/vid.npz");
+    assert!(
+        real.exists(),
+        "{} is missing: tests expect ../shared beside the checkout",
+        real.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // One CLIP feature per 2 s clip.
+    let out = momentminer(&[
+        "propose",
+        p(&real),
+        "--out",
+        p(dir.path()),
+        "--set",
+        "ingest.features_per_second=0.5",
+        "--strict",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("proposals/vid.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["duration"].as_f64(), Some(30.0));
+    assert_eq!(result["steps"].as_u64(), Some(15));
+    assert!(!result["proposals"].as_array().unwrap().is_empty());
+
+    let png = dir.path().join("vid.png");
+    let out = momentminer(&[
+        "inspect",
+        p(&real),
+        "--png",
+        p(&png),
+        "--set",
+        "ingest.features_per_second=0.5",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+}
+
+#[test]
+fn hdf5_files_with_many_videos_and_a_durations_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let h5 = dir.path().join("c3d.h5");
+    {
+        let file = hdf5::File::create(&h5).unwrap();
+        for (vid, frames) in [("v_one", 90usize), ("v_two", 300)] {
+            let data = ndarray::Array2::<f32>::from_shape_fn((frames, 500), |(t, d)| {
+                ((t / 30 + 1) * (d % 7 + 1)) as f32 + ((t * 31 + d * 17) % 11) as f32 * 0.1
+            });
+            file.create_group(vid)
+                .unwrap()
+                .new_dataset_builder()
+                .with_data(&data)
+                .create("c3d_features")
+                .unwrap();
+        }
+        let bad = ndarray::Array2::<f32>::from_elem((5, 500), f32::NAN);
+        file.create_group("v_bad")
+            .unwrap()
+            .new_dataset_builder()
+            .with_data(&bad)
+            .create("c3d_features")
+            .unwrap();
+        file.close().unwrap();
+    }
+    let durations = dir.path().join("durations.json");
+    std::fs::write(
+        &durations,
+        r#"{"v_one": {"duration": 45.0}, "v_two": {"duration": 150.5}, "v_bad": 3}"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let setting = format!("ingest.durations_file={}", p(&durations));
+    let out = momentminer(&["propose", p(&h5), "--out", p(&out_dir), "--set", &setting]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("proposed 2 videos"), "{report}");
+    assert!(
+        report.contains("[v_bad]") && report.contains("NaN/Inf"),
+        "{report}"
+    );
+    for (vid, duration) in [("v_one", 45.0), ("v_two", 150.5)] {
+        let result: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out_dir.join(format!("proposals/{vid}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(result["duration"].as_f64(), Some(duration));
+    }
+}
+
+#[test]
+fn configuration_mistakes_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = momentminer(&[
+        "propose",
+        p(dir.path()),
+        "--out",
+        p(dir.path()),
+        "--set",
+        "events.kk=3",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("events.kk=3"), "{}", text(&out));
+    let missing: PathBuf = dir.path().join("nope.toml");
+    let out = momentminer(&[
+        "propose",
+        p(dir.path()),
+        "--out",
+        p(dir.path()),
+        "--config",
+        p(&missing),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("nope.toml"), "{}", text(&out));
+}
