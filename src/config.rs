@@ -117,6 +117,7 @@ pub struct ProposalsConfig {
     pub min_length: f64,
     pub max_length: f64,
     pub rerank_iou: f64,
+    pub length_exponent: f32,
     pub seed: u64,
 }
 

@@ -37,8 +37,10 @@ enum LogFormat {
 enum Command {
     /// Propose temporal events for feature files and folders; writes OUT/proposals/<vid>.json.
     Propose {
+        /// Feature files (.npy, .npz, .h5/.hdf5) and folders, searched recursively.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// Output folder; results go to OUT/proposals/<vid>.json.
         #[arg(long)]
         out: PathBuf,
         /// Exit non-zero when any input fails.
@@ -47,7 +49,9 @@ enum Command {
     },
     /// Draw one video's similarity matrix, atomic events and top proposals to a PNG.
     Inspect {
+        /// A feature file.
         file: PathBuf,
+        /// Where the picture is written.
         #[arg(long)]
         png: PathBuf,
         /// Which video of a many-video (HDF5) file; the first if omitted.
@@ -57,6 +61,7 @@ enum Command {
     /// Generate the synthetic world: features, duration sidecars and ground truth (gt.jsonl).
     /// Flags override the [synth] section of the configuration.
     Synth {
+        /// Output folder: OUT/features/<vid>.npy + <vid>.json, and OUT/gt.jsonl.
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -78,6 +83,7 @@ enum Command {
     },
     /// The README's first command: synthetic world → proposals → recall table.
     Demo {
+        /// Output folder: the synthetic world and its proposals.
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
     },

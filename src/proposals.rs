@@ -30,7 +30,7 @@ pub fn propose(
             let length = (e - s) as f64 / n;
             length >= config.min_length - 1e-9 && length <= config.max_length + 1e-9
         })
-        .map(|(start, end)| score(ssm, start, end))
+        .map(|(start, end)| score(ssm, start, end, config.length_exponent))
         .collect();
     if candidates.len() > config.cap {
         match config.sampler {
@@ -46,7 +46,10 @@ pub fn propose(
 /// Contrast between a span and its surroundings: how much more its steps resemble each other
 /// than they resemble the steps just outside it (a window as long as half the span on each
 /// side). A real event is self-similar and differs from what comes before and after it.
-fn score(ssm: &Ssm, start: usize, end: usize) -> Proposal {
+///
+/// The contrast is multiplied by `length^length_exponent` (length as a fraction of the video):
+/// a short span's few steps resemble each other by chance, so raw contrast overrates them.
+fn score(ssm: &Ssm, start: usize, end: usize, length_exponent: f32) -> Proposal {
     let len = end - start;
     let reach = len.div_ceil(2).max(1);
     let cohesion = ssm.block_mean((start, end), (start, end));
@@ -63,7 +66,7 @@ fn score(ssm: &Ssm, start: usize, end: usize) -> Proposal {
     Proposal {
         start,
         end,
-        score: cohesion - context,
+        score: (cohesion - context) * (len as f32 / ssm.n as f32).powf(length_exponent),
         cohesion,
     }
 }
