@@ -7,6 +7,7 @@
 //! world with known answers, [`inspect`] draws why a boundary is where it is.
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod dataset;
 pub mod eval;

@@ -1,6 +1,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use momentminer::batch::{collect_videos, propose_all, BatchReport};
+use momentminer::bench::{self, BenchOptions};
 use momentminer::config::Config;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::pipeline::{analyse, StageTimes};
@@ -88,22 +89,7 @@ enum Command {
         out: PathBuf,
     },
     /// Throughput of the whole propose path on a generated corpus, with per-stage times.
-    Bench {
-        #[arg(long, default_value_t = 2000)]
-        videos: usize,
-        #[arg(long, default_value_t = 60)]
-        frames_min: usize,
-        #[arg(long, default_value_t = 400)]
-        frames_max: usize,
-        #[arg(long, default_value_t = 1024)]
-        dim: usize,
-        /// Timed passes over the corpus; the median is reported.
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
-        /// Where the corpus is generated (a temporary folder if omitted).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
+    Bench(BenchOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -207,22 +193,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 eval::format_table(&eval::proposal_report(&out.join("gt.jsonl"), &out)?)
             );
         }
-        Command::Bench {
-            videos,
-            frames_min,
-            frames_max,
-            dim,
-            repeats,
-            dir,
-        } => bench(
-            &mut config,
-            videos,
-            frames_min,
-            frames_max,
-            dim,
-            repeats,
-            dir,
-        )?,
+        Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -247,110 +218,4 @@ fn propose_paths(inputs: &[PathBuf], out: &Path, config: &Config) -> Result<Batc
         }
     }
     Ok(report)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn bench(
-    config: &mut Config,
-    videos: usize,
-    frames_min: usize,
-    frames_max: usize,
-    dim: usize,
-    repeats: usize,
-    dir: Option<PathBuf>,
-) -> Result<()> {
-    let scratch = tempfile_dir(dir)?;
-    let root = scratch.path();
-    config.synth.videos = videos;
-    config.synth.frames_min = frames_min;
-    config.synth.frames_max = frames_max;
-    config.synth.dim = dim;
-    synth::generate(root, &config.synth)?;
-    let (refs, failures) = collect_videos(&[root.join("features")]);
-    if !failures.is_empty() {
-        bail!("benchmark corpus unreadable: {}", failures[0].message);
-    }
-    println!(
-        "corpus: {} videos, T {}..{}, D {}; fsync {}; {} timed passes (+1 warm-up)",
-        refs.len(),
-        frames_min,
-        frames_max,
-        dim,
-        config.run.fsync,
-        repeats
-    );
-    let mut runs: Vec<BatchReport> = Vec::new();
-    for pass in 0..=repeats {
-        let out = root.join(format!("run{pass}"));
-        let report = propose_all(&refs, &out, config, false)?;
-        std::fs::remove_dir_all(&out).ok();
-        if pass > 0 {
-            println!("  pass {pass}: {:.0} videos/s", report.videos_per_second());
-            runs.push(report);
-        }
-    }
-    runs.sort_by(|a, b| a.videos_per_second().total_cmp(&b.videos_per_second()));
-    let median = &runs[runs.len() / 2];
-    println!(
-        "median: {:.0} videos/s ({:.3} ms per video wall clock, {} workers)",
-        median.videos_per_second(),
-        1e3 * median.elapsed.as_secs_f64() / median.videos.max(1) as f64,
-        median.threads
-    );
-    println!("per-stage time per video in the median pass (summed over workers):");
-    let per_video = |d: std::time::Duration| 1e3 * d.as_secs_f64() / median.videos.max(1) as f64;
-    let total: f64 = median
-        .times
-        .named()
-        .iter()
-        .map(|(_, d)| per_video(*d))
-        .sum();
-    for (name, d) in median.times.named() {
-        println!(
-            "  {name:<11} {:8.3} ms  {:5.1}%",
-            per_video(d),
-            100.0 * per_video(d) / total.max(1e-12)
-        );
-    }
-    Ok(())
-}
-
-/// A folder that is removed afterwards unless the user named it.
-fn tempfile_dir(dir: Option<PathBuf>) -> Result<Scratch> {
-    match dir {
-        Some(path) => {
-            std::fs::create_dir_all(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            Ok(Scratch {
-                path,
-                remove: false,
-            })
-        }
-        None => {
-            let path =
-                std::env::temp_dir().join(format!("momentminer-bench-{}", std::process::id()));
-            std::fs::create_dir_all(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            Ok(Scratch { path, remove: true })
-        }
-    }
-}
-
-struct Scratch {
-    path: PathBuf,
-    remove: bool,
-}
-
-impl Scratch {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.remove {
-            std::fs::remove_dir_all(&self.path).ok();
-        }
-    }
 }

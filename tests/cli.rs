@@ -312,3 +312,43 @@ fn configuration_mistakes_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("nope.toml"), "{}", text(&out));
 }
+
+#[test]
+fn demo_and_bench_run_on_small_worlds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = momentminer(&[
+        "demo",
+        "--out",
+        p(dir.path()),
+        "--set",
+        "synth.videos=30",
+        "--set",
+        "synth.dim=64",
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("proposed 30 videos"), "{report}");
+    assert!(row(&report, "proposals").len() == 12, "{report}");
+
+    let out = momentminer(&[
+        "bench",
+        "--videos",
+        "20",
+        "--frames-min",
+        "40",
+        "--frames-max",
+        "80",
+        "--dim",
+        "32",
+        "--repeats",
+        "1",
+        "--dir",
+        p(&dir.path().join("bench")),
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("median:") && report.contains("similarity"),
+        "{report}"
+    );
+}
