@@ -98,7 +98,8 @@ fn paint(
     }
     let seconds = |step: usize| step as f64 / n as f64 * video.duration;
     let mut y = (MARGIN + MATRIX_PX + 15) as i32;
-    root.draw_text("atomic events", &text(13), (4, y + 3))?;
+    let label_x = (MARGIN + MATRIX_PX + 10) as i32;
+    root.draw_text("atomic events", &text(13), (label_x, y + 3))?;
     y += ROW_PX as i32;
     for (k, &(s, e)) in analysis.events.spans.iter().enumerate() {
         let color = Palette99::pick(k).to_rgba();
@@ -121,7 +122,7 @@ fn paint(
                 p.score
             ),
             &text(12),
-            ((MARGIN + MATRIX_PX + 10) as i32, y + 3),
+            (label_x, y + 3),
         )?;
         y += ROW_PX as i32;
     }
