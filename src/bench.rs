@@ -28,8 +28,11 @@ pub struct BenchOptions {
 
 #[derive(Debug, Error)]
 pub enum BenchError {
-    #[error("cannot prepare the benchmark folder: {0}")]
-    Scratch(std::io::Error),
+    #[error("cannot prepare the benchmark folder {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Synth(#[from] SynthError),
     #[error(transparent)]
@@ -47,16 +50,25 @@ pub struct BenchSummary {
 }
 
 pub fn run(config: &Config, options: &BenchOptions) -> Result<BenchSummary, BenchError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("momentminer-bench")
-        .tempdir()
-        .map_err(BenchError::Scratch)?;
-    let root = match &options.dir {
+    // A temporary folder only when the user named none; `_scratch` removes it on return.
+    let (root, _scratch) = match &options.dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(BenchError::Scratch)?;
-            dir.clone()
+            std::fs::create_dir_all(dir).map_err(|source| BenchError::Scratch {
+                path: dir.clone(),
+                source,
+            })?;
+            (dir.clone(), None)
         }
-        None => scratch.path().to_path_buf(),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("momentminer-bench")
+                .tempdir()
+                .map_err(|source| BenchError::Scratch {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
     };
     let mut synth = config.synth.clone();
     synth.videos = options.videos;
