@@ -1,8 +1,8 @@
 //! Batch proposal runs over files and folders (`momentminer propose`, `momentminer bench`).
 
-use crate::config::Config;
-use crate::fsio::{sync_filesystem, write_atomic};
-use crate::ingest::{list_videos, read_video, Durations, FileKind, IngestError, VideoRef};
+use crate::config::{Config, RunConfig};
+use crate::fsio::{sync_filesystem, write_atomic, Durability};
+use crate::ingest::{list_videos, read_video, walk, Durations, FileKind, IngestError, VideoRef};
 use crate::pipeline::{analyse, timed, StageTimes, VideoProposals};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -53,7 +53,12 @@ pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<Failure>) {
     let mut failures = Vec::new();
     for input in inputs {
         if input.is_dir() {
-            walk(input, &mut files, &mut failures);
+            let (found, unlisted) = walk(input);
+            files.extend(found.into_iter().filter(|f| FileKind::of(f).is_some()));
+            failures.extend(unlisted.into_iter().map(|(path, e)| Failure {
+                input: path.display().to_string(),
+                message: format!("cannot list: {e}"),
+            }));
         } else {
             files.push(input.clone());
         }
@@ -71,38 +76,6 @@ pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<Failure>) {
     (videos, failures)
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>, failures: &mut Vec<Failure>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            failures.push(Failure {
-                input: dir.display().to_string(),
-                message: format!("cannot list folder: {e}"),
-            });
-            return;
-        }
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden {
-            continue;
-        }
-        // Symlinked folders are not followed: they can form cycles.
-        let is_link = path
-            .symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink());
-        if path.is_dir() && !is_link {
-            walk(&path, files, failures);
-        } else if FileKind::of(&path).is_some() {
-            files.push(path);
-        }
-    }
-}
-
 /// Proposes every video, writing `out/proposals/<vid>.json` atomically.
 pub fn propose_all(
     videos: &[VideoRef],
@@ -116,12 +89,7 @@ pub fn propose_all(
         path: dir.clone(),
         source,
     })?;
-    // File creation blocks on the filesystem, so twice as many workers as cores keeps the
-    // cores busy while some wait.
-    let threads = match config.run.threads {
-        0 => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let threads = RunConfig::worker_count(config.run.threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
@@ -197,7 +165,7 @@ fn propose_one(
     let target = dir.join(format!("{}.json", loaded.id));
     timed(&mut times.write, || {
         let bytes = serde_json::to_vec(&result).map_err(std::io::Error::other)?;
-        write_atomic(&target, &bytes, false)
+        write_atomic(&target, &bytes, Durability::None)
     })
     .map_err(|e| fail(format!("cannot write {}: {e}", target.display())))?;
     Ok(times)

@@ -33,6 +33,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub proposals: ProposalsConfig,
     pub run: RunConfig,
+    pub daemon: DaemonConfig,
     pub synth: SynthConfig,
 }
 
@@ -128,6 +129,51 @@ pub struct RunConfig {
     pub fsync: bool,
 }
 
+/// How the daemon makes a group of results durable before recording them in its ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupDurability {
+    /// Results wait under temporary names; one `syncfs` per group, then the renames.
+    Group,
+    /// Each result is fsynced by its worker and renamed at once.
+    File,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub inbox: PathBuf,
+    pub output: PathBuf,
+    pub quarantine: PathBuf,
+    pub state: PathBuf,
+    pub workers: usize,
+    pub max_in_flight: usize,
+    pub settle_ms: u64,
+    pub rescan_s: u64,
+    pub follow_symlinks: bool,
+    pub durability: GroupDurability,
+    pub commit_ms: u64,
+    pub commit_max: usize,
+    pub retry_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub shutdown_timeout_s: u64,
+    pub shard_videos: usize,
+    pub shard_flush_ms: u64,
+    pub metrics_addr: String,
+}
+
+impl RunConfig {
+    /// Worker threads for `threads` (or `daemon.workers`) = 0: two per core, because file
+    /// creation blocks and extra workers keep the cores busy while some wait.
+    pub fn worker_count(requested: usize) -> usize {
+        match requested {
+            0 => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SynthConfig {
@@ -182,7 +228,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 15] = [
             (self.sample.steps >= 2, "sample.steps must be at least 2"),
             (self.events.k >= 1, "events.k must be at least 1"),
             (self.events.trials >= 1, "events.trials must be at least 1"),
@@ -213,6 +259,15 @@ impl Config {
             (
                 self.ingest.max_frames >= 1 && self.ingest.max_dim >= 1,
                 "ingest.max_frames and ingest.max_dim must be at least 1",
+            ),
+            (
+                self.daemon.commit_max >= 1 && self.daemon.shard_videos >= 1,
+                "daemon.commit_max and daemon.shard_videos must be at least 1",
+            ),
+            (
+                self.daemon.retry_attempts >= 1
+                    && self.daemon.retry_base_ms <= self.daemon.retry_max_ms,
+                "daemon.retry_attempts must be at least 1 and retry_base_ms <= retry_max_ms",
             ),
             (
                 self.synth.frames_min >= 8 && self.synth.frames_min <= self.synth.frames_max,

@@ -1,41 +1,106 @@
 //! Atomic file output: a reader sees either no file or a whole one, never a partial write.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Writes to a hidden temporary name in the same folder, then renames over `path`. With
-/// `durable`, the data and the folder entry are fsynced so the file also survives power loss.
-pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+/// How far [`write_atomic`] goes to make a file survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Rename only: whole or absent after a crash of the process, not of the machine.
+    None,
+    /// The data is fsynced before the rename; the caller fsyncs the folder ([`sync_dir`]),
+    /// once for many files, before it relies on the new name.
+    Data,
+    /// Data and folder entry are fsynced before returning.
+    Full,
+}
+
+/// The temporary names [`write_atomic`] uses, so start-up can clear those a crash left.
+pub fn is_temporary_output(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Writes to a hidden temporary name in the same folder, then renames over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
+    let staged = stage(path, bytes, durability != Durability::None)?;
+    staged.publish()?;
+    if durability == Durability::Full {
+        sync_dir(staged.folder())?;
+    }
+    Ok(())
+}
+
+/// A whole file under a hidden temporary name, waiting to be renamed into place; the caller
+/// may make many durable at once ([`sync_filesystem`]) before publishing them.
+#[derive(Debug)]
+pub struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+impl Staged {
+    /// Renames the file into place. Publishing twice is harmless, so a caller may retry a group
+    /// in which some renames already happened.
+    pub fn publish(&self) -> std::io::Result<()> {
+        match std::fs::rename(&self.temp, &self.target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.target.exists() => Ok(()),
+            other => other,
+        }
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    pub fn folder(&self) -> &Path {
+        self.target.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// A staged file that is dropped unpublished (its result was thrown away) leaves nothing.
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+/// Writes `bytes` to a hidden temporary name beside `path` (fsynced with `sync_data`); nothing
+/// is visible under `path` until [`Staged::publish`].
+pub fn stage(path: &Path, bytes: &[u8], sync_data: bool) -> std::io::Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} names no file", path.display())))?;
-    let tmp = dir.join(format!(
+    let temp = dir.join(format!(
         ".{}.{}-{}.tmp",
         name.to_string_lossy(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
-        if durable {
-            file.sync_all()?;
-        }
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        if durable {
-            std::fs::File::open(dir)?.sync_all()?;
+        if sync_data {
+            file.sync_data()?;
         }
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
     }
-    result
+    Ok(Staged {
+        temp,
+        target: path.to_path_buf(),
+    })
+}
+
+/// Makes the entries (creations, renames, removals) of a folder durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Flushes everything written to the filesystem holding `dir` (syncfs): one call makes a
@@ -55,14 +120,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn staged_files_appear_only_when_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        let staged = stage(&path, b"whole", false).unwrap();
+        assert!(!path.exists());
+        staged.publish().unwrap();
+        staged.publish().unwrap();
+        drop(staged);
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        drop(stage(&path, b"thrown away", true).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn replaces_whole_files_and_leaves_no_temporaries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.json");
-        write_atomic(&path, b"first", true).unwrap();
-        write_atomic(&path, b"second", false).unwrap();
+        write_atomic(&path, b"first", Durability::Full).unwrap();
+        write_atomic(&path, b"second", Durability::None).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(write_atomic(&dir.path().join("missing/x.json"), b"x", true).is_err());
+        assert!(write_atomic(&dir.path().join("missing/x.json"), b"x", Durability::Data).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

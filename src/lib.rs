@@ -4,11 +4,13 @@
 //! Data flows one way through one module per stage:
 //! [`ingest`] → [`sample`] → [`similarity`] → [`events`] → [`proposals`], composed by
 //! [`pipeline`]; [`batch`] runs it over many files, [`eval`] measures it, [`synth`] makes a
-//! world with known answers, [`inspect`] draws why a boundary is where it is.
+//! world with known answers, [`inspect`] draws why a boundary is where it is. [`daemon`] is
+//! the long-running service: a watched inbox, a ledger, durable outputs and dataset shards.
 
 pub mod batch;
 pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod dataset;
 pub mod eval;
 pub mod events;

@@ -5,7 +5,7 @@ use momentminer::bench::{self, BenchOptions};
 use momentminer::config::Config;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::pipeline::{analyse, StageTimes};
-use momentminer::{eval, inspect, synth};
+use momentminer::{daemon, eval, inspect, synth};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -90,6 +90,15 @@ enum Command {
     },
     /// Throughput of the whole propose path on a generated corpus, with per-stage times.
     Bench(BenchOptions),
+    /// Run the daemon: watch [daemon].inbox, write proposals, dataset shards and quarantine
+    /// records, keep the ledger. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the config.
+    Watch,
+    /// What the daemon's ledger says: inputs per state, throughput, latency, recent problems.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -194,6 +203,19 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
         }
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
+        Command::Watch => {
+            let (file, overrides) = (cli.config.clone(), cli.overrides.clone());
+            let reload = Box::new(move || Config::load(file.as_deref(), &overrides));
+            daemon::run(config, reload)?;
+        }
+        Command::Status { json } => {
+            let status = daemon::status::read(&config.daemon.state)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

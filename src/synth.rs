@@ -10,7 +10,7 @@
 //! random-walk drift and per-frame noise.
 
 use crate::config::SynthConfig;
-use crate::fsio::write_atomic;
+use crate::fsio::{write_atomic, Durability};
 use crate::ingest::{npy, Features};
 use crate::rng::{hash_str, Rng};
 use rayon::prelude::*;
@@ -348,10 +348,11 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<Vec<GroundTruth>, Sy
             let npy_path = features_dir.join(format!("{}.npy", video.vid));
             let mut bytes = Vec::with_capacity(video.features.data.len() * 4 + 128);
             npy::write(&mut bytes, &video.features).map_err(fail(&npy_path))?;
-            write_atomic(&npy_path, &bytes, false).map_err(fail(&npy_path))?;
+            write_atomic(&npy_path, &bytes, Durability::None).map_err(fail(&npy_path))?;
             let sidecar = features_dir.join(format!("{}.json", video.vid));
             let meta = serde_json::json!({ "duration": video.duration });
-            write_atomic(&sidecar, meta.to_string().as_bytes(), false).map_err(fail(&sidecar))?;
+            write_atomic(&sidecar, meta.to_string().as_bytes(), Durability::None)
+                .map_err(fail(&sidecar))?;
             Ok(video.events)
         })
         .collect::<Result<_, SynthError>>()?;
@@ -362,7 +363,7 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<Vec<GroundTruth>, Sy
         lines.push('\n');
     }
     let gt_path = out.join("gt.jsonl");
-    write_atomic(&gt_path, lines.as_bytes(), true).map_err(fail(&gt_path))?;
+    write_atomic(&gt_path, lines.as_bytes(), Durability::Full).map_err(fail(&gt_path))?;
     Ok(truth)
 }
 

@@ -1,41 +1,10 @@
 //! End-to-end tests of the real binary: the synthetic world, every malformed-input kind, real
 //! CLIP features, HDF5 and the picture.
 
+mod common;
+
+use common::{f32_bytes, malformed_cases, momentminer, npy, p, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn momentminer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_momentminer"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn npy(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
-    values.into_iter().flat_map(f32::to_le_bytes).collect()
-}
 
 /// The R@1/R@5/R@all triples of one method row of the recall table.
 fn row(table: &str, method: &str) -> Vec<f64> {
@@ -117,48 +86,15 @@ fn every_malformed_kind_is_reported_by_name_and_the_batch_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let inbox = dir.path().join("in");
     std::fs::create_dir(&inbox).unwrap();
-    let good = f32_bytes((0..40 * 8).map(|i| ((i * 7) % 13) as f32));
-    let mut nan = good.clone();
-    nan[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "truncated.npy",
-            npy("<f4", "(40, 8)", &good[..100]),
-            "truncated",
-        ),
-        ("badmagic.npy", b"NOTNUMPY, just text".to_vec(), "bad magic"),
-        (
-            "ints.npy",
-            npy("<i8", "(40, 8)", &good),
-            "unsupported dtype",
-        ),
-        ("rank3.npy", npy("<f4", "(2, 20, 8)", &good), "rank"),
-        ("noframes.npy", npy("<f4", "(0, 8)", &[]), "T = 0"),
-        ("nan.npy", npy("<f4", "(40, 8)", &nan), "NaN/Inf"),
-        (
-            "gigantic.npy",
-            npy("<f4", "(9000000000, 9000000000)", &good),
-            "exceeds the limits",
-        ),
-        ("empty.npy", Vec::new(), "truncated"),
-        (
-            "broken.npz",
-            b"PK\x03\x04 not really a zip".to_vec(),
-            "archive",
-        ),
-        (
-            "noduration.npy",
-            npy("<f4", "(40, 8)", &good),
-            "no duration",
-        ),
-    ];
-    for (name, bytes, _) in &cases {
-        std::fs::write(inbox.join(name), bytes).unwrap();
-        let stem = name.rsplit_once('.').unwrap().0;
-        if *name != "noduration.npy" {
+    let cases = malformed_cases();
+    for case in &cases {
+        std::fs::write(inbox.join(case.name), &case.bytes).unwrap();
+        let stem = case.name.rsplit_once('.').unwrap().0;
+        if case.name != "noduration.npy" {
             std::fs::write(inbox.join(format!("{stem}.json")), r#"{"duration": 20}"#).unwrap();
         }
     }
+    let good = f32_bytes((0..40 * 8).map(|i| ((i * 7) % 13) as f32));
     std::fs::write(inbox.join("good.npy"), npy("<f4", "(40, 8)", &good)).unwrap();
     std::fs::write(inbox.join("good.json"), r#"{"duration": 20}"#).unwrap();
     let out_dir = dir.path().join("out");
@@ -171,14 +107,16 @@ fn every_malformed_kind_is_reported_by_name_and_the_batch_goes_on() {
         report.contains(&format!("{} inputs failed", cases.len())),
         "{report}"
     );
-    for (name, _, reason) in &cases {
+    for case in &cases {
         let line = report
             .lines()
-            .find(|l| l.contains(name))
-            .unwrap_or_else(|| panic!("{name} not reported:\n{report}"));
+            .find(|l| l.contains(case.name))
+            .unwrap_or_else(|| panic!("{} not reported:\n{report}", case.name));
         assert!(
-            line.contains(reason),
-            "{name}: expected '{reason}' in '{line}'"
+            line.contains(case.message),
+            "{}: expected '{}' in '{line}'",
+            case.name,
+            case.message
         );
     }
     assert!(out_dir.join("proposals/good.json").exists());

@@ -3,8 +3,8 @@
 
 mod activitynet;
 mod charades;
-mod moment_detr;
-mod psvl;
+pub mod moment_detr;
+pub mod psvl;
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -18,6 +18,19 @@ pub struct Moment {
     pub duration: Option<f64>,
     /// Ground-truth windows; a prediction is judged by its best overlap with any of them.
     pub windows: Vec<[f64; 2]>,
+}
+
+/// A proposal as a training pair: a span of a video (seconds) and the query that describes it.
+/// `query` and `tokens` stay empty until the proposal is captioned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PseudoLabel {
+    pub qid: u64,
+    pub vid: String,
+    pub duration: f64,
+    pub start: f64,
+    pub end: f64,
+    pub query: String,
+    pub tokens: Vec<String>,
 }
 
 #[derive(Debug, Error)]
@@ -114,6 +127,53 @@ mod tests {
                     .all(|m| !m.windows.is_empty() && !m.vid.is_empty()),
                 "{rel}"
             );
+        }
+    }
+
+    #[test]
+    fn written_shards_read_back_as_the_same_moments() {
+        let labels: Vec<PseudoLabel> = (0..3)
+            .map(|i| PseudoLabel {
+                qid: i,
+                vid: format!("v é {i}"),
+                duration: 30.0 + i as f64,
+                start: 1.5 * i as f64,
+                end: 10.0 + i as f64,
+                query: if i == 0 {
+                    String::new()
+                } else {
+                    "open door".into()
+                },
+                tokens: vec!["open".into(), "door".into()],
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("shard.json");
+        std::fs::write(&json, psvl::write(&labels).unwrap()).unwrap();
+        let jsonl = dir.path().join("shard.jsonl");
+        let lines: String = labels
+            .iter()
+            .map(|l| moment_detr::write_line(l).unwrap())
+            .collect();
+        std::fs::write(&jsonl, lines).unwrap();
+        for (path, query_of) in [
+            (
+                &json,
+                (|_: &PseudoLabel| "open door".to_string()) as fn(&PseudoLabel) -> String,
+            ),
+            (&jsonl, |l: &PseudoLabel| l.query.clone()),
+        ] {
+            let moments = read_annotations(path).unwrap();
+            assert_eq!(moments.len(), labels.len());
+            for (m, l) in moments.iter().zip(&labels) {
+                assert_eq!(
+                    (m.vid.as_str(), m.duration),
+                    (l.vid.as_str(), Some(l.duration))
+                );
+                assert_eq!(m.query, query_of(l));
+                assert!((m.windows[0][0] - l.start).abs() < 1e-9);
+                assert!((m.windows[0][1] - l.end).abs() < 1e-9);
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Moment-DETR / QVHighlights JSONL: `{"qid", "query", "vid", "duration", "relevant_windows"}`.
 
-use super::{DatasetError, Moment};
-use serde::Deserialize;
+use super::{DatasetError, Moment, PseudoLabel};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 #[derive(Deserialize)]
@@ -27,4 +27,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
             })
         })
         .collect()
+}
+
+#[derive(Serialize)]
+struct OutLine<'a> {
+    qid: u64,
+    query: &'a str,
+    vid: &'a str,
+    duration: f64,
+    relevant_windows: [[f64; 2]; 1],
+}
+
+/// One JSONL line (with its newline) for Moment-DETR-style trainers; windows in seconds.
+pub fn write_line(label: &PseudoLabel) -> Result<String, serde_json::Error> {
+    let mut line = serde_json::to_string(&OutLine {
+        qid: label.qid,
+        query: &label.query,
+        vid: &label.vid,
+        duration: label.duration,
+        relevant_windows: [[label.start, label.end]],
+    })?;
+    line.push('\n');
+    Ok(line)
 }

@@ -1,7 +1,7 @@
 //! PSVL's JSON list: `{"vid", "duration", "timestamp": [s, e] normalised, "tokens" | "sentence"}`.
 
-use super::{DatasetError, Moment};
-use serde::Deserialize;
+use super::{DatasetError, Moment, PseudoLabel};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 #[derive(Deserialize)]
@@ -27,4 +27,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
             vid: e.vid,
         })
         .collect())
+}
+
+#[derive(Serialize)]
+struct OutEntry<'a> {
+    vid: &'a str,
+    duration: f64,
+    timestamp: [f64; 2],
+    tokens: &'a [String],
+}
+
+/// The whole JSON list PSVL's trainer loads; timestamps normalised by the duration.
+pub fn write(labels: &[PseudoLabel]) -> Result<String, serde_json::Error> {
+    let entries: Vec<OutEntry> = labels
+        .iter()
+        .map(|l| OutEntry {
+            vid: &l.vid,
+            duration: l.duration,
+            timestamp: [l.start / l.duration, l.end / l.duration],
+            tokens: &l.tokens,
+        })
+        .collect();
+    serde_json::to_string(&entries)
 }

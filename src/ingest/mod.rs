@@ -100,6 +100,33 @@ pub enum Problem {
     UnsupportedType,
 }
 
+impl Problem {
+    /// A stable, machine-readable name for the kind of problem (quarantine records, metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Problem::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated",
+            Problem::Io(_) => "io",
+            Problem::BadMagic => "bad_magic",
+            Problem::BadHeader(_) => "bad_header",
+            Problem::Truncated { .. } => "truncated",
+            Problem::UnsupportedDtype(_) => "unsupported_dtype",
+            Problem::Rank { .. } => "bad_rank",
+            Problem::TooLarge { .. } => "too_large",
+            Problem::NoFrames => "no_frames",
+            Problem::NoDims => "no_dims",
+            Problem::NonFinite { .. } => "non_finite",
+            Problem::Archive(_) => "bad_archive",
+            Problem::MissingStream { .. } => "missing_stream",
+            Problem::Hdf5(_) => "hdf5",
+            Problem::MissingDuration { .. } => "missing_duration",
+            Problem::BadDuration(_) => "bad_duration",
+            Problem::BadSidecar { .. } => "bad_sidecar",
+            Problem::BadVideoId(_) => "bad_video_id",
+            Problem::UnsupportedType => "unsupported_type",
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 #[error("{}{}: {problem}", path.display(), key.as_ref().map(|k| format!(" [{k}]")).unwrap_or_default())]
 pub struct IngestError {
@@ -118,9 +145,14 @@ impl IngestError {
         }
     }
 
-    /// I/O failures other than short reads may succeed on retry; format problems never do.
+    /// I/O failures other than short reads may succeed on retry, and so may an HDF5 file that
+    /// its writer still holds locked; format problems never do.
     pub fn is_transient(&self) -> bool {
-        matches!(&self.problem, Problem::Io(e) if e.kind() != std::io::ErrorKind::UnexpectedEof)
+        match &self.problem {
+            Problem::Io(e) => e.kind() != std::io::ErrorKind::UnexpectedEof,
+            Problem::Hdf5(message) => message.contains("lock"),
+            _ => false,
+        }
     }
 }
 
@@ -184,6 +216,44 @@ impl VideoRef {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// Names that are never inputs: hidden files and the usual names of files still being written
+/// (`.part`, `.tmp`, `.partial`, `.crdownload`, `.swp`, `~`).
+pub fn is_temporary_name(name: &str) -> bool {
+    const SUFFIXES: [&str; 6] = [".part", ".tmp", ".partial", ".crdownload", ".swp", "~"];
+    name.starts_with('.') || SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// Every file under `dir` (recursively, sorted) whose name is not temporary, with the folders
+/// that could not be listed. Symlinked folders are not followed: they can form cycles.
+/// Symlinks to files are listed; whoever reads them decides whether to follow.
+pub fn walk(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
+    let mut files = Vec::new();
+    let mut failures = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                failures.push((dir, e));
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            if is_temporary_name(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
+                Ok(kind) if kind.is_symlink() && entry.path().is_dir() => {}
+                Ok(_) => files.push(entry.path()),
+                Err(e) => failures.push((entry.path(), e)),
+            }
+        }
+    }
+    files.sort();
+    (files, failures)
 }
 
 /// The videos a feature file holds, without reading their features.

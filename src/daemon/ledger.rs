@@ -1,0 +1,777 @@
+//! The ledger: one SQLite row per input file (what it was, what became of it, which files it
+//! produced), the pseudo-labels of every finished video, and the dataset shards they go into.
+//!
+//! SQLite rather than a pure-Rust store because `momentminer status` must read it while the
+//! daemon writes (WAL gives readers a consistent snapshot without blocking the writer), because
+//! operators can open it with the `sqlite3` shell, and because one transaction covers the input
+//! rows, the labels and the shard bookkeeping together.
+
+use super::worker::{FileStat, QuarantineRecord, VideoResult};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const FILE_NAME: &str = "ledger.sqlite";
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "ledger {path} has schema version {found}; this momentminer reads version {SCHEMA_VERSION}"
+    )]
+    Version { path: PathBuf, found: i64 },
+    #[error("no ledger at {0}: has `momentminer watch` run with this state folder?")]
+    Missing(PathBuf),
+}
+
+/// Where an input stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Found complete and handed to a worker; not finished when the daemon last committed.
+    Queued,
+    /// Failed in a way that may pass (I/O); tried again after a backoff.
+    Retry,
+    Done,
+    Quarantined,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [State::Queued, State::Retry, State::Done, State::Quarantined];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Retry => "retry",
+            State::Done => "done",
+            State::Quarantined => "quarantined",
+        }
+    }
+
+    fn parse(text: &str) -> State {
+        match text {
+            "retry" => State::Retry,
+            "done" => State::Done,
+            "quarantined" => State::Quarantined,
+            _ => State::Queued,
+        }
+    }
+
+    /// Finished: nothing more happens to the input unless it changes.
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Done | State::Quarantined)
+    }
+}
+
+/// What the daemon remembers about an input between runs.
+#[derive(Debug, Clone)]
+pub struct InputRow {
+    pub path: PathBuf,
+    pub stat: Option<FileStat>,
+    pub hash: Option<String>,
+    pub state: State,
+    pub attempts: u32,
+    pub next_attempt_ms: Option<i64>,
+    /// Files this input produced (proposals and quarantine records), absolute.
+    pub outputs: Vec<PathBuf>,
+    pub vids: Vec<String>,
+}
+
+/// One change to record, produced by the daemon's main loop.
+#[derive(Debug)]
+pub enum Change {
+    Queued {
+        path: PathBuf,
+    },
+    Done {
+        path: PathBuf,
+        stat: FileStat,
+        hash: String,
+        videos: Vec<VideoResult>,
+        /// Videos of a many-video file that failed while the rest succeeded.
+        quarantined: Vec<QuarantineRecord>,
+        outputs: Vec<PathBuf>,
+        latency_ms: f64,
+    },
+    /// Never finished and gone from the inbox.
+    Forget {
+        path: PathBuf,
+    },
+    /// Touched or moved but identical in content: only the remembered stat changes.
+    Unchanged {
+        path: PathBuf,
+        stat: FileStat,
+    },
+    Retry {
+        path: PathBuf,
+        attempts: u32,
+        next_attempt_ms: i64,
+        record: QuarantineRecord,
+    },
+    Quarantined {
+        path: PathBuf,
+        stat: Option<FileStat>,
+        hash: Option<String>,
+        record: QuarantineRecord,
+        outputs: Vec<PathBuf>,
+    },
+}
+
+/// A dataset shard whose files are older than its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleShard {
+    pub id: i64,
+    pub version: i64,
+}
+
+/// A pseudo-label row as stored (times in seconds).
+pub type LabelRow = crate::dataset::PseudoLabel;
+
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RFC 3339 UTC time of a Unix time in milliseconds (`2026-11-27T04:05:06.789Z`).
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+fn path_bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+fn path_of(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+fn paths_json(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger in `state_dir` for the daemon: WAL, and every
+    /// commit fsynced, since a commit is what promises a result is safe.
+    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = state_dir.join(FILE_NAME);
+        let fail = |source| LedgerError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(fail)?;
+        match found {
+            0 => conn
+                .execute_batch(&format!(
+                    "BEGIN;
+                     CREATE TABLE inputs(
+                        id INTEGER PRIMARY KEY,
+                        path BLOB NOT NULL UNIQUE,
+                        size INTEGER, mtime_ns INTEGER, inode INTEGER,
+                        hash TEXT,
+                        state TEXT NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        next_attempt_ms INTEGER,
+                        reason TEXT, error TEXT,
+                        outputs TEXT NOT NULL DEFAULT '[]',
+                        videos INTEGER NOT NULL DEFAULT 0,
+                        updated_ms INTEGER NOT NULL,
+                        latency_ms REAL);
+                     CREATE INDEX inputs_by_state ON inputs(state, updated_ms);
+                     CREATE TABLE videos(vid TEXT PRIMARY KEY, input_id INTEGER NOT NULL);
+                     CREATE INDEX videos_by_input ON videos(input_id);
+                     CREATE TABLE shards(id INTEGER PRIMARY KEY,
+                        version INTEGER NOT NULL DEFAULT 0,
+                        written INTEGER NOT NULL DEFAULT -1);
+                     CREATE TABLE labels(qid INTEGER PRIMARY KEY AUTOINCREMENT,
+                        shard INTEGER NOT NULL, input_id INTEGER NOT NULL, vid TEXT NOT NULL,
+                        duration REAL NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
+                        score REAL NOT NULL,
+                        query TEXT NOT NULL DEFAULT '', tokens TEXT NOT NULL DEFAULT '[]');
+                     CREATE INDEX labels_by_shard ON labels(shard);
+                     CREATE INDEX labels_by_input ON labels(input_id);
+                     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                     PRAGMA user_version = {SCHEMA_VERSION};
+                     COMMIT;"
+                ))
+                .map_err(fail)?,
+            SCHEMA_VERSION => {}
+            found => return Err(LedgerError::Version { path, found }),
+        }
+        Ok(Ledger { conn, path })
+    }
+
+    /// Opens an existing ledger for reading only (`momentminer status`).
+    pub fn open_read_only(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = state_dir.join(FILE_NAME);
+        if !path.exists() {
+            return Err(LedgerError::Missing(path));
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| LedgerError::Sql {
+                path: path.clone(),
+                source,
+            },
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|source| LedgerError::Sql {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Ledger { conn, path })
+    }
+
+    fn fail(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
+        |source| LedgerError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn sql_error(&self, source: rusqlite::Error) -> LedgerError {
+        (self.fail())(source)
+    }
+
+    /// Every input row, with the videos it owns.
+    pub fn inputs(&self) -> Result<Vec<InputRow>, LedgerError> {
+        let fail = self.fail();
+        let mut vids: HashMap<i64, Vec<String>> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT input_id, vid FROM videos")
+            .map_err(&fail)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(&fail)?;
+        for row in rows {
+            let (id, vid) = row.map_err(&fail)?;
+            vids.entry(id).or_default().push(vid);
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, path, size, mtime_ns, inode, hash, state, attempts, next_attempt_ms,
+                        outputs FROM inputs",
+            )
+            .map_err(&fail)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let id: i64 = r.get(0)?;
+                let size: Option<i64> = r.get(2)?;
+                let stat = match (
+                    size,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ) {
+                    (Some(size), Some(mtime_ns), Some(inode)) => Some(FileStat {
+                        size: size as u64,
+                        mtime_ns,
+                        inode: inode as u64,
+                    }),
+                    _ => None,
+                };
+                let outputs: Vec<String> =
+                    serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default();
+                Ok((
+                    id,
+                    InputRow {
+                        path: path_of(r.get(1)?),
+                        stat,
+                        hash: r.get(5)?,
+                        state: State::parse(&r.get::<_, String>(6)?),
+                        attempts: r.get(7)?,
+                        next_attempt_ms: r.get(8)?,
+                        outputs: outputs.into_iter().map(PathBuf::from).collect(),
+                        vids: Vec::new(),
+                    },
+                ))
+            })
+            .map_err(&fail)?;
+        rows.map(|row| {
+            let (id, mut input) = row.map_err(&fail)?;
+            input.vids = vids.remove(&id).unwrap_or_default();
+            Ok(input)
+        })
+        .collect()
+    }
+
+    /// Records a group of changes in one transaction. Finished videos' proposals become labels
+    /// in the open shard (a new one once it holds `shard_videos` videos).
+    pub fn commit(&mut self, changes: &[Change], shard_videos: usize) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let fail = |source| LedgerError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let now = now_ms();
+        let tx = self.conn.transaction().map_err(fail)?;
+        let mut shard = OpenShard::find(&tx).map_err(fail)?;
+        for change in changes {
+            record(&tx, change, now, &mut shard, shard_videos).map_err(fail)?;
+        }
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES('last_commit_ms', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [now.to_string()],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)
+    }
+
+    /// Shards whose files do not yet show their latest rows.
+    pub fn stale_shards(&self) -> Result<Vec<StaleShard>, LedgerError> {
+        let fail = self.fail();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, version FROM shards WHERE written < version ORDER BY id")
+            .map_err(&fail)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(StaleShard {
+                    id: r.get(0)?,
+                    version: r.get(1)?,
+                })
+            })
+            .map_err(&fail)?;
+        rows.map(|r| r.map_err(&fail)).collect()
+    }
+
+    pub fn shard_labels(&self, shard: i64) -> Result<Vec<LabelRow>, LedgerError> {
+        let fail = self.fail();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT qid, vid, duration, start, end, query, tokens FROM labels
+                 WHERE shard = ?1 ORDER BY qid",
+            )
+            .map_err(&fail)?;
+        let rows = stmt
+            .query_map([shard], |r| {
+                let tokens: String = r.get(6)?;
+                Ok(LabelRow {
+                    qid: r.get::<_, i64>(0)? as u64,
+                    vid: r.get(1)?,
+                    duration: r.get(2)?,
+                    start: r.get(3)?,
+                    end: r.get(4)?,
+                    query: r.get(5)?,
+                    tokens: serde_json::from_str(&tokens).unwrap_or_default(),
+                })
+            })
+            .map_err(&fail)?;
+        rows.map(|r| r.map_err(&fail)).collect()
+    }
+
+    pub fn mark_shard_written(&self, shard: StaleShard) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE shards SET written = ?2 WHERE id = ?1",
+                params![shard.id, shard.version],
+            )
+            .map(|_| ())
+            .map_err(self.fail())
+    }
+
+    /// Inputs that reached a final state (done or quarantined).
+    pub fn finished(&self) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM inputs WHERE state IN ('done', 'quarantined')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.fail())
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key, value) VALUES(?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(self.fail())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.fail())
+    }
+}
+
+fn upsert_input(
+    tx: &rusqlite::Transaction,
+    path: &Path,
+    state: State,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "INSERT INTO inputs(path, state, updated_ms) VALUES(?1, ?2, ?3)
+         ON CONFLICT(path) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms
+         RETURNING id",
+        params![path_bytes(path), state.as_str(), now],
+        |r| r.get(0),
+    )
+}
+
+fn set_stat(
+    tx: &rusqlite::Transaction,
+    id: i64,
+    stat: Option<&FileStat>,
+    hash: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE inputs SET size = ?2, mtime_ns = ?3, inode = ?4, hash = ?5 WHERE id = ?1",
+        params![
+            id,
+            stat.map(|s| s.size as i64),
+            stat.map(|s| s.mtime_ns),
+            stat.map(|s| s.inode as i64),
+            hash
+        ],
+    )?;
+    Ok(())
+}
+
+/// Drops an input's labels and video ids; the shards that held labels must be rewritten.
+fn release_results(tx: &rusqlite::Transaction, id: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE shards SET version = version + 1
+         WHERE id IN (SELECT DISTINCT shard FROM labels WHERE input_id = ?1)",
+        [id],
+    )?;
+    tx.execute("DELETE FROM labels WHERE input_id = ?1", [id])?;
+    tx.execute("DELETE FROM videos WHERE input_id = ?1", [id])?;
+    Ok(())
+}
+
+/// The shard new labels go to, and how many videos it holds; found once per commit.
+struct OpenShard {
+    id: Option<i64>,
+    videos: usize,
+}
+
+impl OpenShard {
+    fn find(tx: &rusqlite::Transaction) -> rusqlite::Result<OpenShard> {
+        let id: Option<i64> = tx.query_row("SELECT MAX(id) FROM shards", [], |r| r.get(0))?;
+        let videos: i64 = match id {
+            Some(id) => tx.query_row(
+                "SELECT COUNT(DISTINCT vid) FROM labels WHERE shard = ?1",
+                [id],
+                |r| r.get(0),
+            )?,
+            None => 0,
+        };
+        Ok(OpenShard {
+            id,
+            videos: videos as usize,
+        })
+    }
+
+    /// The shard for `videos` more videos, sealing the open one when it is full.
+    fn take(
+        &mut self,
+        tx: &rusqlite::Transaction,
+        videos: usize,
+        shard_videos: usize,
+    ) -> rusqlite::Result<i64> {
+        let id = match self.id {
+            Some(id) if self.videos < shard_videos => id,
+            _ => {
+                tx.execute("INSERT INTO shards(version) VALUES(0)", [])?;
+                self.videos = 0;
+                tx.last_insert_rowid()
+            }
+        };
+        self.id = Some(id);
+        self.videos += videos;
+        Ok(id)
+    }
+}
+
+fn record(
+    tx: &rusqlite::Transaction,
+    change: &Change,
+    now: i64,
+    shard: &mut OpenShard,
+    shard_videos: usize,
+) -> rusqlite::Result<()> {
+    match change {
+        Change::Queued { path } => {
+            upsert_input(tx, path, State::Queued, now)?;
+        }
+        Change::Forget { path } => {
+            tx.execute(
+                "DELETE FROM inputs WHERE path = ?1 AND state IN ('queued', 'retry')",
+                [path_bytes(path)],
+            )?;
+        }
+        Change::Unchanged { path, stat } => {
+            tx.execute(
+                "UPDATE inputs SET size = ?2, mtime_ns = ?3, inode = ?4, updated_ms = ?5
+                 WHERE path = ?1",
+                params![
+                    path_bytes(path),
+                    stat.size as i64,
+                    stat.mtime_ns,
+                    stat.inode as i64,
+                    now
+                ],
+            )?;
+        }
+        Change::Retry {
+            path,
+            attempts,
+            next_attempt_ms,
+            record,
+        } => {
+            let id = upsert_input(tx, path, State::Retry, now)?;
+            tx.execute(
+                "UPDATE inputs SET attempts = ?2, next_attempt_ms = ?3, reason = ?4, error = ?5
+                 WHERE id = ?1",
+                params![id, attempts, next_attempt_ms, record.reason, record.message],
+            )?;
+        }
+        Change::Quarantined {
+            path,
+            stat,
+            hash,
+            record,
+            outputs,
+        } => {
+            let id = upsert_input(tx, path, State::Quarantined, now)?;
+            set_stat(tx, id, stat.as_ref(), hash.as_deref())?;
+            release_results(tx, id)?;
+            tx.execute(
+                "UPDATE inputs SET attempts = ?2, next_attempt_ms = NULL, reason = ?3, error = ?4,
+                        outputs = ?5, videos = 0
+                 WHERE id = ?1",
+                params![
+                    id,
+                    record.attempts,
+                    record.reason,
+                    record.message,
+                    paths_json(outputs)
+                ],
+            )?;
+        }
+        Change::Done {
+            path,
+            stat,
+            hash,
+            videos,
+            quarantined,
+            outputs,
+            latency_ms,
+        } => {
+            let id = upsert_input(tx, path, State::Done, now)?;
+            set_stat(tx, id, Some(stat), Some(hash))?;
+            release_results(tx, id)?;
+            let (reason, error) = match quarantined.first() {
+                Some(first) => (
+                    Some(first.reason),
+                    Some(format!(
+                        "{} of {} videos quarantined; first: {}",
+                        quarantined.len(),
+                        quarantined.len() + videos.len(),
+                        first.message
+                    )),
+                ),
+                None => (None, None),
+            };
+            tx.execute(
+                "UPDATE inputs SET next_attempt_ms = NULL, reason = ?2, error = ?3, outputs = ?4,
+                        videos = ?5, latency_ms = ?6
+                 WHERE id = ?1",
+                params![
+                    id,
+                    reason,
+                    error,
+                    paths_json(outputs),
+                    videos.len() as i64,
+                    latency_ms
+                ],
+            )?;
+            let shard = shard.take(tx, videos.len(), shard_videos)?;
+            let mut insert_video = tx.prepare_cached(
+                "INSERT INTO videos(vid, input_id) VALUES(?1, ?2)
+                 ON CONFLICT(vid) DO UPDATE SET input_id = excluded.input_id",
+            )?;
+            let mut insert_label = tx.prepare_cached(
+                "INSERT INTO labels(shard, input_id, vid, duration, start, end, score)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for video in videos {
+                insert_video.execute(params![video.vid, id])?;
+                for span in &video.proposals {
+                    insert_label.execute(params![
+                        shard,
+                        id,
+                        video.vid,
+                        video.duration,
+                        span.start,
+                        span.end,
+                        span.score
+                    ])?;
+                }
+            }
+            tx.execute(
+                "UPDATE shards SET version = version + 1 WHERE id = ?1",
+                [shard],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::ScoredSpan;
+
+    fn done(path: &str, vids: &[&str], spans: usize) -> Change {
+        Change::Done {
+            path: PathBuf::from(path),
+            stat: FileStat {
+                size: 10,
+                mtime_ns: 20,
+                inode: 30,
+            },
+            hash: format!("hash-of-{path}"),
+            videos: vids
+                .iter()
+                .map(|vid| VideoResult {
+                    vid: vid.to_string(),
+                    duration: 30.0,
+                    proposals: (0..spans)
+                        .map(|i| ScoredSpan {
+                            start: i as f64,
+                            end: 10.0 + i as f64,
+                            score: 1.0,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            quarantined: Vec::new(),
+            outputs: vids
+                .iter()
+                .map(|v| PathBuf::from(format!("/out/{v}.json")))
+                .collect(),
+            latency_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn rows_survive_reopening_and_shards_fill_then_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .commit(
+                &[
+                    Change::Queued {
+                        path: "/in/a.npy".into(),
+                    },
+                    done("/in/a.npy", &["a"], 3),
+                    done("/in/b.h5", &["b1", "b2"], 2),
+                    Change::Queued {
+                        path: "/in/gone.npy".into(),
+                    },
+                ],
+                2,
+            )
+            .unwrap();
+        // The second commit replaces a's results and forgets the input that vanished.
+        ledger
+            .commit(
+                &[
+                    done("/in/a.npy", &["a"], 1),
+                    Change::Forget {
+                        path: "/in/gone.npy".into(),
+                    },
+                ],
+                2,
+            )
+            .unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut rows = ledger.inputs().unwrap();
+        rows.sort_by(|x, y| x.path.cmp(&y.path));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].path, Path::new("/in/a.npy"));
+        assert_eq!(rows[0].state, State::Done);
+        assert_eq!(rows[0].hash.as_deref(), Some("hash-of-/in/a.npy"));
+        assert_eq!(rows[1].vids.len(), 2);
+        assert_eq!(rows[1].outputs.len(), 2);
+        // a (3 labels) and b1, b2 fill shard 1 past 2 videos; a's redo goes to shard 2.
+        let stale = ledger.stale_shards().unwrap();
+        assert_eq!(stale.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 2]);
+        let first = ledger.shard_labels(1).unwrap();
+        assert_eq!(
+            first.len(),
+            4,
+            "b1 and b2, two labels each; a's old labels gone"
+        );
+        let second = ledger.shard_labels(2).unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!((second[0].vid.as_str(), second[0].end), ("a", 10.0));
+        for shard in stale {
+            ledger.mark_shard_written(shard).unwrap();
+        }
+        assert!(ledger.stale_shards().unwrap().is_empty());
+        assert_eq!(ledger.finished().unwrap(), 2);
+    }
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_time(1_795_752_306_789), "2026-11-27T04:05:06.789Z");
+    }
+}

@@ -1,0 +1,252 @@
+//! Counters and gauges of the running daemon, served as Prometheus text on `/metrics`, and
+//! `/healthz` (200 while the main loop turns and the ledger accepts commits, else 503).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Upper bounds (seconds) of the processing-time histogram buckets.
+const BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0, 10.0];
+
+pub struct Metrics {
+    started: Instant,
+    heartbeat_ms: AtomicU64,
+    videos: AtomicU64,
+    inputs_done: AtomicU64,
+    inputs_quarantined: AtomicU64,
+    videos_quarantined: AtomicU64,
+    retries: AtomicU64,
+    commits: AtomicU64,
+    committed_changes: AtomicU64,
+    commit_failures: AtomicU64,
+    failing_commits: AtomicU64,
+    state_counts: [AtomicU64; 4],
+    settling: AtomicU64,
+    working: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    processing_us: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+            videos: AtomicU64::new(0),
+            inputs_done: AtomicU64::new(0),
+            inputs_quarantined: AtomicU64::new(0),
+            videos_quarantined: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            committed_changes: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
+            failing_commits: AtomicU64::new(0),
+            state_counts: Default::default(),
+            settling: AtomicU64::new(0),
+            working: AtomicU64::new(0),
+            buckets: Default::default(),
+            processing_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms.store(self.uptime_ms(), Relaxed);
+    }
+
+    pub fn record_done(&self, videos: usize, quarantined_videos: usize) {
+        self.inputs_done.fetch_add(1, Relaxed);
+        self.videos.fetch_add(videos as u64, Relaxed);
+        self.videos_quarantined
+            .fetch_add(quarantined_videos as u64, Relaxed);
+    }
+
+    pub fn record_quarantined(&self) {
+        self.inputs_quarantined.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_commit(&self, changes: usize) {
+        self.commits.fetch_add(1, Relaxed);
+        self.committed_changes.fetch_add(changes as u64, Relaxed);
+        self.failing_commits.store(0, Relaxed);
+    }
+
+    pub fn record_commit_failure(&self) {
+        self.commit_failures.fetch_add(1, Relaxed);
+        self.failing_commits.fetch_add(1, Relaxed);
+    }
+
+    pub fn observe_processing(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.processing_us
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// Inputs per ledger state (queued, retry, done, quarantined), files settling, and inputs
+    /// ready or being worked on.
+    pub fn set_gauges(&self, states: [u64; 4], settling: u64, working: u64) {
+        for (slot, value) in self.state_counts.iter().zip(states) {
+            slot.store(value, Relaxed);
+        }
+        self.settling.store(settling, Relaxed);
+        self.working.store(working, Relaxed);
+    }
+
+    pub fn healthy(&self) -> bool {
+        let stalled = self
+            .uptime_ms()
+            .saturating_sub(self.heartbeat_ms.load(Relaxed))
+            > 10_000;
+        !stalled && self.failing_commits.load(Relaxed) < 5
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+            out.push_str(&format!(
+                "# HELP momentminer_{name} {help}\n# TYPE momentminer_{name} {kind}\n"
+            ));
+            for (labels, value) in samples {
+                out.push_str(&format!("momentminer_{name}{labels} {value}\n"));
+            }
+        };
+        let get = |a: &AtomicU64| a.load(Relaxed) as f64;
+        let plain = |a: &AtomicU64| vec![(String::new(), get(a))];
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the daemon started.",
+            &[(String::new(), self.uptime_ms() as f64 / 1e3)],
+        );
+        let counters = [
+            ("videos_total", "Videos proposed.", &self.videos),
+            (
+                "inputs_done_total",
+                "Input files finished.",
+                &self.inputs_done,
+            ),
+            (
+                "inputs_quarantined_total",
+                "Input files quarantined.",
+                &self.inputs_quarantined,
+            ),
+            (
+                "videos_quarantined_total",
+                "Videos of many-video files quarantined.",
+                &self.videos_quarantined,
+            ),
+            (
+                "retries_total",
+                "Transient failures scheduled for another try.",
+                &self.retries,
+            ),
+            ("commits_total", "Ledger group commits.", &self.commits),
+            (
+                "committed_changes_total",
+                "Changes recorded by ledger commits.",
+                &self.committed_changes,
+            ),
+            (
+                "commit_failures_total",
+                "Ledger commits that failed and were retried.",
+                &self.commit_failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            metric(name, "counter", help, &plain(value));
+        }
+        let states = ["queued", "retry", "done", "quarantined"]
+            .iter()
+            .zip(&self.state_counts)
+            .map(|(s, v)| (format!("{{state=\"{s}\"}}"), get(v)))
+            .collect::<Vec<_>>();
+        metric("inputs", "gauge", "Known inputs per ledger state.", &states);
+        metric(
+            "settling_files",
+            "gauge",
+            "Files waiting to stop changing.",
+            &plain(&self.settling),
+        );
+        metric(
+            "working_files",
+            "gauge",
+            "Files ready or being processed.",
+            &plain(&self.working),
+        );
+        let mut cumulative = 0.0;
+        let mut samples = Vec::new();
+        for (i, count) in self.buckets.iter().enumerate() {
+            cumulative += get(count);
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            samples.push((format!("_bucket{{le=\"{le}\"}}"), cumulative));
+        }
+        samples.push(("_sum".into(), get(&self.processing_us) / 1e6));
+        samples.push(("_count".into(), cumulative));
+        metric(
+            "processing_seconds",
+            "histogram",
+            "Time a worker spends on one input file.",
+            &samples,
+        );
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own; returns the bound
+/// address (useful with port 0).
+pub fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("momentminer-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(stream, &metrics) {
+                    tracing::debug!("metrics request failed: {e}");
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = String::new();
+    BufReader::new(&stream).read_line(&mut request)?;
+    let target = request.split_whitespace().nth(1).unwrap_or("");
+    let (status, kind, body) = match target {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        "/healthz" if metrics.healthy() => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/healthz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "unhealthy: the main loop is stalled or the ledger refuses commits\n".to_string(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}

@@ -1,0 +1,1025 @@
+//! The daemon (`momentminer watch`): a watched inbox in, proposals and dataset shards out, for
+//! months, across crashes, restarts and bad files.
+//!
+//! One main thread owns all state and the ledger; worker threads run [`worker::run`] on one
+//! input each and send back its outcome. A file is taken once it has settled (unchanged for
+//! `settle_ms`). Its outputs are written under temporary names; in a group commit the main
+//! thread makes them durable (one syncfs), renames them into place, fsyncs their folders and
+//! records the group in the ledger (with `durability = "file"` the worker fsyncs and renames
+//! each output itself). A crash at any instant therefore leaves each input either recorded with
+//! whole outputs, or not recorded and redone (rewriting identical outputs) after the restart.
+
+mod inbox;
+pub mod ledger;
+mod metrics;
+mod shards;
+pub mod status;
+pub mod worker;
+
+use crate::config::{Config, ConfigError, DaemonConfig, RunConfig};
+use crate::fsio::{is_temporary_output, sync_dir, sync_filesystem, Staged};
+use crate::ingest::{Durations, IngestError};
+use inbox::{probe, Inbox};
+use ledger::{now_ms, Change, Ledger, LedgerError, State};
+use metrics::Metrics;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use worker::{Context, FileStat, Job, Outcome, Owners, Previous, Results};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("cannot create or open folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("folders overlap: {0}; the inbox must not contain the output, quarantine or state folder, nor be inside one")]
+    Overlap(String),
+    #[error(
+        "another momentminer watch (pid {pid}) already uses the state folder ({path} is locked)"
+    )]
+    Locked { path: PathBuf, pid: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Durations(#[from] IngestError),
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start worker threads: {0}")]
+    Threads(#[from] rayon::ThreadPoolBuildError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The daemon's folders, absolute.
+#[derive(Debug, Clone)]
+pub struct Folders {
+    pub inbox: PathBuf,
+    pub proposals: PathBuf,
+    pub dataset: PathBuf,
+    pub quarantine: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Folders {
+    /// Creates the folders and resolves them to absolute paths.
+    pub fn prepare(config: &DaemonConfig) -> Result<Folders, DaemonError> {
+        let make = |path: &Path| -> Result<PathBuf, DaemonError> {
+            let fail = |source| DaemonError::Folder {
+                path: path.to_path_buf(),
+                source,
+            };
+            std::fs::create_dir_all(path).map_err(fail)?;
+            path.canonicalize().map_err(fail)
+        };
+        let inbox = make(&config.inbox)?;
+        let output = make(&config.output)?;
+        let quarantine = make(&config.quarantine)?;
+        let state = make(&config.state)?;
+        for (name, other) in [
+            ("output", &output),
+            ("quarantine", &quarantine),
+            ("state", &state),
+        ] {
+            if other.starts_with(&inbox) || inbox.starts_with(other) {
+                return Err(DaemonError::Overlap(format!(
+                    "inbox {} and {name} {}",
+                    inbox.display(),
+                    other.display()
+                )));
+            }
+        }
+        let proposals = make(&output.join("proposals"))?;
+        let dataset = make(&output.join("dataset"))?;
+        Ok(Folders {
+            inbox,
+            proposals,
+            dataset,
+            quarantine,
+            state,
+        })
+    }
+}
+
+/// Where the daemon gets a fresh configuration on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, ConfigError>>;
+
+enum Msg {
+    Paths(Vec<PathBuf>),
+    Rescan(String),
+    Signal(i32),
+    Finished(Box<Finished>),
+}
+
+struct Finished {
+    path: PathBuf,
+    outcome: Outcome,
+    ready_at: Instant,
+    attempts: u32,
+}
+
+/// What the main loop knows about an input (the ledger row plus in-memory flags).
+#[derive(Debug, Default)]
+struct Entry {
+    stat: Option<FileStat>,
+    hash: Option<String>,
+    state: Option<State>,
+    attempts: u32,
+    outputs: Vec<PathBuf>,
+    vids: Vec<String>,
+    in_flight: bool,
+    /// Something happened to the file while it was in flight: look again when it returns.
+    recheck: bool,
+}
+
+struct Settling {
+    stat: FileStat,
+    since: Instant,
+    deadline: Instant,
+}
+
+struct Daemon {
+    config: Config,
+    folders: Folders,
+    ledger: Ledger,
+    pool: rayon::ThreadPool,
+    tx: Sender<Msg>,
+    ctx: Arc<Context>,
+    owners: Arc<Owners>,
+    metrics: Arc<Metrics>,
+    reload: Reload,
+    index: HashMap<PathBuf, Entry>,
+    settling: HashMap<PathBuf, Settling>,
+    settle_queue: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    ready: VecDeque<(PathBuf, Instant)>,
+    retries: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    in_flight: usize,
+    max_in_flight: usize,
+    pending: Vec<Change>,
+    /// Results of `pending` still under temporary names, published by the next commit.
+    staged: Vec<Staged>,
+    pending_since: Option<Instant>,
+    wrote_outputs: bool,
+    commit_blocked_until: Option<Instant>,
+    shards_dirty: bool,
+    last_shard_flush: Instant,
+    next_rescan: Instant,
+    stop_deadline: Option<Instant>,
+    watchdog: Option<Duration>,
+    last_watchdog: Instant,
+    last_status: Instant,
+}
+
+/// Runs until SIGTERM/SIGINT. Returns once in-flight work is finished (or the shutdown timeout
+/// passed) and everything finished is committed.
+pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
+    let folders = Folders::prepare(&config.daemon)?;
+    let _lock = lock_state(&folders.state)?;
+    let ledger = Ledger::open(&folders.state)?;
+    for dir in [&folders.proposals, &folders.quarantine, &folders.dataset] {
+        remove_temporaries(dir);
+    }
+    let rows = ledger.inputs()?;
+    let mut owners = HashMap::new();
+    let mut index = HashMap::with_capacity(rows.len());
+    let mut forgotten = Vec::new();
+    let mut retries = BinaryHeap::new();
+    let (now, now_wall) = (Instant::now(), now_ms());
+    for row in rows {
+        for vid in &row.vids {
+            owners.insert(vid.clone(), row.path.clone());
+        }
+        let exists = row.path.symlink_metadata().is_ok();
+        match row.state {
+            // Never finished and now gone: nothing to do and nothing to keep.
+            State::Queued | State::Retry if !exists => {
+                forgotten.push(row.path);
+                continue;
+            }
+            State::Retry => {
+                let wait = row.next_attempt_ms.unwrap_or(now_wall) - now_wall;
+                let due = now + Duration::from_millis(wait.max(0) as u64);
+                retries.push(Reverse((due, row.path.clone())));
+            }
+            _ => {}
+        }
+        index.insert(
+            row.path,
+            Entry {
+                stat: row.stat,
+                hash: row.hash,
+                state: Some(row.state),
+                attempts: row.attempts,
+                outputs: row.outputs,
+                vids: row.vids,
+                ..Entry::default()
+            },
+        );
+    }
+    let owners = Arc::new(Owners::new(owners));
+    let workers = RunConfig::worker_count(config.daemon.workers);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("momentminer-worker-{i}"))
+        .build()?;
+    let ctx = Arc::new(context(&config, &folders, &owners)?);
+    let (tx, rx) = channel();
+    let signals = listen_for_signals(tx.clone())?;
+    let watcher = Inbox::watch(&folders.inbox, {
+        let tx = tx.clone();
+        move |event| {
+            let msg = match event {
+                inbox::Event::Paths(paths) => Msg::Paths(paths),
+                inbox::Event::Rescan(why) => Msg::Rescan(why),
+            };
+            let _ = tx.send(msg);
+        }
+    })
+    .map_err(|source| DaemonError::Watch {
+        path: folders.inbox.clone(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    if !config.daemon.metrics_addr.is_empty() {
+        let addr =
+            metrics::serve(&config.daemon.metrics_addr, metrics.clone()).map_err(|source| {
+                DaemonError::Metrics {
+                    addr: config.daemon.metrics_addr.clone(),
+                    source,
+                }
+            })?;
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
+    let max_in_flight = match config.daemon.max_in_flight {
+        0 => 16 * workers,
+        n => n,
+    };
+    let mut daemon = Daemon {
+        folders,
+        ledger,
+        pool,
+        tx,
+        ctx,
+        owners,
+        metrics,
+        reload,
+        index,
+        settling: HashMap::new(),
+        settle_queue: BinaryHeap::new(),
+        ready: VecDeque::new(),
+        retries,
+        in_flight: 0,
+        max_in_flight,
+        pending: forgotten
+            .into_iter()
+            .map(|path| Change::Forget { path })
+            .collect(),
+        staged: Vec::new(),
+        pending_since: Some(now),
+        wrote_outputs: false,
+        commit_blocked_until: None,
+        shards_dirty: true,
+        last_shard_flush: now,
+        next_rescan: now,
+        stop_deadline: None,
+        watchdog: sd_notify::watchdog_enabled(),
+        last_watchdog: now,
+        last_status: now,
+        config,
+    };
+    daemon
+        .ledger
+        .set_meta("pid", &std::process::id().to_string())?;
+    daemon
+        .ledger
+        .set_meta("started", &ledger::format_time(now_ms()))?;
+    tracing::info!(
+        inbox = %daemon.folders.inbox.display(),
+        workers,
+        known_inputs = daemon.index.len(),
+        "watching"
+    );
+    daemon.rescan("start-up");
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    daemon.serve(rx);
+    signals.close();
+    drop(watcher);
+    Ok(())
+}
+
+fn context(
+    config: &Config,
+    folders: &Folders,
+    owners: &Arc<Owners>,
+) -> Result<Context, DaemonError> {
+    Ok(Context {
+        durations: Durations::load(&config.ingest.durations_file)?,
+        config: config.clone(),
+        proposals_dir: folders.proposals.clone(),
+        quarantine_dir: folders.quarantine.clone(),
+        owners: owners.clone(),
+    })
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// One daemon per state folder: an exclusive `flock` on `state/lock`, released by the kernel
+/// when the process dies however it dies.
+fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = state.join("lock");
+    let fail = |source| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(fail)?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(DaemonError::Locked {
+            path,
+            pid: pid.trim().to_string(),
+        });
+    }
+    file.set_len(0).map_err(fail)?;
+    file.rewind().map_err(fail)?;
+    writeln!(file, "{}", std::process::id()).map_err(fail)?;
+    Ok(file)
+}
+
+/// Temporary files a crash left behind in our own output folders (never in the inbox).
+fn remove_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if is_temporary_output(&entry.file_name().to_string_lossy()) {
+            let file = entry.path();
+            match std::fs::remove_file(&file) {
+                Ok(()) => {
+                    tracing::info!(file = %file.display(), "removed a temporary file left by a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "cannot remove a temporary file: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// Delivers SIGTERM, SIGINT and SIGHUP to the main loop until the returned handle is closed.
+fn listen_for_signals(tx: Sender<Msg>) -> Result<signal_hook::iterator::Handle, DaemonError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(DaemonError::Signals)?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("momentminer-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(Msg::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(DaemonError::Signals)?;
+    Ok(handle)
+}
+
+impl Daemon {
+    fn settings(&self) -> &DaemonConfig {
+        &self.config.daemon
+    }
+
+    fn serve(&mut self, rx: Receiver<Msg>) {
+        loop {
+            let timeout = self.next_wake().saturating_duration_since(Instant::now());
+            match rx.recv_timeout(timeout) {
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Take everything already waiting before doing the periodic work once.
+            for msg in rx.try_iter().take(100_000) {
+                self.handle(msg);
+            }
+            self.tick();
+            if let Some(deadline) = self.stop_deadline {
+                if self.in_flight == 0 || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        if self.in_flight > 0 {
+            tracing::warn!(
+                in_flight = self.in_flight,
+                "shutdown timeout passed; unfinished inputs will be redone at the next start"
+            );
+        }
+        self.commit(true);
+        self.flush_shards();
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!("stopped");
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
+        let mut consider = |t: Instant| wake = wake.min(t);
+        if let Some(Reverse((t, _))) = self.settle_queue.peek() {
+            consider(*t);
+        }
+        if let Some(Reverse((t, _))) = self.retries.peek() {
+            consider(*t);
+        }
+        if let Some(since) = self.pending_since {
+            consider(since + Duration::from_millis(self.settings().commit_ms));
+        }
+        if let Some(deadline) = self.stop_deadline {
+            consider(deadline);
+        }
+        wake
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Paths(paths) => {
+                for path in paths {
+                    self.observe(&path, false);
+                }
+            }
+            Msg::Rescan(why) => self.rescan(&why),
+            Msg::Signal(signal) => self.on_signal(signal),
+            Msg::Finished(finished) => self.finished(*finished),
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        if signal == signal_hook::consts::SIGHUP {
+            self.reload_config();
+            return;
+        }
+        let now = Instant::now();
+        match self.stop_deadline {
+            None => {
+                let timeout = Duration::from_secs(self.settings().shutdown_timeout_s);
+                tracing::info!(
+                    in_flight = self.in_flight,
+                    "stopping: finishing in-flight inputs (at most {} s)",
+                    timeout.as_secs()
+                );
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
+                self.stop_deadline = Some(now + timeout);
+            }
+            Some(_) => {
+                tracing::warn!("second stop signal: not waiting for in-flight inputs");
+                self.stop_deadline = Some(now);
+            }
+        }
+    }
+
+    fn reload_config(&mut self) {
+        notify_systemd(&[sd_notify::NotifyState::Reloading]);
+        match (self.reload)() {
+            Ok(mut fresh) => {
+                let old = &self.config.daemon;
+                let fixed = (
+                    &old.inbox,
+                    &old.output,
+                    &old.quarantine,
+                    &old.state,
+                    old.workers,
+                    &old.metrics_addr,
+                );
+                let wanted = (
+                    &fresh.daemon.inbox,
+                    &fresh.daemon.output,
+                    &fresh.daemon.quarantine,
+                    &fresh.daemon.state,
+                    fresh.daemon.workers,
+                    &fresh.daemon.metrics_addr,
+                );
+                if fixed != wanted {
+                    tracing::warn!("folders, workers and metrics_addr change only at a restart; keeping the running ones");
+                }
+                fresh.daemon.inbox = old.inbox.clone();
+                fresh.daemon.output = old.output.clone();
+                fresh.daemon.quarantine = old.quarantine.clone();
+                fresh.daemon.state = old.state.clone();
+                fresh.daemon.workers = old.workers;
+                fresh.daemon.metrics_addr = old.metrics_addr.clone();
+                match context(&fresh, &self.folders, &self.owners) {
+                    Ok(ctx) => {
+                        self.ctx = Arc::new(ctx);
+                        self.config = fresh;
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(e) => tracing::error!("configuration not reloaded: {e}"),
+                }
+            }
+            Err(e) => tracing::error!("configuration not reloaded, keeping the running one: {e}"),
+        }
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+
+    fn rescan(&mut self, why: &str) {
+        let started = Instant::now();
+        let (files, failures) = crate::ingest::walk(&self.folders.inbox);
+        for (path, e) in failures {
+            tracing::warn!(path = %path.display(), "cannot list: {e}");
+        }
+        let found = files.len();
+        for file in files {
+            self.observe(&file, false);
+        }
+        self.next_rescan = Instant::now() + Duration::from_secs(self.settings().rescan_s.max(1));
+        tracing::debug!(
+            why,
+            found,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rescanned the inbox"
+        );
+    }
+
+    /// Something may have happened to `path`: decide whether it needs (re)processing and, if
+    /// so, start waiting for it to settle.
+    fn observe(&mut self, path: &Path, forced: bool) {
+        let Ok(rel) = path.strip_prefix(&self.folders.inbox) else {
+            return;
+        };
+        let hidden = rel
+            .components()
+            .any(|c| crate::ingest::is_temporary_name(&c.as_os_str().to_string_lossy()));
+        if hidden || rel.as_os_str().is_empty() {
+            return;
+        }
+        let Ok(meta) = probe(path, self.settings().follow_symlinks) else {
+            self.settling.remove(path);
+            return;
+        };
+        if meta.file_type().is_symlink() && path.is_dir() {
+            // Symlinked folders are never entered, as in rescans: they can form cycles.
+            return;
+        }
+        if meta.is_dir() && !path.is_symlink() {
+            // A folder moved in brings files that produced no events of their own, and files
+            // written into a new folder before its watch was added produce none either: look
+            // now, and rescan once they had time to settle.
+            let (files, _) = crate::ingest::walk(path);
+            for file in files {
+                self.observe(&file, forced);
+            }
+            let soon = Instant::now() + 2 * Duration::from_millis(self.settings().settle_ms);
+            self.next_rescan = self.next_rescan.min(soon);
+            return;
+        }
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            // A duration sidecar changes the result of the feature file beside it.
+            for ext in ["npy", "npz"] {
+                let sibling = path.with_extension(ext);
+                if self.index.contains_key(&sibling) || sibling.exists() {
+                    self.observe(&sibling, true);
+                }
+            }
+            return;
+        }
+        let stat = FileStat::of(&meta);
+        if let Some(entry) = self.index.get_mut(path) {
+            if entry.in_flight {
+                entry.recheck = true;
+                return;
+            }
+            let same = entry.stat == Some(stat);
+            let waiting = match entry.state {
+                Some(state) => state.is_final() || state == State::Retry,
+                None => false,
+            };
+            if same && waiting && !forced {
+                return;
+            }
+        }
+        let now = Instant::now();
+        let settle = Duration::from_millis(self.settings().settle_ms);
+        let since = match self.settling.get(path) {
+            Some(s) if s.stat == stat => s.since,
+            _ => now,
+        };
+        // Also wait until the file's own change time is `settle` old, which covers a writer
+        // that changed it just before we first looked.
+        let changed = [meta.modified(), meta_ctime(&meta)]
+            .into_iter()
+            .filter_map(|t| t.ok())
+            .max();
+        let age = changed
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .unwrap_or(settle);
+        let deadline = (since + settle).max(now + settle.saturating_sub(age));
+        self.settling.insert(
+            path.to_path_buf(),
+            Settling {
+                stat,
+                since,
+                deadline,
+            },
+        );
+        self.settle_queue
+            .push(Reverse((deadline, path.to_path_buf())));
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((deadline, _))) = self.settle_queue.peek() {
+            if *deadline > now {
+                break;
+            }
+            let Some(Reverse((deadline, path))) = self.settle_queue.pop() else {
+                break;
+            };
+            if self.settling.get(&path).map(|s| s.deadline) != Some(deadline) {
+                continue;
+            }
+            self.check_settled(path, now);
+        }
+        while let Some(Reverse((due, _))) = self.retries.peek() {
+            if *due > now {
+                break;
+            }
+            if let Some(Reverse((_, path))) = self.retries.pop() {
+                let waiting = self
+                    .index
+                    .get(&path)
+                    .is_some_and(|e| e.state == Some(State::Retry) && !e.in_flight);
+                if waiting {
+                    self.ready.push_back((path, now));
+                }
+            }
+        }
+        self.dispatch();
+        self.commit(false);
+        let flush_every = Duration::from_millis(self.settings().shard_flush_ms);
+        if self.shards_dirty && now.duration_since(self.last_shard_flush) >= flush_every {
+            self.flush_shards();
+        }
+        if now >= self.next_rescan && self.stop_deadline.is_none() {
+            self.rescan("periodic");
+        }
+        if let Some(interval) = self.watchdog {
+            if now.duration_since(self.last_watchdog) >= interval / 2 {
+                notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                self.last_watchdog = now;
+            }
+        }
+        self.update_gauges(now);
+    }
+
+    fn check_settled(&mut self, path: PathBuf, now: Instant) {
+        let follow = self.settings().follow_symlinks;
+        match probe(&path, follow) {
+            Err(_) => {
+                self.settling.remove(&path);
+            }
+            Ok(meta) => {
+                let unchanged = self
+                    .settling
+                    .get(&path)
+                    .is_some_and(|s| s.stat == FileStat::of(&meta));
+                if unchanged {
+                    self.settling.remove(&path);
+                    self.ready.push_back((path, now));
+                } else {
+                    self.observe(&path, true);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        while self.stop_deadline.is_none() && self.in_flight < self.max_in_flight {
+            let Some((path, ready_at)) = self.ready.pop_front() else {
+                break;
+            };
+            let entry = self.index.entry(path.clone()).or_default();
+            if entry.in_flight {
+                entry.recheck = true;
+                continue;
+            }
+            entry.in_flight = true;
+            let job = Job {
+                path: path.clone(),
+                previous: Previous {
+                    hash: entry.hash.clone(),
+                    outputs: entry.outputs.clone(),
+                    vids: entry.vids.clone(),
+                },
+                attempts: if entry.state == Some(State::Retry) {
+                    entry.attempts
+                } else {
+                    0
+                },
+                retry_attempts: self.config.daemon.retry_attempts,
+            };
+            // A finished input that is redone keeps its row until the new outcome replaces it.
+            if entry.state.is_none() {
+                entry.state = Some(State::Queued);
+                self.pending.push(Change::Queued { path: path.clone() });
+                self.pending_since.get_or_insert(ready_at);
+            }
+            self.in_flight += 1;
+            let ctx = self.ctx.clone();
+            let tx = self.tx.clone();
+            let metrics = self.metrics.clone();
+            self.pool.spawn(move || {
+                let started = Instant::now();
+                let outcome = worker::run(&job, &ctx);
+                metrics.observe_processing(started.elapsed());
+                let _ = tx.send(Msg::Finished(Box::new(Finished {
+                    path: job.path,
+                    outcome,
+                    ready_at,
+                    attempts: job.attempts,
+                })));
+            });
+        }
+    }
+
+    fn finished(&mut self, done: Finished) {
+        self.in_flight -= 1;
+        let Finished {
+            path,
+            outcome,
+            ready_at,
+            attempts,
+        } = done;
+        let entry = self.index.entry(path.clone()).or_default();
+        entry.in_flight = false;
+        let recheck = std::mem::take(&mut entry.recheck);
+        let change = match outcome {
+            Outcome::Done {
+                stat,
+                hash,
+                results:
+                    Results {
+                        videos,
+                        quarantined,
+                        outputs,
+                        staged,
+                    },
+            } => {
+                self.staged.extend(staged);
+                self.metrics.record_done(videos.len(), quarantined.len());
+                for record in &quarantined {
+                    tracing::warn!(input = %path.display(), vid = record.vid.as_deref().unwrap_or(""), reason = record.reason, "{}", record.message);
+                }
+                tracing::debug!(input = %path.display(), videos = videos.len(), "done");
+                *entry = Entry {
+                    stat: Some(stat),
+                    hash: Some(hash.clone()),
+                    state: Some(State::Done),
+                    attempts: 0,
+                    outputs: outputs.clone(),
+                    vids: videos.iter().map(|v| v.vid.clone()).collect(),
+                    ..Entry::default()
+                };
+                self.wrote_outputs = true;
+                Some(Change::Done {
+                    path: path.clone(),
+                    stat,
+                    hash,
+                    videos,
+                    quarantined,
+                    outputs,
+                    latency_ms: ready_at.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+            Outcome::Unchanged { stat } => {
+                entry.stat = Some(stat);
+                tracing::debug!(input = %path.display(), "content unchanged");
+                Some(Change::Unchanged {
+                    path: path.clone(),
+                    stat,
+                })
+            }
+            Outcome::Changed => {
+                self.observe(&path, true);
+                None
+            }
+            Outcome::Vanished => {
+                let never_finished = !entry.state.is_some_and(State::is_final);
+                if never_finished {
+                    self.index.remove(&path);
+                    Some(Change::Forget { path: path.clone() })
+                } else {
+                    None
+                }
+            }
+            Outcome::Retry { record } => {
+                let attempts = attempts + 1;
+                let backoff = self
+                    .settings()
+                    .retry_base_ms
+                    .saturating_mul(1 << (attempts - 1).min(20))
+                    .min(self.settings().retry_max_ms);
+                tracing::warn!(input = %path.display(), attempts, retry_in_ms = backoff, reason = record.reason, "{}", record.message);
+                self.metrics.record_retry();
+                let entry = self.index.entry(path.clone()).or_default();
+                entry.state = Some(State::Retry);
+                entry.attempts = attempts;
+                self.retries.push(Reverse((
+                    Instant::now() + Duration::from_millis(backoff),
+                    path.clone(),
+                )));
+                Some(Change::Retry {
+                    path: path.clone(),
+                    attempts,
+                    next_attempt_ms: now_ms() + backoff as i64,
+                    record,
+                })
+            }
+            Outcome::Quarantined {
+                stat,
+                hash,
+                record,
+                outputs,
+            } => {
+                tracing::warn!(input = %path.display(), reason = record.reason, stage = record.stage, "quarantined: {}", record.message);
+                self.metrics.record_quarantined();
+                *entry = Entry {
+                    stat,
+                    hash: hash.clone(),
+                    state: Some(State::Quarantined),
+                    attempts: record.attempts,
+                    outputs: outputs.clone(),
+                    ..Entry::default()
+                };
+                self.wrote_outputs = true;
+                Some(Change::Quarantined {
+                    path: path.clone(),
+                    stat,
+                    hash,
+                    record,
+                    outputs,
+                })
+            }
+        };
+        if let Some(change) = change {
+            self.pending.push(change);
+            self.pending_since.get_or_insert_with(Instant::now);
+        }
+        if recheck {
+            self.observe(&path, true);
+        }
+    }
+
+    /// Group commit: fsync the output folders, then record every finished input in one
+    /// transaction. A failure keeps the changes for the next try; the outputs stay valid.
+    fn commit(&mut self, force: bool) {
+        let Some(since) = self.pending_since else {
+            return;
+        };
+        let now = Instant::now();
+        if self.commit_blocked_until.is_some_and(|t| now < t && !force) {
+            return;
+        }
+        // Idle: nothing more will join this group soon, so do not make it wait.
+        let idle = self.in_flight == 0 && self.ready.is_empty();
+        let due = idle
+            || self.pending.len() >= self.settings().commit_max
+            || now.duration_since(since) >= Duration::from_millis(self.settings().commit_ms);
+        if !(force || due) {
+            return;
+        }
+        let result = self.publish_outputs();
+        let result = if self.wrote_outputs {
+            result.and_then(|()| {
+                sync_dir(&self.folders.proposals)
+                    .and_then(|()| sync_dir(&self.folders.quarantine))
+                    .map_err(|e| format!("cannot fsync the output folders: {e}"))
+            })
+        } else {
+            result
+        };
+        let result = result.and_then(|()| {
+            self.ledger
+                .commit(&self.pending, self.settings().shard_videos)
+                .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(()) => {
+                self.metrics.record_commit(self.pending.len());
+                self.pending.clear();
+                self.pending_since = None;
+                self.wrote_outputs = false;
+                self.commit_blocked_until = None;
+                self.shards_dirty = true;
+            }
+            Err(message) => {
+                self.metrics.record_commit_failure();
+                tracing::error!(
+                    waiting = self.pending.len(),
+                    "ledger commit failed, retrying in 1 s: {message}"
+                );
+                self.commit_blocked_until = Some(now + Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Makes the staged results of this group durable with one syncfs, then renames them into
+    /// place. A result is never visible before its data is on disk.
+    fn publish_outputs(&mut self) -> Result<(), String> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        sync_filesystem(&self.folders.proposals)
+            .map_err(|e| format!("cannot flush the output filesystem: {e}"))?;
+        for staged in &self.staged {
+            staged.publish().map_err(|e| {
+                format!(
+                    "cannot rename a result into {}: {e}",
+                    staged.target().display()
+                )
+            })?;
+        }
+        self.staged.clear();
+        Ok(())
+    }
+
+    fn flush_shards(&mut self) {
+        self.last_shard_flush = Instant::now();
+        match shards::flush(&self.ledger, &self.folders.dataset) {
+            Ok(written) => {
+                self.shards_dirty = false;
+                if written > 0 {
+                    tracing::debug!(shards = written, "dataset shards rewritten");
+                }
+            }
+            Err(e) => tracing::error!("dataset shards not written, retrying later: {e}"),
+        }
+    }
+
+    fn update_gauges(&mut self, now: Instant) {
+        let mut counts = [0u64; 4];
+        if now.duration_since(self.last_status) < Duration::from_secs(1) {
+            self.metrics.heartbeat();
+            return;
+        }
+        self.last_status = now;
+        for entry in self.index.values() {
+            if let Some(state) = entry.state {
+                counts[State::ALL.iter().position(|s| *s == state).unwrap_or(0)] += 1;
+            }
+        }
+        self.metrics.set_gauges(
+            counts,
+            self.settling.len() as u64,
+            (self.ready.len() + self.in_flight) as u64,
+        );
+        self.metrics.heartbeat();
+        let status = format!(
+            "{} done, {} quarantined, {} retrying, {} waiting",
+            counts[2],
+            counts[3],
+            counts[1],
+            self.settling.len() + self.ready.len() + self.in_flight
+        );
+        notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
+    }
+}
+
+fn meta_ctime(meta: &std::fs::Metadata) -> std::io::Result<std::time::SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let secs = u64::try_from(meta.ctime()).map_err(std::io::Error::other)?;
+    Ok(std::time::UNIX_EPOCH + Duration::new(secs, meta.ctime_nsec() as u32))
+}

@@ -1,0 +1,599 @@
+//! One input file, start to finish, on a worker thread: checks, content hash, the proposal path
+//! for each video it holds, durable outputs or a quarantine record. The main loop only records
+//! the [`Outcome`] in the ledger.
+
+use super::inbox::probe;
+use super::ledger::{format_time, now_ms};
+use crate::config::Config;
+use crate::config::GroupDurability;
+use crate::fsio::{stage, write_atomic, Durability, Staged};
+use crate::ingest::{check_video_id, list_videos, read_video, Durations, FileKind, IngestError};
+use crate::pipeline::{analyse, ScoredSpan, StageTimes, VideoProposals};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What identifies a file's version without reading it: a change in any of these makes the
+/// daemon look again (and hash the content to tell a touch from a real change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+impl FileStat {
+    pub fn of(meta: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            inode: meta.ino(),
+        }
+    }
+}
+
+/// The machine-readable record of why an input (or one video of it) was not processed; written
+/// to `quarantine/<vid>.error.json` and kept in the ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRecord {
+    pub input: String,
+    pub vid: Option<String>,
+    /// A stable code: `bad_magic`, `truncated`, `symlink`, `duplicate_video_id`, ...
+    pub reason: &'static str,
+    /// Where it failed: `check`, `read`, `write`.
+    pub stage: &'static str,
+    pub message: String,
+    pub time: String,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoResult {
+    pub vid: String,
+    pub duration: f64,
+    pub proposals: Vec<ScoredSpan>,
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub enum Outcome {
+    Done {
+        stat: FileStat,
+        hash: String,
+        results: Results,
+    },
+    /// Same content as when it was last processed.
+    Unchanged {
+        stat: FileStat,
+    },
+    /// Written to while it was being read: wait for it to settle again.
+    Changed,
+    /// Gone before it could be read (moved away or deleted): nothing to record.
+    Vanished,
+    Retry {
+        record: QuarantineRecord,
+    },
+    Quarantined {
+        stat: Option<FileStat>,
+        hash: Option<String>,
+        record: QuarantineRecord,
+        outputs: Vec<PathBuf>,
+    },
+}
+
+/// What the ledger knew about the input before this job.
+#[derive(Debug, Clone, Default)]
+pub struct Previous {
+    pub hash: Option<String>,
+    pub outputs: Vec<PathBuf>,
+    pub vids: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub path: PathBuf,
+    pub previous: Previous,
+    /// Tries so far, this one excluded.
+    pub attempts: u32,
+    pub retry_attempts: u32,
+}
+
+/// Which input owns which video id, so two inputs never write the same output file.
+#[derive(Debug, Default)]
+pub struct Owners {
+    by_vid: Mutex<HashMap<String, PathBuf>>,
+}
+
+impl Owners {
+    pub fn new(by_vid: HashMap<String, PathBuf>) -> Owners {
+        Owners {
+            by_vid: Mutex::new(by_vid),
+        }
+    }
+
+    /// Takes `vid` for `input` unless another input that still exists holds it; returns that
+    /// holder otherwise.
+    fn claim(&self, vid: &str, input: &Path) -> Result<(), PathBuf> {
+        let mut map = self.by_vid.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(vid) {
+            Some(owner) if owner != input && owner.symlink_metadata().is_ok() => Err(owner.clone()),
+            _ => {
+                map.insert(vid.to_string(), input.to_path_buf());
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, vid: &str, input: &Path) {
+        let mut map = self.by_vid.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(vid).is_some_and(|owner| owner == input) {
+            map.remove(vid);
+        }
+    }
+}
+
+/// Everything a worker reads; replaced as a whole when SIGHUP reloads the configuration.
+pub struct Context {
+    pub config: Config,
+    pub durations: Durations,
+    pub proposals_dir: PathBuf,
+    pub quarantine_dir: PathBuf,
+    pub owners: Arc<Owners>,
+}
+
+struct Failure {
+    reason: &'static str,
+    stage: &'static str,
+    message: String,
+    transient: bool,
+}
+
+impl Failure {
+    fn permanent(reason: &'static str, stage: &'static str, message: String) -> Failure {
+        Failure {
+            reason,
+            stage,
+            message,
+            transient: false,
+        }
+    }
+
+    fn io(stage: &'static str, message: String) -> Failure {
+        Failure {
+            reason: "io",
+            stage,
+            message,
+            transient: true,
+        }
+    }
+
+    fn ingest(e: &IngestError) -> Failure {
+        Failure {
+            reason: e.problem.code(),
+            stage: "read",
+            message: match &e.key {
+                Some(key) => format!("[{key}] {}", e.problem),
+                None => e.problem.to_string(),
+            },
+            transient: e.is_transient(),
+        }
+    }
+}
+
+pub fn run(job: &Job, ctx: &Context) -> Outcome {
+    let follow = ctx.config.daemon.follow_symlinks;
+    let meta = match probe(&job.path, follow) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Outcome::Vanished,
+        Err(e) => return fail(job, ctx, None, None, Failure::io("check", e.to_string())),
+    };
+    let stat = FileStat::of(&meta);
+    if let Err(failure) = check(&job.path, &meta, follow) {
+        return fail(job, ctx, Some(stat), None, failure);
+    }
+    let hash = match content_hash(&job.path) {
+        Ok(hash) => hash,
+        Err(e) => {
+            return fail(
+                job,
+                ctx,
+                Some(stat),
+                None,
+                Failure::io("read", e.to_string()),
+            )
+        }
+    };
+    if job.previous.hash.as_deref() == Some(hash.as_str()) {
+        return Outcome::Unchanged { stat };
+    }
+    let result = process(job, ctx);
+    // A writer that was still at work makes whatever was read worthless.
+    if probe(&job.path, follow).map(|m| FileStat::of(&m)).ok() != Some(stat) {
+        return Outcome::Changed;
+    }
+    match result {
+        Ok(results) if !results.videos.is_empty() => {
+            forget_previous(job, ctx, &results.outputs, &results.videos);
+            Outcome::Done {
+                stat,
+                hash,
+                results,
+            }
+        }
+        Ok(Results {
+            quarantined,
+            outputs,
+            ..
+        }) => {
+            forget_previous(job, ctx, &outputs, &[]);
+            match quarantined.into_iter().next() {
+                Some(record) => Outcome::Quarantined {
+                    stat: Some(stat),
+                    hash: Some(hash),
+                    record,
+                    outputs,
+                },
+                None => fail(
+                    job,
+                    ctx,
+                    Some(stat),
+                    Some(hash),
+                    Failure::permanent("no_videos", "read", "holds no videos".into()),
+                ),
+            }
+        }
+        Err(failure) => fail(job, ctx, Some(stat), Some(hash), failure),
+    }
+}
+
+/// Refuses what must not be read: symlinks (unless followed), and anything that is not a
+/// regular feature file. Opening a FIFO would block a worker forever.
+fn check(path: &Path, meta: &std::fs::Metadata, follow_symlinks: bool) -> Result<(), Failure> {
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(if follow_symlinks {
+            Failure::permanent(
+                "dangling_symlink",
+                "check",
+                format!("symlink to {target}, which does not exist"),
+            )
+        } else {
+            Failure::permanent(
+                "symlink",
+                "check",
+                format!("is a symlink to {target}; set daemon.follow_symlinks = true to read what it points to"),
+            )
+        });
+    }
+    if !meta.is_file() {
+        return Err(Failure::permanent(
+            "not_regular_file",
+            "check",
+            "is not a regular file (a FIFO, socket or device)".into(),
+        ));
+    }
+    if FileKind::of(path).is_none() {
+        return Err(Failure::permanent(
+            "unsupported_type",
+            "check",
+            "unsupported file type (expected .npy, .npz, .h5 or .hdf5)".into(),
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(Failure::permanent(
+            "empty_file",
+            "check",
+            "is empty (0 bytes)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// xxh3-128 of the file and of its duration sidecar, so a changed sidecar also means new work.
+pub fn content_hash(path: &Path) -> std::io::Result<String> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 18];
+    let mut feed = |path: &Path| -> std::io::Result<()> {
+        let mut file = std::fs::File::open(path)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            hasher.update(&buf[..n]);
+        }
+    };
+    feed(path)?;
+    if let Some(sidecar) = sidecar_of(path) {
+        match feed(&sidecar) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(format!("{:032x}", hasher.digest128()))
+}
+
+/// `<stem>.json` beside a single-video feature file.
+pub fn sidecar_of(path: &Path) -> Option<PathBuf> {
+    matches!(FileKind::of(path), Some(FileKind::Npy | FileKind::Npz))
+        .then(|| path.with_extension("json"))
+}
+
+/// What one input produced.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub videos: Vec<VideoResult>,
+    /// Videos of a many-video file that failed while the rest succeeded.
+    pub quarantined: Vec<QuarantineRecord>,
+    /// Every file written (results and quarantine records), absolute.
+    pub outputs: Vec<PathBuf>,
+    /// Results still under temporary names (`daemon.durability = "group"`).
+    pub staged: Vec<Staged>,
+}
+
+fn process(job: &Job, ctx: &Context) -> Result<Results, Failure> {
+    let refs = list_videos(&job.path).map_err(|e| Failure::ingest(&e))?;
+    let mut done = Results::default();
+    for video in &refs {
+        let vid = video.id();
+        let outcome = ctx
+            .owners
+            .claim(&vid, &job.path)
+            .map_err(|owner| {
+                Failure::permanent(
+                    "duplicate_video_id",
+                    "check",
+                    format!(
+                        "video id '{vid}' is already produced by {}",
+                        owner.display()
+                    ),
+                )
+            })
+            .and_then(|()| {
+                propose(video, ctx).inspect_err(|_| ctx.owners.release(&vid, &job.path))
+            });
+        match outcome {
+            Ok((result, output)) => {
+                done.videos.push(result);
+                match output {
+                    Written::Published(target) => done.outputs.push(target),
+                    Written::Staged(staged) => {
+                        done.outputs.push(staged.target().to_path_buf());
+                        done.staged.push(staged);
+                    }
+                }
+            }
+            // One transient failure retries the whole file; a retry redoes every video.
+            Err(failure) if failure.transient => return Err(failure),
+            Err(failure) if refs.len() == 1 => return Err(failure),
+            Err(failure) => {
+                let record = quarantine_record(job, Some(vid), failure, job.attempts + 1);
+                done.outputs.push(write_record(ctx, &record)?);
+                done.quarantined.push(record);
+            }
+        }
+    }
+    Ok(done)
+}
+
+enum Written {
+    Published(PathBuf),
+    Staged(Staged),
+}
+
+fn propose(
+    video: &crate::ingest::VideoRef,
+    ctx: &Context,
+) -> Result<(VideoResult, Written), Failure> {
+    let loaded =
+        read_video(video, &ctx.config.ingest, &ctx.durations).map_err(|e| Failure::ingest(&e))?;
+    let analysis = analyse(&loaded, &ctx.config, &mut StageTimes::default());
+    let result = VideoProposals::new(&loaded, &analysis);
+    let target = ctx.proposals_dir.join(format!("{}.json", loaded.id));
+    let bytes = serde_json::to_vec(&result)
+        .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
+    let cannot = |e| Failure::io("write", format!("cannot write {}: {e}", target.display()));
+    let written = match ctx.config.daemon.durability {
+        GroupDurability::Group => Written::Staged(stage(&target, &bytes, false).map_err(cannot)?),
+        GroupDurability::File => {
+            write_atomic(&target, &bytes, Durability::Data).map_err(cannot)?;
+            Written::Published(target)
+        }
+    };
+    Ok((
+        VideoResult {
+            vid: result.vid,
+            duration: result.duration,
+            proposals: result.proposals,
+        },
+        written,
+    ))
+}
+
+fn quarantine_record(
+    job: &Job,
+    vid: Option<String>,
+    failure: Failure,
+    attempts: u32,
+) -> QuarantineRecord {
+    QuarantineRecord {
+        input: job.path.display().to_string(),
+        vid,
+        reason: failure.reason,
+        stage: failure.stage,
+        message: failure.message,
+        time: format_time(now_ms()),
+        attempts,
+    }
+}
+
+/// `quarantine/<vid>.error.json`; inputs whose name gives no usable id get a name made from
+/// their file name with separators and leading dots replaced.
+fn quarantine_path(dir: &Path, input: &Path, vid: Option<&str>) -> PathBuf {
+    let name = match vid {
+        Some(vid) if check_video_id(vid).is_ok() => vid.to_string(),
+        _ => {
+            let stem = input
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let cleaned: String = stem
+                .chars()
+                .map(|c| {
+                    if matches!(c, '/' | '\\' | '\0') {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            match cleaned.trim_start_matches('.') {
+                "" => "unnamed".to_string(),
+                rest => rest.to_string(),
+            }
+        }
+    };
+    dir.join(format!("{name}.error.json"))
+}
+
+fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Failure> {
+    let target = quarantine_path(
+        &ctx.quarantine_dir,
+        Path::new(&record.input),
+        record.vid.as_deref(),
+    );
+    let bytes = serde_json::to_vec_pretty(record)
+        .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
+    write_atomic(&target, &bytes, Durability::Data)
+        .map_err(|e| Failure::io("write", format!("cannot write {}: {e}", target.display())))?;
+    Ok(target)
+}
+
+/// A failed job: retried while attempts remain and the failure may pass, else quarantined.
+fn fail(
+    job: &Job,
+    ctx: &Context,
+    stat: Option<FileStat>,
+    hash: Option<String>,
+    failure: Failure,
+) -> Outcome {
+    let attempts = job.attempts + 1;
+    let transient = failure.transient;
+    let vid = job
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned());
+    let mut record = quarantine_record(job, vid, failure, attempts);
+    if transient && attempts < job.retry_attempts {
+        return Outcome::Retry { record };
+    }
+    if transient {
+        record.message = format!("gave up after {attempts} attempts: {}", record.message);
+    }
+    match write_record(ctx, &record) {
+        Ok(output) => {
+            forget_previous(job, ctx, std::slice::from_ref(&output), &[]);
+            Outcome::Quarantined {
+                stat,
+                hash,
+                record,
+                outputs: vec![output],
+            }
+        }
+        // Not even the record can be written (disk full): keep trying later.
+        Err(e) => Outcome::Retry {
+            record: QuarantineRecord {
+                message: format!(
+                    "{}; and the quarantine record failed: {}",
+                    record.message, e.message
+                ),
+                ..record
+            },
+        },
+    }
+}
+
+/// Removes what an earlier version of the input produced and this one did not, so each input
+/// leaves exactly one set of results.
+fn forget_previous(job: &Job, ctx: &Context, outputs: &[PathBuf], videos: &[VideoResult]) {
+    let kept: HashSet<&PathBuf> = outputs.iter().collect();
+    for old in &job.previous.outputs {
+        let ours = old.starts_with(&ctx.proposals_dir) || old.starts_with(&ctx.quarantine_dir);
+        if ours && !kept.contains(old) {
+            if let Err(e) = std::fs::remove_file(old) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %old.display(), "cannot remove a stale output: {e}");
+                }
+            }
+        }
+    }
+    let produced: HashSet<&str> = videos.iter().map(|v| v.vid.as_str()).collect();
+    for vid in &job.previous.vids {
+        if !produced.contains(vid.as_str()) {
+            ctx.owners.release(vid, &job.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_hash_covers_the_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.npy");
+        std::fs::write(&path, b"features").unwrap();
+        let alone = content_hash(&path).unwrap();
+        assert_eq!(alone, content_hash(&path).unwrap());
+        std::fs::write(dir.path().join("v.json"), r#"{"duration": 3}"#).unwrap();
+        let with_sidecar = content_hash(&path).unwrap();
+        assert_ne!(alone, with_sidecar);
+        std::fs::write(dir.path().join("v.json"), r#"{"duration": 4}"#).unwrap();
+        assert_ne!(with_sidecar, content_hash(&path).unwrap());
+    }
+
+    #[test]
+    fn a_video_id_belongs_to_one_existing_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("a/v.npy");
+        let second = dir.path().join("b/v.npy");
+        std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+        std::fs::write(&first, b"x").unwrap();
+        let owners = Owners::default();
+        assert!(owners.claim("v", &first).is_ok());
+        assert!(owners.claim("v", &first).is_ok());
+        assert_eq!(owners.claim("v", &second), Err(first.clone()));
+        // Once the first input is gone (moved, deleted), the id may move with it.
+        std::fs::remove_file(&first).unwrap();
+        std::fs::create_dir_all(second.parent().unwrap()).unwrap();
+        std::fs::write(&second, b"x").unwrap();
+        assert!(owners.claim("v", &second).is_ok());
+        owners.release("v", &first);
+        assert_eq!(owners.claim("v", &first), Err(second.clone()));
+        owners.release("v", &second);
+        assert!(owners.claim("v", &first).is_ok());
+    }
+
+    #[test]
+    fn quarantine_names_never_leave_the_folder() {
+        let dir = Path::new("/q");
+        assert_eq!(
+            quarantine_path(dir, Path::new("/in/x.npy"), Some("x")),
+            dir.join("x.error.json")
+        );
+        assert_eq!(
+            quarantine_path(dir, Path::new("/in/..npy"), Some("..")),
+            dir.join("unnamed.error.json")
+        );
+        assert_eq!(
+            quarantine_path(dir, Path::new("/in/...evil.npy"), Some("a/b")),
+            dir.join("evil.error.json")
+        );
+    }
+}

@@ -1,0 +1,677 @@
+//! The daemon as users run it: the real binary watching a real folder, started, flooded,
+//! killed with SIGKILL, stopped with SIGTERM, reloaded with SIGHUP, and restarted. Every test
+//! ends by checking that each input has exactly one outcome and the outputs are whole.
+
+mod common;
+
+use common::{good_npy, malformed_cases, momentminer, p, text};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+struct Service {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    runs: usize,
+}
+
+impl Service {
+    /// A daemon with its folders in a fresh temporary folder; `extra` is appended to the
+    /// `[daemon]` section of its config.
+    fn new(settle_ms: u64, extra: &str) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let config = format!(
+            "[ingest]\nfeatures_per_second = 2.0\n\n[daemon]\ninbox = \"{}\"\noutput = \"{}\"\n\
+             quarantine = \"{}\"\nstate = \"{}\"\nsettle_ms = {settle_ms}\ncommit_ms = 20\n\
+             shard_videos = 300\nshard_flush_ms = 100\nretry_base_ms = 100\n{extra}\n",
+            p(&root.join("in")),
+            p(&root.join("out")),
+            p(&root.join("q")),
+            p(&root.join("state")),
+        );
+        std::fs::write(root.join("config.toml"), config).unwrap();
+        std::fs::create_dir_all(root.join("in")).unwrap();
+        Service {
+            dir,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn inbox(&self) -> PathBuf {
+        self.path("in")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("config.toml")
+    }
+
+    fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    fn start_with(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "already running");
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_momentminer"))
+            .args([
+                "watch",
+                "--log-format",
+                "json",
+                "--config",
+                p(&self.config()),
+            ])
+            .env("RUST_LOG", "momentminer=debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the daemon starts");
+        self.child = Some(child);
+    }
+
+    fn log_path(&self, run: usize) -> PathBuf {
+        self.path(&format!("daemon-{run}.log"))
+    }
+
+    /// The JSON log lines of one run.
+    fn log(&self, run: usize) -> Vec<Value> {
+        std::fs::read_to_string(self.log_path(run))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status, which must come within `limit`.
+    fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > limit {
+                child.kill().unwrap();
+                panic!("the daemon did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn status(&self) -> Value {
+        let out = momentminer(&["status", "--json", "--config", p(&self.config())]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until the ledger shows `finished` inputs done or quarantined and nothing waiting.
+    fn wait_finished(&mut self, finished: u64, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!(
+                        "the daemon exited ({status}):\n{}",
+                        std::fs::read_to_string(self.log_path(self.runs)).unwrap_or_default()
+                    );
+                }
+            }
+            if self.path("state/ledger.sqlite").exists() {
+                let status = self.status();
+                let c = counts(&status);
+                if c["done"] + c["quarantined"] == finished && c["queued"] + c["retry"] == 0 {
+                    return status;
+                }
+                assert!(
+                    started.elapsed() < limit,
+                    "not finished within {limit:?}: {c:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn proposal_files(&self) -> Vec<PathBuf> {
+        files_in(&self.path("out/proposals"))
+    }
+
+    /// Exactly-once, whole outputs: one proposals file per expected video and nothing else, no
+    /// temporaries anywhere, and every video's proposals in exactly one dataset shard.
+    fn check_outputs(&self, vids: &HashSet<String>) {
+        let mut seen = HashSet::new();
+        let mut proposals_per_vid = HashMap::new();
+        for file in self.proposal_files() {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.starts_with('.'), "a temporary file remains: {name}");
+            let result: Value = serde_json::from_slice(&std::fs::read(&file).unwrap())
+                .unwrap_or_else(|e| panic!("{name} is not whole JSON: {e}"));
+            let vid = result["vid"].as_str().unwrap().to_string();
+            proposals_per_vid.insert(vid.clone(), result["proposals"].as_array().unwrap().len());
+            seen.insert(vid);
+        }
+        assert_eq!(&seen, vids, "proposal files differ from the inputs");
+        let mut labels_per_vid: HashMap<String, usize> = HashMap::new();
+        let mut shard_of_vid: HashMap<String, PathBuf> = HashMap::new();
+        let mut qids = HashSet::new();
+        let mut psvl_labels = 0;
+        for file in files_in(&self.path("out/dataset")) {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.starts_with('.'), "a temporary file remains: {name}");
+            let content = std::fs::read_to_string(&file).unwrap();
+            if name.ends_with(".json") {
+                let list: Vec<Value> = serde_json::from_str(&content).unwrap();
+                psvl_labels += list.len();
+                continue;
+            }
+            assert!(
+                content.is_empty() || content.ends_with('\n'),
+                "{name}: partial line"
+            );
+            for line in content.lines() {
+                let label: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{name}: partial or bad line {line}: {e}"));
+                assert!(qids.insert(label["qid"].as_u64().unwrap()), "duplicate qid");
+                let vid = label["vid"].as_str().unwrap().to_string();
+                let shard = shard_of_vid.entry(vid.clone()).or_insert(file.clone());
+                assert_eq!(shard, &file, "{vid} appears in two shards");
+                *labels_per_vid.entry(vid).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            labels_per_vid, proposals_per_vid,
+            "shards differ from proposals"
+        );
+        assert_eq!(
+            psvl_labels,
+            qids.len(),
+            "PSVL and Moment-DETR shards differ"
+        );
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn counts(status: &Value) -> HashMap<String, u64> {
+    status["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_string(),
+                pair[1].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `n` valid feature files of width `dim` in `staging`, named `v00000.npy`...; returns their
+/// ids.
+fn make_inputs(staging: &Path, n: usize, offset: usize, dim: usize) -> HashSet<String> {
+    std::fs::create_dir_all(staging).unwrap();
+    (offset..offset + n)
+        .map(|i| {
+            let vid = format!("v{i:05}");
+            let frames = 40 + i % 90;
+            std::fs::write(staging.join(format!("{vid}.npy")), good_npy(frames, dim, i)).unwrap();
+            vid
+        })
+        .collect()
+}
+
+/// Moves every file of `staging` into `inbox` (renames: complete the instant they appear).
+fn move_all(staging: &Path, inbox: &Path) {
+    for file in files_in(staging) {
+        std::fs::rename(&file, inbox.join(file.file_name().unwrap())).unwrap();
+    }
+}
+
+/// The "done" events of one run's log: which inputs that run processed.
+fn processed_in_run(service: &Service, run: usize) -> usize {
+    service
+        .log(run)
+        .iter()
+        .filter(|l| l["fields"]["message"] == "done")
+        .count()
+}
+
+#[test]
+fn a_burst_of_2000_files_is_done_once_each() {
+    let mut service = Service::new(150, "");
+    let staging = service.path("staging");
+    let vids = make_inputs(&staging, 2000, 0, 32);
+    service.start();
+    // Half are copied (visible while being written), half renamed in.
+    for (i, file) in files_in(&staging).into_iter().enumerate() {
+        let target = service.inbox().join(file.file_name().unwrap());
+        if i % 2 == 0 {
+            std::fs::copy(&file, &target).unwrap();
+        } else {
+            std::fs::rename(&file, &target).unwrap();
+        }
+    }
+    let status = service.wait_finished(2000, Duration::from_secs(240));
+    assert_eq!(counts(&status)["done"], 2000);
+    assert_eq!(status["videos"], 2000);
+    assert!(status["running"].as_bool().unwrap());
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    service.check_outputs(&vids);
+    assert_eq!(processed_in_run(&service, 1), 2000);
+    // A restart finds everything already done.
+    service.start();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    assert_eq!(
+        processed_in_run(&service, 2),
+        0,
+        "a restart redid finished work"
+    );
+}
+
+#[test]
+fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
+    let total: usize = std::env::var("MOMENTMINER_SOAK_FILES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1500);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill -9 instants from seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut service = Service::new(150, "");
+    let staging = service.path("staging");
+    let vids = make_inputs(&staging, total, 0, 256);
+    service.start();
+    move_all(&staging, &service.inbox());
+    let mut killed_mid_work = 0;
+    for _ in 0..3 {
+        // Spread over roughly the time the corpus takes (~1,000 files/s in a debug build).
+        let wait = 150 + next() % (total as u64 * 3 / 5).max(900);
+        std::thread::sleep(Duration::from_millis(wait));
+        service.kill9();
+        let done = counts(&service.status())["done"];
+        eprintln!("killed after {wait} ms with {done} of {total} done");
+        killed_mid_work += usize::from(done < total as u64);
+        service.start();
+    }
+    assert!(
+        killed_mid_work > 0,
+        "no kill landed while work was in progress"
+    );
+    service.wait_finished(total as u64, Duration::from_secs(600));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    service.check_outputs(&vids);
+    service.start();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    assert_eq!(processed_in_run(&service, service.runs), 0);
+}
+
+#[test]
+fn files_that_arrive_while_it_is_down_are_processed() {
+    let mut service = Service::new(150, "");
+    let mut vids = make_inputs(&service.inbox(), 20, 0, 32);
+    service.start();
+    service.wait_finished(20, Duration::from_secs(60));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    vids.extend(make_inputs(&service.inbox(), 15, 100, 32));
+    service.start();
+    service.wait_finished(35, Duration::from_secs(60));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    service.check_outputs(&vids);
+    assert_eq!(processed_in_run(&service, 2), 15);
+}
+
+#[test]
+fn malformed_inputs_end_in_quarantine_with_reasons_and_the_daemon_stays_up() {
+    let mut service = Service::new(1000, "");
+    let inbox = service.inbox();
+    let outside = service.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("real.npy"), good_npy(50, 16, 1)).unwrap();
+    // Durations come from sidecars only, so a file without one is bad input.
+    let config = std::fs::read_to_string(service.config()).unwrap();
+    let config = config.replace("features_per_second = 2.0", "features_per_second = 0.0");
+    std::fs::write(service.config(), config).unwrap();
+    let sidecar = |path: &Path| std::fs::write(path.with_extension("json"), r#"{"duration": 30}"#);
+    service.start();
+    let mut expected: HashMap<String, &str> = HashMap::new();
+    for case in malformed_cases() {
+        let stem = case.name.rsplit_once('.').unwrap().0;
+        if case.name != "noduration.npy" {
+            std::fs::write(inbox.join(format!("{stem}.json")), r#"{"duration": 20}"#).unwrap();
+        }
+        std::fs::write(inbox.join(case.name), &case.bytes).unwrap();
+        expected.insert(case.name.to_string(), case.reason);
+    }
+    std::os::unix::fs::symlink(outside.join("real.npy"), inbox.join("into.npy")).unwrap();
+    expected.insert("into.npy".into(), "symlink");
+    std::os::unix::fs::symlink(&outside, inbox.join("out-of-inbox")).unwrap();
+    std::fs::write(inbox.join("notes.txt"), "not features").unwrap();
+    expected.insert("notes.txt".into(), "unsupported_type");
+    let fifo = std::ffi::CString::new(p(&inbox.join("pipe.npy"))).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    expected.insert("pipe.npy".into(), "not_regular_file");
+    std::fs::write(inbox.join("badside.npy"), good_npy(30, 16, 2)).unwrap();
+    std::fs::write(inbox.join("badside.json"), "{not json").unwrap();
+    expected.insert("badside.npy".into(), "bad_sidecar");
+    let mut vids = HashSet::new();
+    for name in ["a..b.npy", "my video é.npy", "sub/deeper.npy"] {
+        let path = inbox.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        sidecar(&path).unwrap();
+        std::fs::write(&path, good_npy(60, 16, name.len())).unwrap();
+        vids.insert(
+            Path::new(name)
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    std::fs::write(inbox.join("..hidden.npy"), good_npy(30, 16, 3)).unwrap();
+    std::fs::write(inbox.join("upload.npy.part"), b"half").unwrap();
+    // A slow writer: chunks 120 ms apart, far less than the settle time.
+    sidecar(&inbox.join("slow.npy")).unwrap();
+    let slow = good_npy(200, 64, 9);
+    let mut file = std::fs::File::create(inbox.join("slow.npy")).unwrap();
+    for chunk in slow.chunks(slow.len() / 6 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    drop(file);
+    vids.insert("slow".into());
+    let status = service.wait_finished(
+        (expected.len() + vids.len()) as u64,
+        Duration::from_secs(60),
+    );
+    let c = counts(&status);
+    assert_eq!(c["done"], vids.len() as u64, "{status:#}");
+    assert_eq!(c["quarantined"], expected.len() as u64, "{status:#}");
+    for (name, reason) in &expected {
+        let stem = name.rsplit_once('.').unwrap().0;
+        let record_path = service.path(&format!("q/{stem}.error.json"));
+        let record: Value =
+            serde_json::from_slice(&std::fs::read(&record_path).unwrap_or_else(|e| {
+                panic!(
+                    "no quarantine record for {name} at {}: {e}",
+                    record_path.display()
+                )
+            }))
+            .unwrap();
+        assert_eq!(record["reason"], *reason, "{name}: {record:#}");
+        assert!(record["input"].as_str().unwrap().ends_with(name.as_str()));
+        assert!(!record["message"].as_str().unwrap().is_empty());
+        assert!(record["time"].as_str().unwrap().ends_with('Z'));
+    }
+    let slow_quarantined = service.log(1).iter().any(|l| {
+        l["fields"]["input"]
+            .as_str()
+            .is_some_and(|i| i.ends_with("slow.npy"))
+            && l["level"] == "WARN"
+    });
+    assert!(
+        !slow_quarantined,
+        "the slowly written file was read before it was complete"
+    );
+    assert!(service.status()["running"].as_bool().unwrap());
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    service.check_outputs(&vids);
+    assert_eq!(
+        std::fs::read(outside.join("real.npy")).unwrap(),
+        good_npy(50, 16, 1)
+    );
+}
+
+#[test]
+fn changed_inputs_are_redone_and_touched_ones_are_not() {
+    let mut service = Service::new(150, "");
+    let inbox = service.inbox();
+    std::fs::write(inbox.join("a.npy"), good_npy(60, 16, 1)).unwrap();
+    std::fs::write(inbox.join("b.npy"), b"garbage").unwrap();
+    std::fs::write(inbox.join("c.npy"), good_npy(60, 16, 3)).unwrap();
+    service.start();
+    service.wait_finished(3, Duration::from_secs(60));
+    let before = std::fs::read(service.path("out/proposals/a.json")).unwrap();
+    assert!(service.path("q/b.error.json").exists());
+    // a: new content; b: fixed; c: only touched (same bytes, new mtime).
+    std::fs::write(inbox.join("a.npy"), good_npy(120, 16, 7)).unwrap();
+    std::fs::write(inbox.join("b.npy"), good_npy(60, 16, 2)).unwrap();
+    std::fs::write(inbox.join("c.npy"), good_npy(60, 16, 3)).unwrap();
+    let started = Instant::now();
+    loop {
+        let c = counts(&service.status());
+        if c["done"] == 3 && service.path("out/proposals/b.json").exists() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{c:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    assert_ne!(
+        std::fs::read(service.path("out/proposals/a.json")).unwrap(),
+        before
+    );
+    assert!(
+        !service.path("q/b.error.json").exists(),
+        "the fixed file keeps its quarantine record"
+    );
+    let log = service.log(1);
+    let done: Vec<&str> = log
+        .iter()
+        .filter(|l| l["fields"]["message"] == "done")
+        .map(|l| l["fields"]["input"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        done.iter().filter(|i| i.ends_with("c.npy")).count(),
+        1,
+        "{done:?}"
+    );
+    assert_eq!(
+        done.iter().filter(|i| i.ends_with("a.npy")).count(),
+        2,
+        "{done:?}"
+    );
+    service.check_outputs(&["a", "b", "c"].map(String::from).into());
+}
+
+#[test]
+fn sigterm_during_work_exits_0_with_nothing_half_written() {
+    // The per-file durability mode; the other tests run the default group mode.
+    let mut service = Service::new(150, "durability = \"file\"");
+    let staging = service.path("staging");
+    let vids = make_inputs(&staging, 600, 0, 256);
+    service.start();
+    move_all(&staging, &service.inbox());
+    std::thread::sleep(Duration::from_millis(500));
+    let status = service.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    // Whatever was finished is committed: the ledger and the result files agree.
+    let done = counts(&service.status())["done"];
+    assert_eq!(done as usize, service.proposal_files().len());
+    assert!(service.status()["running"] == false);
+    service.start();
+    service.wait_finished(600, Duration::from_secs(120));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    service.check_outputs(&vids);
+}
+
+#[test]
+fn sighup_reloads_the_configuration() {
+    let mut service = Service::new(150, "");
+    service.start();
+    std::fs::write(service.inbox().join("before.npy"), good_npy(120, 16, 1)).unwrap();
+    service.wait_finished(1, Duration::from_secs(60));
+    let mut config = std::fs::read_to_string(service.config()).unwrap();
+    config.push_str("\n[proposals]\ncap = 2\n");
+    std::fs::write(service.config(), config).unwrap();
+    service.signal(libc::SIGHUP);
+    let started = Instant::now();
+    while !service
+        .log(1)
+        .iter()
+        .any(|l| l["fields"]["message"] == "configuration reloaded")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "SIGHUP ignored"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(service.inbox().join("after.npy"), good_npy(120, 16, 1)).unwrap();
+    service.wait_finished(2, Duration::from_secs(60));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    let count = |vid: &str| {
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(service.path(&format!("out/proposals/{vid}.json"))).unwrap(),
+        )
+        .unwrap();
+        v["proposals"].as_array().unwrap().len()
+    };
+    assert!(count("before") > 2);
+    assert_eq!(count("after"), 2);
+    assert!(service
+        .log(1)
+        .iter()
+        .any(|l| l["fields"]["message"] == "configuration reloaded"));
+}
+
+#[test]
+fn systemd_readiness_watchdog_metrics_and_one_instance_per_state_folder() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = Service::new(150, &format!("metrics_addr = \"127.0.0.1:{port}\""));
+    let socket_path = service.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    service.start_with(&[
+        ("NOTIFY_SOCKET", p(&socket_path)),
+        ("WATCHDOG_USEC", "200000"),
+    ]);
+    let mut received = String::new();
+    let mut buf = [0u8; 4096];
+    while !(received.contains("READY=1") && received.contains("WATCHDOG=1")) {
+        let n = socket.recv(&mut buf).expect("the daemon notifies systemd");
+        received.push_str(&String::from_utf8_lossy(&buf[..n]));
+        received.push('\n');
+    }
+    std::fs::write(service.inbox().join("m.npy"), good_npy(60, 16, 1)).unwrap();
+    service.wait_finished(1, Duration::from_secs(60));
+    let get = |target: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        response
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("momentminer_inputs_done_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("momentminer_inputs{state=\"done\"}"),
+        "{metrics}"
+    );
+    let second = momentminer(&["watch", "--config", p(&service.config())]);
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        text(&second).contains("already uses the state folder"),
+        "{}",
+        text(&second)
+    );
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/momentminer.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ProtectSystem=strict"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("momentminer.service");
+    let unit = unit.replace(
+        "/usr/local/bin/momentminer",
+        env!("CARGO_BIN_EXE_momentminer"),
+    );
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", p(&path)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+}
+
+fn which(program: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or(())
+}
