@@ -77,6 +77,22 @@ impl Service {
             .spawn()
             .expect("the daemon starts");
         self.child = Some(child);
+        // Ready once it holds the state lock (its signal handlers are installed before that).
+        let started = Instant::now();
+        while !self.running() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the daemon did not start:\n{}",
+                std::fs::read_to_string(self.log_path(self.runs)).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn running(&self) -> bool {
+        let out = momentminer(&["status", "--json", "--config", p(&self.config())]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| s["running"] == true)
     }
 
     fn log_path(&self, run: usize) -> PathBuf {
@@ -330,13 +346,18 @@ fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
     service.start();
     move_all(&staging, &service.inbox());
     let mut killed_mid_work = 0;
-    for _ in 0..3 {
-        // Spread over roughly the time the corpus takes (~1,000 files/s in a debug build).
-        let wait = 150 + next() % (total as u64 * 3 / 5).max(900);
-        std::thread::sleep(Duration::from_millis(wait));
+    for k in 1..=3u64 {
+        // Around a quarter, a half and three quarters of the way, give or take a tenth.
+        let tenth = total as u64 / 10;
+        let target = (total as u64 * k / 4 + next() % (2 * tenth).max(1)).saturating_sub(tenth);
+        let started = Instant::now();
+        while counts(&service.status())["done"] < target {
+            assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         service.kill9();
         let done = counts(&service.status())["done"];
-        eprintln!("killed after {wait} ms with {done} of {total} done");
+        eprintln!("killed at {done} of {total} done (aimed at {target})");
         killed_mid_work += usize::from(done < total as u64);
         service.start();
     }

@@ -191,6 +191,9 @@ struct Daemon {
 /// Runs until SIGTERM/SIGINT. Returns once in-flight work is finished (or the shutdown timeout
 /// passed) and everything finished is committed.
 pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
+    // First of all, so that a stop request during start-up is a clean stop, not a kill.
+    let (tx, rx) = channel();
+    let signals = listen_for_signals(tx.clone())?;
     let folders = Folders::prepare(&config.daemon)?;
     let _lock = lock_state(&folders.state)?;
     let ledger = Ledger::open(&folders.state)?;
@@ -241,8 +244,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         .thread_name(|i| format!("momentminer-worker-{i}"))
         .build()?;
     let ctx = Arc::new(context(&config, &folders, &owners)?);
-    let (tx, rx) = channel();
-    let signals = listen_for_signals(tx.clone())?;
     let watcher = Inbox::watch(&folders.inbox, {
         let tx = tx.clone();
         move |event| {
