@@ -4,5 +4,5 @@
 # cargo test (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test
 cargo test --locked --all-targets "$@"

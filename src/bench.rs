@@ -191,7 +191,7 @@ fn watch_pass(
     config.daemon.state = base.join("state");
     config.daemon.settle_ms = options.settle_ms;
     config.daemon.metrics_addr.clear();
-    let folders = daemon::Folders::prepare(&config.daemon)?;
+    let folders = daemon::Folders::prepare(&config.daemon, None)?;
     let scratch = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BenchError::Scratch { path, source }

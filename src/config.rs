@@ -34,6 +34,7 @@ pub struct Config {
     pub proposals: ProposalsConfig,
     pub run: RunConfig,
     pub daemon: DaemonConfig,
+    pub queue: QueueConfig,
     pub synth: SynthConfig,
 }
 
@@ -151,6 +152,7 @@ pub struct DaemonConfig {
     pub settle_ms: u64,
     pub rescan_s: u64,
     pub follow_symlinks: bool,
+    pub enqueue: bool,
     pub durability: GroupDurability,
     pub commit_ms: u64,
     pub commit_max: usize,
@@ -161,6 +163,22 @@ pub struct DaemonConfig {
     pub shard_videos: usize,
     pub shard_flush_ms: u64,
     pub metrics_addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub url: String,
+    pub stream: String,
+    pub group: String,
+    pub dead_letter: String,
+    pub max_attempts: u32,
+    pub consumer: String,
+    pub claim_idle_ms: u64,
+    pub block_ms: u64,
+    pub in_flight: usize,
+    pub reconnect_base_ms: u64,
+    pub reconnect_max_ms: u64,
 }
 
 impl RunConfig {
@@ -228,7 +246,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 15] = [
+        let checks: [(bool, &str); 16] = [
             (self.sample.steps >= 2, "sample.steps must be at least 2"),
             (self.events.k >= 1, "events.k must be at least 1"),
             (self.events.trials >= 1, "events.trials must be at least 1"),
@@ -268,6 +286,13 @@ impl Config {
                 self.daemon.retry_attempts >= 1
                     && self.daemon.retry_base_ms <= self.daemon.retry_max_ms,
                 "daemon.retry_attempts must be at least 1 and retry_base_ms <= retry_max_ms",
+            ),
+            (
+                self.queue.max_attempts >= 1
+                    && self.queue.reconnect_base_ms >= 1
+                    && self.queue.reconnect_base_ms <= self.queue.reconnect_max_ms,
+                "queue.max_attempts and queue.reconnect_base_ms must be at least 1, \
+                 and reconnect_base_ms <= reconnect_max_ms",
             ),
             (
                 self.synth.frames_min >= 8 && self.synth.frames_min <= self.synth.frames_max,

@@ -25,7 +25,8 @@ pub fn is_temporary_output(name: &str) -> bool {
 
 /// Writes to a hidden temporary name in the same folder, then renames over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
-    let staged = stage(path, bytes, durability != Durability::None)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let staged = stage(dir, path, bytes, durability != Durability::None)?;
     staged.publish()?;
     if durability == Durability::Full {
         sync_dir(staged.folder())?;
@@ -67,10 +68,9 @@ impl Drop for Staged {
     }
 }
 
-/// Writes `bytes` to a hidden temporary name beside `path` (fsynced with `sync_data`); nothing
-/// is visible under `path` until [`Staged::publish`].
-pub fn stage(path: &Path, bytes: &[u8], sync_data: bool) -> std::io::Result<Staged> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// Writes `bytes` to a hidden temporary name in `dir` (fsynced with `sync_data`); nothing is
+/// visible under `path` until [`Staged::publish`]. `dir` must be on `path`'s filesystem.
+pub fn stage(dir: &Path, path: &Path, bytes: &[u8], sync_data: bool) -> std::io::Result<Staged> {
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} names no file", path.display())))?;
@@ -123,13 +123,13 @@ mod tests {
     fn staged_files_appear_only_when_published() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.json");
-        let staged = stage(&path, b"whole", false).unwrap();
+        let staged = stage(dir.path(), &path, b"whole", false).unwrap();
         assert!(!path.exists());
         staged.publish().unwrap();
         staged.publish().unwrap();
         drop(staged);
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
-        drop(stage(&path, b"thrown away", true).unwrap());
+        drop(stage(dir.path(), &path, b"thrown away", true).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod inspect;
 pub mod pipeline;
 pub mod proposals;
+pub mod queue;
 pub mod rng;
 pub mod sample;
 pub mod similarity;

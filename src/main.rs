@@ -5,7 +5,7 @@ use momentminer::bench::{self, BenchOptions};
 use momentminer::config::Config;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::pipeline::{analyse, StageTimes};
-use momentminer::{daemon, eval, inspect, synth};
+use momentminer::{daemon, eval, inspect, queue, synth};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -94,10 +94,39 @@ enum Command {
     /// records, keep the ledger. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the config.
     Watch,
     /// What the daemon's ledger says: inputs per state, throughput, latency, recent problems.
+    /// With --queue, what the Redis stream says instead.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Report on the Redis queue at this URL (overrides queue.url).
+        #[arg(long, value_name = "URL")]
+        queue: Option<String>,
+    },
+    /// Add one Redis Streams message per feature file for `worker`s to process.
+    Enqueue {
+        /// Feature files and folders (searched recursively); paths are sent absolute.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Redis URL (overrides queue.url).
+        #[arg(long, value_name = "URL")]
+        queue: Option<String>,
+    },
+    /// Process queued inputs as one consumer of the group, with the daemon's outputs.
+    Worker {
+        /// Redis URL (overrides queue.url).
+        #[arg(long, value_name = "URL")]
+        queue: Option<String>,
+        /// This worker's name in the group (overrides queue.consumer).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Merge the pseudo-labels of every ledger (STATE/<worker>/ and the daemon's) into one
+    /// dataset.
+    Merge {
+        /// Where the merged shards go (default: OUTPUT/dataset/merged).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -208,13 +237,52 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let reload = Box::new(move || Config::load(file.as_deref(), &overrides));
             daemon::run(config, reload)?;
         }
-        Command::Status { json } => {
+        Command::Status { json, queue: None } => {
             let status = daemon::status::read(&config.daemon.state)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{status}");
             }
+        }
+        Command::Status {
+            json,
+            queue: Some(url),
+        } => {
+            config.queue.url = url;
+            let status = queue::status(&config.queue)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+        }
+        Command::Enqueue { inputs, queue } => {
+            config.queue.url = queue.unwrap_or(config.queue.url);
+            let added = queue::enqueue(&config.queue, &inputs)?;
+            println!(
+                "enqueued {added} inputs on {} stream {}",
+                config.queue.url, config.queue.stream
+            );
+        }
+        Command::Worker { queue, name } => {
+            config.queue.url = queue.unwrap_or(config.queue.url);
+            config.queue.consumer = name.unwrap_or(config.queue.consumer);
+            queue::worker::run(config)?;
+        }
+        Command::Merge { out } => {
+            let out = out.unwrap_or_else(|| config.daemon.output.join("dataset/merged"));
+            let report =
+                queue::merge::merge(&config.daemon.state, &out, config.daemon.shard_videos)?;
+            println!(
+                "merged {} ledgers: {} videos, {} labels in {} shards in {} ({} duplicate labels dropped)",
+                report.ledgers,
+                report.videos,
+                report.labels,
+                report.shards_written,
+                out.display(),
+                report.duplicates_dropped
+            );
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{good_npy, malformed_cases, momentminer, p, text};
+use common::{
+    check_results, files_in, good_npy, make_inputs, malformed_cases, momentminer, move_all, p, text,
+};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -174,57 +176,8 @@ impl Service {
         files_in(&self.path("out/proposals"))
     }
 
-    /// Exactly-once, whole outputs: one proposals file per expected video and nothing else, no
-    /// temporaries anywhere, and every video's proposals in exactly one dataset shard.
     fn check_outputs(&self, vids: &HashSet<String>) {
-        let mut seen = HashSet::new();
-        let mut proposals_per_vid = HashMap::new();
-        for file in self.proposal_files() {
-            let name = file.file_name().unwrap().to_string_lossy().into_owned();
-            assert!(!name.starts_with('.'), "a temporary file remains: {name}");
-            let result: Value = serde_json::from_slice(&std::fs::read(&file).unwrap())
-                .unwrap_or_else(|e| panic!("{name} is not whole JSON: {e}"));
-            let vid = result["vid"].as_str().unwrap().to_string();
-            proposals_per_vid.insert(vid.clone(), result["proposals"].as_array().unwrap().len());
-            seen.insert(vid);
-        }
-        assert_eq!(&seen, vids, "proposal files differ from the inputs");
-        let mut labels_per_vid: HashMap<String, usize> = HashMap::new();
-        let mut shard_of_vid: HashMap<String, PathBuf> = HashMap::new();
-        let mut qids = HashSet::new();
-        let mut psvl_labels = 0;
-        for file in files_in(&self.path("out/dataset")) {
-            let name = file.file_name().unwrap().to_string_lossy().into_owned();
-            assert!(!name.starts_with('.'), "a temporary file remains: {name}");
-            let content = std::fs::read_to_string(&file).unwrap();
-            if name.ends_with(".json") {
-                let list: Vec<Value> = serde_json::from_str(&content).unwrap();
-                psvl_labels += list.len();
-                continue;
-            }
-            assert!(
-                content.is_empty() || content.ends_with('\n'),
-                "{name}: partial line"
-            );
-            for line in content.lines() {
-                let label: Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("{name}: partial or bad line {line}: {e}"));
-                assert!(qids.insert(label["qid"].as_u64().unwrap()), "duplicate qid");
-                let vid = label["vid"].as_str().unwrap().to_string();
-                let shard = shard_of_vid.entry(vid.clone()).or_insert(file.clone());
-                assert_eq!(shard, &file, "{vid} appears in two shards");
-                *labels_per_vid.entry(vid).or_default() += 1;
-            }
-        }
-        assert_eq!(
-            labels_per_vid, proposals_per_vid,
-            "shards differ from proposals"
-        );
-        assert_eq!(
-            psvl_labels,
-            qids.len(),
-            "PSVL and Moment-DETR shards differ"
-        );
+        check_results(&self.path("out/proposals"), &self.path("out/dataset"), vids);
     }
 }
 
@@ -235,14 +188,6 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
-}
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
 }
 
 fn counts(status: &Value) -> HashMap<String, u64> {
@@ -257,27 +202,6 @@ fn counts(status: &Value) -> HashMap<String, u64> {
             )
         })
         .collect()
-}
-
-/// `n` valid feature files of width `dim` in `staging`, named `v00000.npy`...; returns their
-/// ids.
-fn make_inputs(staging: &Path, n: usize, offset: usize, dim: usize) -> HashSet<String> {
-    std::fs::create_dir_all(staging).unwrap();
-    (offset..offset + n)
-        .map(|i| {
-            let vid = format!("v{i:05}");
-            let frames = 40 + i % 90;
-            std::fs::write(staging.join(format!("{vid}.npy")), good_npy(frames, dim, i)).unwrap();
-            vid
-        })
-        .collect()
-}
-
-/// Moves every file of `staging` into `inbox` (renames: complete the instant they appear).
-fn move_all(staging: &Path, inbox: &Path) {
-    for file in files_in(staging) {
-        std::fs::rename(&file, inbox.join(file.file_name().unwrap())).unwrap();
-    }
 }
 
 /// The "done" events of one run's log: which inputs that run processed.
@@ -660,32 +584,43 @@ fn systemd_readiness_watchdog_metrics_and_one_instance_per_state_folder() {
 }
 
 #[test]
-fn the_systemd_unit_passes_systemd_analyze() {
+fn the_systemd_units_pass_systemd_analyze() {
     let Ok(analyze) = which("systemd-analyze") else {
         eprintln!("skipped: systemd-analyze is not installed");
         return;
     };
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/momentminer.service"),
-    )
-    .unwrap();
-    assert!(unit.contains("Type=notify") && unit.contains("ProtectSystem=strict"));
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("momentminer.service");
-    let unit = unit.replace(
-        "/usr/local/bin/momentminer",
-        env!("CARGO_BIN_EXE_momentminer"),
-    );
-    std::fs::write(&path, unit).unwrap();
-    let out = Command::new(analyze)
-        .args(["verify", p(&path)])
-        .output()
+    for (name, instance) in [
+        ("momentminer.service", "momentminer.service"),
+        (
+            "momentminer-worker@.service",
+            "momentminer-worker@a.service",
+        ),
+    ] {
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(name),
+        )
         .unwrap();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}",
-        text(&out)
-    );
+        assert!(unit.contains("Type=notify") && unit.contains("ProtectSystem=strict"));
+        let path = dir.path().join(name);
+        let unit = unit.replace(
+            "/usr/local/bin/momentminer",
+            env!("CARGO_BIN_EXE_momentminer"),
+        );
+        std::fs::write(&path, unit).unwrap();
+        let out = Command::new(&analyze)
+            .current_dir(dir.path())
+            .args(["verify", p(&path.with_file_name(instance))])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{name}: {}",
+            text(&out)
+        );
+    }
 }
 
 fn which(program: &str) -> Result<PathBuf, ()> {

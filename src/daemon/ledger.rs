@@ -40,10 +40,18 @@ pub enum State {
     Retry,
     Done,
     Quarantined,
+    /// Handed to the Redis queue for workers (`daemon.enqueue`).
+    Enqueued,
 }
 
 impl State {
-    pub const ALL: [State; 4] = [State::Queued, State::Retry, State::Done, State::Quarantined];
+    pub const ALL: [State; 5] = [
+        State::Queued,
+        State::Retry,
+        State::Done,
+        State::Quarantined,
+        State::Enqueued,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +59,7 @@ impl State {
             State::Retry => "retry",
             State::Done => "done",
             State::Quarantined => "quarantined",
+            State::Enqueued => "enqueued",
         }
     }
 
@@ -59,13 +68,14 @@ impl State {
             "retry" => State::Retry,
             "done" => State::Done,
             "quarantined" => State::Quarantined,
+            "enqueued" => State::Enqueued,
             _ => State::Queued,
         }
     }
 
     /// Finished: nothing more happens to the input unless it changes.
     pub fn is_final(self) -> bool {
-        matches!(self, State::Done | State::Quarantined)
+        matches!(self, State::Done | State::Quarantined | State::Enqueued)
     }
 }
 
@@ -98,6 +108,12 @@ pub enum Change {
         quarantined: Vec<QuarantineRecord>,
         outputs: Vec<PathBuf>,
         latency_ms: f64,
+    },
+    /// Added to the Redis queue; a worker produces its results.
+    Enqueued {
+        path: PathBuf,
+        stat: FileStat,
+        hash: String,
     },
     /// Never finished and gone from the inbox.
     Forget {
@@ -379,13 +395,15 @@ impl Ledger {
         rows.map(|r| r.map_err(&fail)).collect()
     }
 
-    pub fn shard_labels(&self, shard: i64) -> Result<Vec<LabelRow>, LedgerError> {
+    /// The labels of one shard, or of every shard, in qid order (a video's labels are
+    /// consecutive: one commit wrote them).
+    pub fn labels(&self, shard: Option<i64>) -> Result<Vec<LabelRow>, LedgerError> {
         let fail = self.fail();
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT qid, vid, duration, start, end, query, tokens FROM labels
-                 WHERE shard = ?1 ORDER BY qid",
+                 WHERE ?1 IS NULL OR shard = ?1 ORDER BY qid",
             )
             .map_err(&fail)?;
         let rows = stmt
@@ -547,6 +565,17 @@ fn record(
         Change::Queued { path } => {
             upsert_input(tx, path, State::Queued, now)?;
         }
+        Change::Enqueued { path, stat, hash } => {
+            let id = upsert_input(tx, path, State::Enqueued, now)?;
+            set_stat(tx, id, Some(stat), Some(hash))?;
+            release_results(tx, id)?;
+            tx.execute(
+                "UPDATE inputs SET attempts = 0, next_attempt_ms = NULL, reason = NULL,
+                        error = NULL, outputs = '[]', videos = 0
+                 WHERE id = ?1",
+                [id],
+            )?;
+        }
         Change::Forget { path } => {
             tx.execute(
                 "DELETE FROM inputs WHERE path = ?1 AND state IN ('queued', 'retry')",
@@ -671,12 +700,14 @@ fn record(
     Ok(())
 }
 
+/// Ledger changes for tests here and elsewhere.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use crate::pipeline::ScoredSpan;
 
-    fn done(path: &str, vids: &[&str], spans: usize) -> Change {
+    /// A finished input holding `(vid, proposal count)` videos; proposal i spans [i, 10 + i].
+    pub(crate) fn done(path: &str, vids: &[(&str, usize)]) -> Change {
         Change::Done {
             path: PathBuf::from(path),
             stat: FileStat {
@@ -687,7 +718,7 @@ mod tests {
             hash: format!("hash-of-{path}"),
             videos: vids
                 .iter()
-                .map(|vid| VideoResult {
+                .map(|&(vid, spans)| VideoResult {
                     vid: vid.to_string(),
                     duration: 30.0,
                     proposals: (0..spans)
@@ -702,11 +733,17 @@ mod tests {
             quarantined: Vec::new(),
             outputs: vids
                 .iter()
-                .map(|v| PathBuf::from(format!("/out/{v}.json")))
+                .map(|(v, _)| PathBuf::from(format!("/out/{v}.json")))
                 .collect(),
             latency_ms: 1.0,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::done;
+    use super::*;
 
     #[test]
     fn rows_survive_reopening_and_shards_fill_then_seal() {
@@ -718,8 +755,8 @@ mod tests {
                     Change::Queued {
                         path: "/in/a.npy".into(),
                     },
-                    done("/in/a.npy", &["a"], 3),
-                    done("/in/b.h5", &["b1", "b2"], 2),
+                    done("/in/a.npy", &[("a", 3)]),
+                    done("/in/b.h5", &[("b1", 2), ("b2", 2)]),
                     Change::Queued {
                         path: "/in/gone.npy".into(),
                     },
@@ -731,7 +768,7 @@ mod tests {
         ledger
             .commit(
                 &[
-                    done("/in/a.npy", &["a"], 1),
+                    done("/in/a.npy", &[("a", 1)]),
                     Change::Forget {
                         path: "/in/gone.npy".into(),
                     },
@@ -752,13 +789,13 @@ mod tests {
         // a (3 labels) and b1, b2 fill shard 1 past 2 videos; a's redo goes to shard 2.
         let stale = ledger.stale_shards().unwrap();
         assert_eq!(stale.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 2]);
-        let first = ledger.shard_labels(1).unwrap();
+        let first = ledger.labels(Some(1)).unwrap();
         assert_eq!(
             first.len(),
             4,
             "b1 and b2, two labels each; a's old labels gone"
         );
-        let second = ledger.shard_labels(2).unwrap();
+        let second = ledger.labels(Some(2)).unwrap();
         assert_eq!(second.len(), 1);
         assert_eq!((second[0].vid.as_str(), second[0].end), ("a", 10.0));
         for shard in stale {

@@ -1,6 +1,7 @@
 //! Counters and gauges of the running daemon, served as Prometheus text on `/metrics`, and
 //! `/healthz` (200 while the main loop turns and the ledger accepts commits, else 503).
 
+use super::ledger::State;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,7 +23,7 @@ pub struct Metrics {
     committed_changes: AtomicU64,
     commit_failures: AtomicU64,
     failing_commits: AtomicU64,
-    state_counts: [AtomicU64; 4],
+    state_counts: [AtomicU64; State::ALL.len()],
     settling: AtomicU64,
     working: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len() + 1],
@@ -98,9 +99,9 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
-    /// Inputs per ledger state (queued, retry, done, quarantined), files settling, and inputs
+    /// Inputs per ledger state (in the order of [`State::ALL`]), files settling, and inputs
     /// ready or being worked on.
-    pub fn set_gauges(&self, states: [u64; 4], settling: u64, working: u64) {
+    pub fn set_gauges(&self, states: [u64; State::ALL.len()], settling: u64, working: u64) {
         for (slot, value) in self.state_counts.iter().zip(states) {
             slot.store(value, Relaxed);
         }
@@ -171,10 +172,10 @@ impl Metrics {
         for (name, help, value) in counters {
             metric(name, "counter", help, &plain(value));
         }
-        let states = ["queued", "retry", "done", "quarantined"]
+        let states = State::ALL
             .iter()
             .zip(&self.state_counts)
-            .map(|(s, v)| (format!("{{state=\"{s}\"}}"), get(v)))
+            .map(|(s, v)| (format!("{{state=\"{}\"}}", s.as_str()), get(v)))
             .collect::<Vec<_>>();
         metric("inputs", "gauge", "Known inputs per ledger state.", &states);
         metric(

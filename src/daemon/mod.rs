@@ -11,17 +11,19 @@
 
 mod inbox;
 pub mod ledger;
-mod metrics;
+pub(crate) mod metrics;
+pub(crate) mod recorder;
 mod shards;
 pub mod status;
 pub mod worker;
 
 use crate::config::{Config, ConfigError, DaemonConfig, RunConfig};
-use crate::fsio::{is_temporary_output, sync_dir, sync_filesystem, Staged};
+use crate::fsio::is_temporary_output;
 use crate::ingest::{Durations, IngestError};
 use inbox::{probe, Inbox};
 use ledger::{now_ms, Change, Ledger, LedgerError, State};
 use metrics::Metrics;
+use recorder::{Finish, Recorder};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -29,7 +31,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use worker::{Context, FileStat, Job, Outcome, Owners, Previous, Results};
+use worker::{Context, FileStat, Job, Outcome, Owners, Previous};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -62,6 +64,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("cannot start worker threads: {0}")]
     Threads(#[from] rayon::ThreadPoolBuildError),
+    #[error("daemon.enqueue: {0}")]
+    Queue(String),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: String,
@@ -74,14 +78,19 @@ pub enum DaemonError {
 pub struct Folders {
     pub inbox: PathBuf,
     pub proposals: PathBuf,
+    /// Results wait here under temporary names until they are published. One per process
+    /// (`output/.staging/<worker>`), so a process cleans only its own after a crash.
+    pub staging: PathBuf,
     pub dataset: PathBuf,
     pub quarantine: PathBuf,
     pub state: PathBuf,
 }
 
 impl Folders {
-    /// Creates the folders and resolves them to absolute paths.
-    pub fn prepare(config: &DaemonConfig) -> Result<Folders, DaemonError> {
+    /// Creates the folders and resolves them to absolute paths. A queue worker (`worker`
+    /// names it) shares the output and quarantine folders with the others but keeps its own
+    /// state folder and dataset shards beneath them.
+    pub fn prepare(config: &DaemonConfig, worker: Option<&str>) -> Result<Folders, DaemonError> {
         let make = |path: &Path| -> Result<PathBuf, DaemonError> {
             let fail = |source| DaemonError::Folder {
                 path: path.to_path_buf(),
@@ -90,16 +99,24 @@ impl Folders {
             std::fs::create_dir_all(path).map_err(fail)?;
             path.canonicalize().map_err(fail)
         };
-        let inbox = make(&config.inbox)?;
         let output = make(&config.output)?;
         let quarantine = make(&config.quarantine)?;
-        let state = make(&config.state)?;
+        let state = make(&match worker {
+            Some(name) => config.state.join(name),
+            None => config.state.clone(),
+        })?;
+        // Queue workers read no inbox.
+        let inbox = match worker {
+            Some(_) => config.inbox.clone(),
+            None => make(&config.inbox)?,
+        };
         for (name, other) in [
             ("output", &output),
             ("quarantine", &quarantine),
             ("state", &state),
         ] {
-            if other.starts_with(&inbox) || inbox.starts_with(other) {
+            let overlaps = other.starts_with(&inbox) || inbox.starts_with(other);
+            if worker.is_none() && overlaps {
                 return Err(DaemonError::Overlap(format!(
                     "inbox {} and {name} {}",
                     inbox.display(),
@@ -108,10 +125,15 @@ impl Folders {
             }
         }
         let proposals = make(&output.join("proposals"))?;
-        let dataset = make(&output.join("dataset"))?;
+        let staging = make(&output.join(".staging").join(worker.unwrap_or("daemon")))?;
+        let dataset = make(&match worker {
+            Some(name) => output.join("dataset").join(name),
+            None => output.join("dataset"),
+        })?;
         Ok(Folders {
             inbox,
             proposals,
+            staging,
             dataset,
             quarantine,
             state,
@@ -159,7 +181,7 @@ struct Settling {
 struct Daemon {
     config: Config,
     folders: Folders,
-    ledger: Ledger,
+    recorder: Recorder,
     pool: rayon::ThreadPool,
     tx: Sender<Msg>,
     ctx: Arc<Context>,
@@ -173,14 +195,6 @@ struct Daemon {
     retries: BinaryHeap<Reverse<(Instant, PathBuf)>>,
     in_flight: usize,
     max_in_flight: usize,
-    pending: Vec<Change>,
-    /// Results of `pending` still under temporary names, published by the next commit.
-    staged: Vec<Staged>,
-    pending_since: Option<Instant>,
-    wrote_outputs: bool,
-    commit_blocked_until: Option<Instant>,
-    shards_dirty: bool,
-    last_shard_flush: Instant,
     next_rescan: Instant,
     stop_deadline: Option<Instant>,
     watchdog: Option<Duration>,
@@ -193,11 +207,19 @@ struct Daemon {
 pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     // First of all, so that a stop request during start-up is a clean stop, not a kill.
     let (tx, rx) = channel();
-    let signals = listen_for_signals(tx.clone())?;
-    let folders = Folders::prepare(&config.daemon)?;
+    let signals = {
+        let tx = tx.clone();
+        listen_for_signals(move |signal| tx.send(Msg::Signal(signal)).is_ok())?
+    };
+    let folders = Folders::prepare(&config.daemon, None)?;
     let _lock = lock_state(&folders.state)?;
     let ledger = Ledger::open(&folders.state)?;
-    for dir in [&folders.proposals, &folders.quarantine, &folders.dataset] {
+    for dir in [
+        &folders.staging,
+        &folders.proposals,
+        &folders.quarantine,
+        &folders.dataset,
+    ] {
         remove_temporaries(dir);
     }
     let rows = ledger.inputs()?;
@@ -273,9 +295,19 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         0 => 16 * workers,
         n => n,
     };
+    let mut recorder = Recorder::new(ledger, folders.clone(), metrics.clone());
+    for path in forgotten {
+        recorder.record(Change::Forget { path });
+    }
+    recorder
+        .ledger()
+        .set_meta("pid", &std::process::id().to_string())?;
+    recorder
+        .ledger()
+        .set_meta("started", &ledger::format_time(now_ms()))?;
     let mut daemon = Daemon {
         folders,
-        ledger,
+        recorder,
         pool,
         tx,
         ctx,
@@ -289,16 +321,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         retries,
         in_flight: 0,
         max_in_flight,
-        pending: forgotten
-            .into_iter()
-            .map(|path| Change::Forget { path })
-            .collect(),
-        staged: Vec::new(),
-        pending_since: Some(now),
-        wrote_outputs: false,
-        commit_blocked_until: None,
-        shards_dirty: true,
-        last_shard_flush: now,
         next_rescan: now,
         stop_deadline: None,
         watchdog: sd_notify::watchdog_enabled(),
@@ -306,12 +328,6 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         last_status: now,
         config,
     };
-    daemon
-        .ledger
-        .set_meta("pid", &std::process::id().to_string())?;
-    daemon
-        .ledger
-        .set_meta("started", &ledger::format_time(now_ms()))?;
     tracing::info!(
         inbox = %daemon.folders.inbox.display(),
         workers,
@@ -326,21 +342,30 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn context(
+pub(crate) fn context(
     config: &Config,
     folders: &Folders,
     owners: &Arc<Owners>,
 ) -> Result<Context, DaemonError> {
+    let enqueue = if config.daemon.enqueue {
+        let redis = crate::queue::Redis::open(&config.queue.url)
+            .map_err(|e| DaemonError::Queue(e.to_string()))?;
+        Some(std::sync::Mutex::new(redis))
+    } else {
+        None
+    };
     Ok(Context {
+        enqueue,
         durations: Durations::load(&config.ingest.durations_file)?,
         config: config.clone(),
         proposals_dir: folders.proposals.clone(),
         quarantine_dir: folders.quarantine.clone(),
+        staging_dir: folders.staging.clone(),
         owners: owners.clone(),
     })
 }
 
-fn notify_systemd(states: &[sd_notify::NotifyState]) {
+pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!("cannot notify systemd: {e}");
     }
@@ -348,7 +373,7 @@ fn notify_systemd(states: &[sd_notify::NotifyState]) {
 
 /// One daemon per state folder: an exclusive `flock` on `state/lock`, released by the kernel
 /// when the process dies however it dies.
-fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
+pub(crate) fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = state.join("lock");
@@ -363,8 +388,19 @@ fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
         .truncate(false)
         .open(&path)
         .map_err(fail)?;
+    // `momentminer status` tests the lock by taking it shared for an instant, so a start that
+    // collides with one tries again for a second before it concludes another daemon runs.
     // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let try_lock = || unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    let mut locked = try_lock();
+    for _ in 0..50 {
+        if locked {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        locked = try_lock();
+    }
+    if !locked {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
         return Err(DaemonError::Locked {
@@ -378,8 +414,9 @@ fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
     Ok(file)
 }
 
-/// Temporary files a crash left behind in our own output folders (never in the inbox).
-fn remove_temporaries(dir: &Path) {
+/// Temporary files a crash left behind in a folder only this process writes temporaries to
+/// (never the inbox).
+pub(crate) fn remove_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -398,8 +435,11 @@ fn remove_temporaries(dir: &Path) {
     }
 }
 
-/// Delivers SIGTERM, SIGINT and SIGHUP to the main loop until the returned handle is closed.
-fn listen_for_signals(tx: Sender<Msg>) -> Result<signal_hook::iterator::Handle, DaemonError> {
+/// Hands SIGTERM, SIGINT and SIGHUP to `deliver` until the returned handle is closed or
+/// `deliver` returns false.
+pub(crate) fn listen_for_signals(
+    deliver: impl Fn(i32) -> bool + Send + 'static,
+) -> Result<signal_hook::iterator::Handle, DaemonError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(DaemonError::Signals)?;
@@ -408,7 +448,7 @@ fn listen_for_signals(tx: Sender<Msg>) -> Result<signal_hook::iterator::Handle, 
         .name("momentminer-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                if tx.send(Msg::Signal(signal)).is_err() {
+                if !deliver(signal) {
                     break;
                 }
             }
@@ -447,8 +487,8 @@ impl Daemon {
                 "shutdown timeout passed; unfinished inputs will be redone at the next start"
             );
         }
-        self.commit(true);
-        self.flush_shards();
+        self.recorder.commit(&self.config.daemon, true, true);
+        self.recorder.flush_shards(&self.config.daemon, true);
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopped");
     }
@@ -463,8 +503,8 @@ impl Daemon {
         if let Some(Reverse((t, _))) = self.retries.peek() {
             consider(*t);
         }
-        if let Some(since) = self.pending_since {
-            consider(since + Duration::from_millis(self.settings().commit_ms));
+        if let Some(deadline) = self.recorder.deadline(self.settings()) {
+            consider(deadline);
         }
         if let Some(deadline) = self.stop_deadline {
             consider(deadline);
@@ -689,11 +729,10 @@ impl Daemon {
             }
         }
         self.dispatch();
-        self.commit(false);
-        let flush_every = Duration::from_millis(self.settings().shard_flush_ms);
-        if self.shards_dirty && now.duration_since(self.last_shard_flush) >= flush_every {
-            self.flush_shards();
-        }
+        // Idle: nothing more will join this group soon, so do not make it wait.
+        let idle = self.in_flight == 0 && self.ready.is_empty();
+        self.recorder.commit(&self.config.daemon, false, idle);
+        self.recorder.flush_shards(&self.config.daemon, false);
         if now >= self.next_rescan && self.stop_deadline.is_none() {
             self.rescan("periodic");
         }
@@ -755,8 +794,7 @@ impl Daemon {
             // A finished input that is redone keeps its row until the new outcome replaces it.
             if entry.state.is_none() {
                 entry.state = Some(State::Queued);
-                self.pending.push(Change::Queued { path: path.clone() });
-                self.pending_since.get_or_insert(ready_at);
+                self.recorder.record(Change::Queued { path: path.clone() });
             }
             self.in_flight += 1;
             let ctx = self.ctx.clone();
@@ -787,64 +825,48 @@ impl Daemon {
         let entry = self.index.entry(path.clone()).or_default();
         entry.in_flight = false;
         let recheck = std::mem::take(&mut entry.recheck);
-        let change = match outcome {
-            Outcome::Done {
-                stat,
-                hash,
-                results:
-                    Results {
-                        videos,
-                        quarantined,
-                        outputs,
-                        staged,
-                    },
-            } => {
-                self.staged.extend(staged);
-                self.metrics.record_done(videos.len(), quarantined.len());
-                for record in &quarantined {
-                    tracing::warn!(input = %path.display(), vid = record.vid.as_deref().unwrap_or(""), reason = record.reason, "{}", record.message);
-                }
-                tracing::debug!(input = %path.display(), videos = videos.len(), "done");
+        let change = match self.recorder.finish(&path, outcome, ready_at) {
+            Finish::Recorded(recorded) => {
                 *entry = Entry {
-                    stat: Some(stat),
-                    hash: Some(hash.clone()),
-                    state: Some(State::Done),
-                    attempts: 0,
-                    outputs: outputs.clone(),
-                    vids: videos.iter().map(|v| v.vid.clone()).collect(),
+                    stat: recorded.stat,
+                    hash: recorded.hash,
+                    state: Some(recorded.state),
+                    attempts: recorded.attempts,
+                    outputs: recorded.outputs,
+                    vids: recorded.vids,
                     ..Entry::default()
                 };
-                self.wrote_outputs = true;
-                Some(Change::Done {
-                    path: path.clone(),
-                    stat,
-                    hash,
-                    videos,
-                    quarantined,
-                    outputs,
-                    latency_ms: ready_at.elapsed().as_secs_f64() * 1e3,
-                })
-            }
-            Outcome::Unchanged { stat } => {
-                entry.stat = Some(stat);
-                tracing::debug!(input = %path.display(), "content unchanged");
-                Some(Change::Unchanged {
-                    path: path.clone(),
-                    stat,
-                })
-            }
-            Outcome::Changed => {
-                self.observe(&path, true);
                 None
             }
+            Finish::Touched(stat) => {
+                entry.stat = Some(stat);
+                None
+            }
+            Finish::Unfinished(outcome) => self.unfinished(&path, outcome, attempts),
+        };
+        if let Some(change) = change {
+            self.recorder.record(change);
+        }
+        if recheck {
+            self.observe(&path, true);
+        }
+    }
+
+    /// An outcome that did not finish the input: look again, forget it, or retry later.
+    fn unfinished(&mut self, path: &Path, outcome: Outcome, attempts: u32) -> Option<Change> {
+        match outcome {
             Outcome::Vanished => {
-                let never_finished = !entry.state.is_some_and(State::is_final);
-                if never_finished {
-                    self.index.remove(&path);
-                    Some(Change::Forget { path: path.clone() })
-                } else {
-                    None
-                }
+                let never_finished = !self
+                    .index
+                    .get(path)
+                    .and_then(|e| e.state)
+                    .is_some_and(State::is_final);
+                never_finished.then(|| {
+                    self.index.remove(path);
+                    Change::Forget {
+                        path: path.to_path_buf(),
+                    }
+                })
             }
             Outcome::Retry { record } => {
                 let attempts = attempts + 1;
@@ -855,143 +877,30 @@ impl Daemon {
                     .min(self.settings().retry_max_ms);
                 tracing::warn!(input = %path.display(), attempts, retry_in_ms = backoff, reason = record.reason, "{}", record.message);
                 self.metrics.record_retry();
-                let entry = self.index.entry(path.clone()).or_default();
+                let entry = self.index.entry(path.to_path_buf()).or_default();
                 entry.state = Some(State::Retry);
                 entry.attempts = attempts;
                 self.retries.push(Reverse((
                     Instant::now() + Duration::from_millis(backoff),
-                    path.clone(),
+                    path.to_path_buf(),
                 )));
                 Some(Change::Retry {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     attempts,
                     next_attempt_ms: now_ms() + backoff as i64,
                     record,
                 })
             }
-            Outcome::Quarantined {
-                stat,
-                hash,
-                record,
-                outputs,
-            } => {
-                tracing::warn!(input = %path.display(), reason = record.reason, stage = record.stage, "quarantined: {}", record.message);
-                self.metrics.record_quarantined();
-                *entry = Entry {
-                    stat,
-                    hash: hash.clone(),
-                    state: Some(State::Quarantined),
-                    attempts: record.attempts,
-                    outputs: outputs.clone(),
-                    ..Entry::default()
-                };
-                self.wrote_outputs = true;
-                Some(Change::Quarantined {
-                    path: path.clone(),
-                    stat,
-                    hash,
-                    record,
-                    outputs,
-                })
+            // Changed while it was read (and anything else unfinished): settle again.
+            _ => {
+                self.observe(path, true);
+                None
             }
-        };
-        if let Some(change) = change {
-            self.pending.push(change);
-            self.pending_since.get_or_insert_with(Instant::now);
-        }
-        if recheck {
-            self.observe(&path, true);
-        }
-    }
-
-    /// Group commit: fsync the output folders, then record every finished input in one
-    /// transaction. A failure keeps the changes for the next try; the outputs stay valid.
-    fn commit(&mut self, force: bool) {
-        let Some(since) = self.pending_since else {
-            return;
-        };
-        let now = Instant::now();
-        if self.commit_blocked_until.is_some_and(|t| now < t && !force) {
-            return;
-        }
-        // Idle: nothing more will join this group soon, so do not make it wait.
-        let idle = self.in_flight == 0 && self.ready.is_empty();
-        let due = idle
-            || self.pending.len() >= self.settings().commit_max
-            || now.duration_since(since) >= Duration::from_millis(self.settings().commit_ms);
-        if !(force || due) {
-            return;
-        }
-        let result = self.publish_outputs();
-        let result = if self.wrote_outputs {
-            result.and_then(|()| {
-                sync_dir(&self.folders.proposals)
-                    .and_then(|()| sync_dir(&self.folders.quarantine))
-                    .map_err(|e| format!("cannot fsync the output folders: {e}"))
-            })
-        } else {
-            result
-        };
-        let result = result.and_then(|()| {
-            self.ledger
-                .commit(&self.pending, self.settings().shard_videos)
-                .map_err(|e| e.to_string())
-        });
-        match result {
-            Ok(()) => {
-                self.metrics.record_commit(self.pending.len());
-                self.pending.clear();
-                self.pending_since = None;
-                self.wrote_outputs = false;
-                self.commit_blocked_until = None;
-                self.shards_dirty = true;
-            }
-            Err(message) => {
-                self.metrics.record_commit_failure();
-                tracing::error!(
-                    waiting = self.pending.len(),
-                    "ledger commit failed, retrying in 1 s: {message}"
-                );
-                self.commit_blocked_until = Some(now + Duration::from_secs(1));
-            }
-        }
-    }
-
-    /// Makes the staged results of this group durable with one syncfs, then renames them into
-    /// place. A result is never visible before its data is on disk.
-    fn publish_outputs(&mut self) -> Result<(), String> {
-        if self.staged.is_empty() {
-            return Ok(());
-        }
-        sync_filesystem(&self.folders.proposals)
-            .map_err(|e| format!("cannot flush the output filesystem: {e}"))?;
-        for staged in &self.staged {
-            staged.publish().map_err(|e| {
-                format!(
-                    "cannot rename a result into {}: {e}",
-                    staged.target().display()
-                )
-            })?;
-        }
-        self.staged.clear();
-        Ok(())
-    }
-
-    fn flush_shards(&mut self) {
-        self.last_shard_flush = Instant::now();
-        match shards::flush(&self.ledger, &self.folders.dataset) {
-            Ok(written) => {
-                self.shards_dirty = false;
-                if written > 0 {
-                    tracing::debug!(shards = written, "dataset shards rewritten");
-                }
-            }
-            Err(e) => tracing::error!("dataset shards not written, retrying later: {e}"),
         }
     }
 
     fn update_gauges(&mut self, now: Instant) {
-        let mut counts = [0u64; 4];
+        let mut counts = [0u64; State::ALL.len()];
         if now.duration_since(self.last_status) < Duration::from_secs(1) {
             self.metrics.heartbeat();
             return;
@@ -1008,11 +917,13 @@ impl Daemon {
             (self.ready.len() + self.in_flight) as u64,
         );
         self.metrics.heartbeat();
+        let count = |state: State| counts[State::ALL.iter().position(|s| *s == state).unwrap_or(0)];
         let status = format!(
-            "{} done, {} quarantined, {} retrying, {} waiting",
-            counts[2],
-            counts[3],
-            counts[1],
+            "{} done, {} quarantined, {} enqueued, {} retrying, {} waiting",
+            count(State::Done),
+            count(State::Quarantined),
+            count(State::Enqueued),
+            count(State::Retry),
             self.settling.len() + self.ready.len() + self.in_flight
         );
         notify_systemd(&[sd_notify::NotifyState::Status(&status)]);

@@ -32,7 +32,7 @@ pub fn shard_paths(dataset: &Path, id: i64) -> [PathBuf; 2] {
 pub fn flush(ledger: &Ledger, dataset: &Path) -> Result<usize, ShardError> {
     let stale = ledger.stale_shards()?;
     for shard in &stale {
-        let labels = ledger.shard_labels(shard.id)?;
+        let labels = ledger.labels(Some(shard.id))?;
         let [json, jsonl] = shard_paths(dataset, shard.id);
         let as_io = |e: serde_json::Error| std::io::Error::other(e);
         let list = psvl::write(&labels).map_err(as_io);

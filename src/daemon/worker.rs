@@ -69,6 +69,11 @@ pub enum Outcome {
     Unchanged {
         stat: FileStat,
     },
+    /// Handed to the Redis queue instead of being processed here.
+    Enqueued {
+        stat: FileStat,
+        hash: String,
+    },
     /// Written to while it was being read: wait for it to settle again.
     Changed,
     /// Gone before it could be read (moved away or deleted): nothing to record.
@@ -141,7 +146,11 @@ pub struct Context {
     pub durations: Durations,
     pub proposals_dir: PathBuf,
     pub quarantine_dir: PathBuf,
+    /// Where results wait under temporary names; this process's own.
+    pub staging_dir: PathBuf,
     pub owners: Arc<Owners>,
+    /// With `daemon.enqueue`, settled files go to this queue instead of the stages.
+    pub enqueue: Option<std::sync::Mutex<crate::queue::Redis>>,
 }
 
 struct Failure {
@@ -208,6 +217,26 @@ pub fn run(job: &Job, ctx: &Context) -> Outcome {
     };
     if job.previous.hash.as_deref() == Some(hash.as_str()) {
         return Outcome::Unchanged { stat };
+    }
+    if let Some(queue) = &ctx.enqueue {
+        let mut redis = queue.lock().unwrap_or_else(|e| e.into_inner());
+        let added = redis.query::<String>(
+            redis::cmd("XADD")
+                .arg(&ctx.config.queue.stream)
+                .arg("*")
+                .arg("path")
+                .arg(crate::queue::path_arg(&job.path)),
+        );
+        return match added {
+            Ok(_) => Outcome::Enqueued { stat, hash },
+            Err(e) => fail(
+                job,
+                ctx,
+                Some(stat),
+                Some(hash),
+                Failure::io("enqueue", e.to_string()),
+            ),
+        };
     }
     let result = process(job, ctx);
     // A writer that was still at work makes whatever was read worthless.
@@ -399,7 +428,9 @@ fn propose(
         .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
     let cannot = |e| Failure::io("write", format!("cannot write {}: {e}", target.display()));
     let written = match ctx.config.daemon.durability {
-        GroupDurability::Group => Written::Staged(stage(&target, &bytes, false).map_err(cannot)?),
+        GroupDurability::Group => {
+            Written::Staged(stage(&ctx.staging_dir, &target, &bytes, false).map_err(cannot)?)
+        }
         GroupDurability::File => {
             write_atomic(&target, &bytes, Durability::Data).map_err(cannot)?;
             Written::Published(target)
@@ -469,7 +500,8 @@ fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Fai
     );
     let bytes = serde_json::to_vec_pretty(record)
         .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
-    write_atomic(&target, &bytes, Durability::Data)
+    stage(&ctx.staging_dir, &target, &bytes, true)
+        .and_then(|staged| staged.publish())
         .map_err(|e| Failure::io("write", format!("cannot write {}: {e}", target.display())))?;
     Ok(target)
 }

@@ -2,7 +2,9 @@
 //! well-formed and malformed.
 #![allow(dead_code)]
 
-use std::path::Path;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn momentminer(args: &[&str]) -> Output {
@@ -122,4 +124,85 @@ pub fn malformed_cases() -> Vec<Malformed> {
             "missing_duration",
         ),
     ]
+}
+
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// `n` valid feature files of width `dim` in `folder`, named `v00000.npy`...; returns their
+/// ids.
+pub fn make_inputs(folder: &Path, n: usize, offset: usize, dim: usize) -> HashSet<String> {
+    std::fs::create_dir_all(folder).unwrap();
+    (offset..offset + n)
+        .map(|i| {
+            let vid = format!("v{i:05}");
+            let frames = 40 + i % 90;
+            std::fs::write(folder.join(format!("{vid}.npy")), good_npy(frames, dim, i)).unwrap();
+            vid
+        })
+        .collect()
+}
+
+/// Moves every file of `staging` into `inbox` (renames: complete the instant they appear).
+pub fn move_all(staging: &Path, inbox: &Path) {
+    for file in files_in(staging) {
+        std::fs::rename(&file, inbox.join(file.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Exactly-once, whole outputs: one proposals file per expected video and nothing else, no
+/// temporaries anywhere, and every video's proposals in exactly one dataset shard of `dataset`.
+pub fn check_results(proposals: &Path, dataset: &Path, vids: &HashSet<String>) {
+    let mut proposals_per_vid = HashMap::new();
+    for file in files_in(proposals) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "a temporary file remains: {name}");
+        let result: Value = serde_json::from_slice(&std::fs::read(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{name} is not whole JSON: {e}"));
+        let vid = result["vid"].as_str().unwrap().to_string();
+        proposals_per_vid.insert(vid, result["proposals"].as_array().unwrap().len());
+    }
+    let seen: HashSet<String> = proposals_per_vid.keys().cloned().collect();
+    assert_eq!(&seen, vids, "proposal files differ from the inputs");
+    let mut labels_per_vid: HashMap<String, usize> = HashMap::new();
+    let mut shard_of_vid: HashMap<String, PathBuf> = HashMap::new();
+    let mut qids = HashSet::new();
+    let mut psvl_labels = 0;
+    for file in files_in(dataset).into_iter().filter(|f| f.is_file()) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "a temporary file remains: {name}");
+        let content = std::fs::read_to_string(&file).unwrap();
+        if name.ends_with(".json") {
+            let list: Vec<Value> = serde_json::from_str(&content).unwrap();
+            psvl_labels += list.len();
+            continue;
+        }
+        assert!(
+            content.is_empty() || content.ends_with('\n'),
+            "{name}: partial line"
+        );
+        for line in content.lines() {
+            let label: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{name}: partial or bad line {line}: {e}"));
+            assert!(qids.insert(label["qid"].as_u64().unwrap()), "duplicate qid");
+            let vid = label["vid"].as_str().unwrap().to_string();
+            let shard = shard_of_vid.entry(vid.clone()).or_insert(file.clone());
+            assert_eq!(shard, &file, "{vid} appears in two shards");
+            *labels_per_vid.entry(vid).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        labels_per_vid, proposals_per_vid,
+        "shards differ from proposals"
+    );
+    assert_eq!(
+        psvl_labels,
+        qids.len(),
+        "PSVL and Moment-DETR shards differ"
+    );
 }

@@ -1,0 +1,284 @@
+//! Scale-out through Redis Streams: `enqueue` adds one message per input file to a stream, and
+//! `worker`s on any number of machines read it through one consumer group
+//! ([`worker::run`]), with the daemon's stages and durable outputs. Redis keeps what was
+//! delivered and not yet acknowledged; a worker acknowledges only after its outputs are
+//! committed, so every input is done at least once and, outputs being idempotent, effectively
+//! once.
+
+pub mod merge;
+pub mod worker;
+
+use crate::config::QueueConfig;
+use crate::ingest::{walk, FileKind};
+use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply};
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("cannot enqueue {path}: {message}")]
+    Input { path: PathBuf, message: String },
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Ledger(#[from] crate::daemon::ledger::LedgerError),
+}
+
+/// A connection that comes back: any failed command drops it, and the next command reconnects
+/// (callers space their retries with [`Backoff`]).
+pub struct Redis {
+    client: redis::Client,
+    url: String,
+    connection: Option<redis::Connection>,
+}
+
+impl Redis {
+    pub fn open(url: &str) -> Result<Redis, QueueError> {
+        let client = redis::Client::open(url).map_err(|source| QueueError::Redis {
+            url: url.to_string(),
+            source,
+        })?;
+        Ok(Redis {
+            client,
+            url: url.to_string(),
+            connection: None,
+        })
+    }
+
+    pub fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, QueueError> {
+        self.with(|con| cmd.query(con))
+    }
+
+    pub fn pipeline<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, QueueError> {
+        self.with(|con| pipe.query(con))
+    }
+
+    fn with<T>(
+        &mut self,
+        run: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        let fail = |source| QueueError::Redis {
+            url: self.url.clone(),
+            source,
+        };
+        if self.connection.is_none() {
+            let connection = self
+                .client
+                .get_connection_with_timeout(Duration::from_secs(5))
+                .map_err(fail)?;
+            self.connection = Some(connection);
+        }
+        let Some(con) = self.connection.as_mut() else {
+            unreachable!("connected just above");
+        };
+        run(con).map_err(|source| {
+            if source.is_io_error()
+                || source.is_connection_dropped()
+                || source.is_unrecoverable_error()
+            {
+                self.connection = None;
+            }
+            fail(source)
+        })
+    }
+}
+
+/// Exponential backoff between reconnection attempts.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+    next: Option<Instant>,
+}
+
+impl Backoff {
+    pub fn new(config: &QueueConfig) -> Backoff {
+        let base = Duration::from_millis(config.reconnect_base_ms);
+        Backoff {
+            base,
+            max: Duration::from_millis(config.reconnect_max_ms),
+            current: base,
+            next: None,
+        }
+    }
+
+    /// Whether an attempt may be made now.
+    pub fn ready(&self) -> bool {
+        self.next.is_none_or(|t| Instant::now() >= t)
+    }
+
+    pub fn failed(&mut self) {
+        self.next = Some(Instant::now() + self.current);
+        self.current = (self.current * 2).min(self.max);
+    }
+
+    pub fn succeeded(&mut self) {
+        self.current = self.base;
+        self.next = None;
+    }
+}
+
+/// Adds one message `{path}` per feature file under `inputs` (folders are walked); returns how
+/// many. Paths are made absolute, since workers elsewhere read them.
+pub fn enqueue(config: &QueueConfig, inputs: &[PathBuf]) -> Result<usize, QueueError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let fail = |message: String| QueueError::Input {
+            path: input.clone(),
+            message,
+        };
+        let absolute = input.canonicalize().map_err(|e| fail(e.to_string()))?;
+        if absolute.is_dir() {
+            let (found, unlisted) = walk(&absolute);
+            if let Some((path, e)) = unlisted.into_iter().next() {
+                return Err(QueueError::Input {
+                    path,
+                    message: format!("cannot list: {e}"),
+                });
+            }
+            files.extend(found.into_iter().filter(|f| FileKind::of(f).is_some()));
+        } else {
+            files.push(absolute);
+        }
+    }
+    let mut redis = Redis::open(&config.url)?;
+    for chunk in files.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for file in chunk {
+            pipe.cmd("XADD")
+                .arg(&config.stream)
+                .arg("*")
+                .arg("path")
+                .arg(path_arg(file))
+                .ignore();
+        }
+        redis.pipeline::<()>(&pipe)?;
+    }
+    Ok(files.len())
+}
+
+pub(crate) fn path_arg(path: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes()
+}
+
+/// What `momentminer status --queue` prints.
+#[derive(Debug, Serialize)]
+pub struct QueueStatus {
+    pub url: String,
+    pub stream: String,
+    pub length: usize,
+    pub group: String,
+    /// Messages never delivered to any consumer of the group.
+    pub lag: Option<usize>,
+    /// Delivered, not yet acknowledged.
+    pub pending: usize,
+    pub consumers: Vec<ConsumerStatus>,
+    pub dead_letters: usize,
+    /// Messages acknowledged per second, sampled over one second.
+    pub acked_per_second: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub pending: usize,
+    pub idle_ms: usize,
+}
+
+pub fn status(config: &QueueConfig) -> Result<QueueStatus, QueueError> {
+    let mut redis = Redis::open(&config.url)?;
+    let sample = |redis: &mut Redis| -> Result<(usize, Option<usize>, usize), QueueError> {
+        let groups: StreamInfoGroupsReply =
+            match redis.query(redis::cmd("XINFO").arg("GROUPS").arg(&config.stream)) {
+                Ok(groups) => groups,
+                // No stream yet: nothing was ever enqueued.
+                Err(QueueError::Redis { source, .. }) if source.code() == Some("ERR") => {
+                    StreamInfoGroupsReply::default()
+                }
+                Err(e) => return Err(e),
+            };
+        let group = groups.groups.into_iter().find(|g| g.name == config.group);
+        let read = group.as_ref().and_then(|g| g.entries_read).unwrap_or(0);
+        let pending = group.as_ref().map_or(0, |g| g.pending);
+        Ok((
+            read.saturating_sub(pending),
+            group.and_then(|g| g.lag),
+            pending,
+        ))
+    };
+    let (acked_before, _, _) = sample(&mut redis)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (acked_after, lag, pending) = sample(&mut redis)?;
+    let length: usize = redis.query(redis::cmd("XLEN").arg(&config.stream))?;
+    let dead_letters: usize = redis.query(redis::cmd("XLEN").arg(&config.dead_letter))?;
+    let consumers: StreamInfoConsumersReply = if pending > 0 || lag.is_some() {
+        redis
+            .query(
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&config.stream)
+                    .arg(&config.group),
+            )
+            .unwrap_or_default()
+    } else {
+        StreamInfoConsumersReply::default()
+    };
+    Ok(QueueStatus {
+        url: config.url.clone(),
+        stream: config.stream.clone(),
+        length,
+        group: config.group.clone(),
+        lag,
+        pending,
+        consumers: consumers
+            .consumers
+            .into_iter()
+            .map(|c| ConsumerStatus {
+                name: c.name,
+                pending: c.pending,
+                idle_ms: c.idle,
+            })
+            .collect(),
+        dead_letters,
+        acked_per_second: acked_after.saturating_sub(acked_before) as f64,
+    })
+}
+
+impl fmt::Display for QueueStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "queue       {} stream {}", self.url, self.stream)?;
+        writeln!(
+            f,
+            "messages    {} in the stream, {} not yet delivered, {} delivered and not acknowledged",
+            self.length,
+            self.lag.map_or("?".to_string(), |l| l.to_string()),
+            self.pending
+        )?;
+        writeln!(f, "dead        {} dead letters", self.dead_letters)?;
+        writeln!(
+            f,
+            "throughput  {:.0} messages/s acknowledged",
+            self.acked_per_second
+        )?;
+        for c in &self.consumers {
+            writeln!(
+                f,
+                "  consumer {}: {} pending, idle {} ms",
+                c.name, c.pending, c.idle_ms
+            )?;
+        }
+        Ok(())
+    }
+}

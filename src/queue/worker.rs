@@ -1,0 +1,497 @@
+//! `momentminer worker`: one consumer of the group. It reads messages (first the ones it held
+//! before a restart, then new ones), takes over messages that a dead worker left idle
+//! (XAUTOCLAIM), runs each input through the daemon's [`crate::daemon::worker::run`], records
+//! the results with the daemon's group commit, and acknowledges (XACK) only what is committed.
+//! A message delivered `max_attempts` times without success goes to the dead-letter stream
+//! with its last error.
+
+use super::{path_arg, Backoff, QueueError, Redis};
+use crate::config::{Config, RunConfig};
+use crate::daemon::ledger::Ledger;
+use crate::daemon::recorder::{Finish, Recorder};
+use crate::daemon::worker::{self, Context, Job, Outcome, Owners, Previous};
+use crate::daemon::{self, metrics::Metrics, Folders};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+enum Event {
+    Signal(i32),
+    Finished(Box<Finished>),
+}
+
+struct Finished {
+    id: String,
+    path: PathBuf,
+    outcome: Outcome,
+    deliveries: usize,
+    ready_at: Instant,
+}
+
+/// The consumer name: `queue.consumer`, or this machine's host name.
+pub fn consumer_name(config: &Config) -> String {
+    if !config.queue.consumer.is_empty() {
+        return config.queue.consumer.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+struct Worker {
+    config: Config,
+    consumer: String,
+    redis: Redis,
+    backoff: Backoff,
+    recorder: Recorder,
+    ctx: Arc<Context>,
+    pool: rayon::ThreadPool,
+    tx: std::sync::mpsc::Sender<Event>,
+    /// What this worker's ledger knows of each input, for change detection.
+    previous: HashMap<PathBuf, Previous>,
+    in_flight: HashMap<String, PathBuf>,
+    max_in_flight: usize,
+    /// Messages whose results wait for the next commit, then to be acknowledged.
+    awaiting_commit: Vec<String>,
+    to_ack: Vec<String>,
+    /// Read our own pending messages (held before a restart) before new ones.
+    own_pending_first: bool,
+    last_claim: Instant,
+    stopping: Option<Instant>,
+}
+
+pub fn run(config: Config) -> Result<(), QueueError> {
+    let (tx, rx) = channel();
+    let signals = {
+        let tx = tx.clone();
+        daemon::listen_for_signals(move |signal| tx.send(Event::Signal(signal)).is_ok())?
+    };
+    let mut config = config;
+    // A worker processes what it reads; enqueueing is the watcher's job.
+    config.daemon.enqueue = false;
+    let consumer = consumer_name(&config);
+    let folders = Folders::prepare(&config.daemon, Some(&consumer))?;
+    let _lock = daemon::lock_state(&folders.state)?;
+    let ledger = Ledger::open(&folders.state)?;
+    // The output and quarantine folders are shared: only our own folders hold our leftovers.
+    for dir in [&folders.staging, &folders.dataset] {
+        daemon::remove_temporaries(dir);
+    }
+    let mut owners = HashMap::new();
+    let mut previous = HashMap::new();
+    for row in ledger.inputs()? {
+        for vid in &row.vids {
+            owners.insert(vid.clone(), row.path.clone());
+        }
+        previous.insert(
+            row.path,
+            Previous {
+                hash: row.hash,
+                outputs: row.outputs,
+                vids: row.vids,
+            },
+        );
+    }
+    let owners = Arc::new(Owners::new(owners));
+    let workers = RunConfig::worker_count(config.daemon.workers);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("momentminer-worker-{i}"))
+        .build()
+        .map_err(daemon::DaemonError::from)?;
+    let ctx = Arc::new(daemon::context(&config, &folders, &owners)?);
+    let metrics = Arc::new(Metrics::default());
+    let recorder = Recorder::new(ledger, folders, metrics);
+    let mut worker = Worker {
+        redis: Redis::open(&config.queue.url)?,
+        backoff: Backoff::new(&config.queue),
+        max_in_flight: match config.queue.in_flight {
+            0 => 4 * workers,
+            n => n,
+        },
+        consumer,
+        recorder,
+        ctx,
+        pool,
+        tx,
+        previous,
+        in_flight: HashMap::new(),
+        awaiting_commit: Vec::new(),
+        to_ack: Vec::new(),
+        own_pending_first: true,
+        last_claim: Instant::now(),
+        stopping: None,
+        config,
+    };
+    tracing::info!(
+        consumer = %worker.consumer,
+        stream = %worker.config.queue.stream,
+        group = %worker.config.queue.group,
+        workers,
+        "worker started"
+    );
+    daemon::notify_systemd(&[sd_notify::NotifyState::Ready]);
+    worker.serve(&rx);
+    signals.close();
+    Ok(())
+}
+
+impl Worker {
+    fn serve(&mut self, rx: &std::sync::mpsc::Receiver<Event>) {
+        let mut group_ready = false;
+        loop {
+            for event in rx.try_iter() {
+                self.handle(event);
+            }
+            let idle = self.in_flight.is_empty();
+            if self.recorder.commit(&self.config.daemon, false, idle) {
+                self.to_ack.append(&mut self.awaiting_commit);
+            }
+            self.recorder.flush_shards(&self.config.daemon, false);
+            if !self.to_ack.is_empty() && self.backoff.ready() {
+                self.acknowledge();
+            }
+            if let Some(deadline) = self.stopping {
+                let drained = self.in_flight.is_empty() || Instant::now() >= deadline;
+                if drained && (self.to_ack.is_empty() || !self.backoff.ready()) {
+                    break;
+                }
+            }
+            let room = self.max_in_flight.saturating_sub(self.in_flight.len());
+            if self.stopping.is_none() && room > 0 && self.backoff.ready() {
+                if !group_ready {
+                    group_ready = self.create_group();
+                }
+                if group_ready {
+                    self.fetch(room);
+                    continue;
+                }
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(event) => self.handle(event),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if self.recorder.commit(&self.config.daemon, true, true) {
+            self.to_ack.append(&mut self.awaiting_commit);
+        }
+        self.recorder.flush_shards(&self.config.daemon, true);
+        if !self.to_ack.is_empty() {
+            self.acknowledge();
+        }
+        if !self.in_flight.is_empty() {
+            tracing::warn!(
+                unfinished = self.in_flight.len(),
+                "stopping with messages in progress; they stay pending and another worker takes them over"
+            );
+        }
+        daemon::notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!(consumer = %self.consumer, "worker stopped");
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Signal(signal) if signal == signal_hook::consts::SIGHUP => {
+                tracing::info!("SIGHUP: a worker re-reads its configuration only at a restart");
+            }
+            Event::Signal(_) => {
+                let timeout = Duration::from_secs(self.config.daemon.shutdown_timeout_s);
+                match self.stopping {
+                    None => {
+                        tracing::info!(in_flight = self.in_flight.len(), "stopping: draining");
+                        self.stopping = Some(Instant::now() + timeout);
+                    }
+                    Some(_) => self.stopping = Some(Instant::now()),
+                }
+            }
+            Event::Finished(finished) => self.finished(*finished),
+        }
+    }
+
+    /// Redis errors are logged once per failure and retried after the backoff.
+    fn redis_failed(&mut self, what: &str, e: QueueError) {
+        tracing::warn!("{what}: {e}; retrying");
+        self.backoff.failed();
+    }
+
+    fn create_group(&mut self) -> bool {
+        let q = &self.config.queue;
+        let created = self.redis.query::<()>(
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&q.stream)
+                .arg(&q.group)
+                .arg("0")
+                .arg("MKSTREAM"),
+        );
+        match created {
+            Ok(()) => true,
+            Err(QueueError::Redis { source, .. }) if source.code() == Some("BUSYGROUP") => true,
+            Err(e) => {
+                self.redis_failed("cannot create the consumer group", e);
+                false
+            }
+        }
+    }
+
+    /// Takes over idle messages now and then, else reads own pending or new messages.
+    fn fetch(&mut self, room: usize) {
+        let q = self.config.queue.clone();
+        let claim_every = Duration::from_millis(q.claim_idle_ms / 2).max(Duration::from_millis(50));
+        if self.last_claim.elapsed() >= claim_every {
+            self.last_claim = Instant::now();
+            let claimed: Result<StreamAutoClaimReply, _> = self.redis.query(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&q.stream)
+                    .arg(&q.group)
+                    .arg(&self.consumer)
+                    .arg(q.claim_idle_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    // A dead worker's messages are taken over in one go (at most doubling the
+                    // messages in progress here), not a free slot at a time.
+                    .arg(self.max_in_flight),
+            );
+            match claimed {
+                Ok(reply) => {
+                    if !reply.claimed.is_empty() {
+                        tracing::info!(messages = reply.claimed.len(), "took over idle messages");
+                    }
+                    self.accept(reply.claimed, true);
+                }
+                Err(e) => self.redis_failed("cannot claim idle messages", e),
+            }
+            return;
+        }
+        let waiting = self.awaiting_commit.len() + self.to_ack.len();
+        let block = if self.in_flight.is_empty() && waiting == 0 {
+            q.block_ms
+        } else {
+            5
+        };
+        let start = if self.own_pending_first { "0" } else { ">" };
+        let read: Result<Option<StreamReadReply>, _> = self.redis.query(
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&q.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(room)
+                .arg("BLOCK")
+                .arg(block)
+                .arg("STREAMS")
+                .arg(&q.stream)
+                .arg(start),
+        );
+        match read {
+            Ok(reply) => {
+                self.backoff.succeeded();
+                let messages: Vec<StreamId> = reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                    .unwrap_or_default();
+                if self.own_pending_first {
+                    // Own pending messages are re-read from "0" until none is left that is
+                    // not already being worked on.
+                    let fresh = messages
+                        .iter()
+                        .filter(|m| !self.in_flight.contains_key(&m.id))
+                        .count();
+                    self.own_pending_first = fresh > 0;
+                }
+                self.accept(messages, start == "0");
+            }
+            Err(e) => self.redis_failed("cannot read messages", e),
+        }
+    }
+
+    /// Starts work on messages; `redelivered` ones have their delivery count checked first.
+    fn accept(&mut self, messages: Vec<StreamId>, redelivered: bool) {
+        for message in messages {
+            let held = [&self.awaiting_commit, &self.to_ack];
+            if self.in_flight.contains_key(&message.id)
+                || held.iter().any(|ids| ids.contains(&message.id))
+            {
+                continue;
+            }
+            let deliveries = if redelivered {
+                self.deliveries(&message.id)
+            } else {
+                1
+            };
+            let path = message.map.get("path").and_then(|v| match v {
+                redis::Value::BulkString(bytes) => {
+                    use std::os::unix::ffi::OsStringExt;
+                    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes.clone())))
+                }
+                _ => None,
+            });
+            let Some(path) = path else {
+                self.dead_letter(
+                    &message.id,
+                    None,
+                    deliveries,
+                    "the message has no 'path' field",
+                );
+                continue;
+            };
+            if deliveries > self.config.queue.max_attempts as usize {
+                let error = self.last_error(&message.id);
+                self.dead_letter(&message.id, Some(&path), deliveries - 1, &error);
+                continue;
+            }
+            self.dispatch(message.id, path, deliveries);
+        }
+    }
+
+    fn deliveries(&mut self, id: &str) -> usize {
+        let q = &self.config.queue;
+        let reply: Result<StreamPendingCountReply, _> = self.redis.query(
+            redis::cmd("XPENDING")
+                .arg(&q.stream)
+                .arg(&q.group)
+                .arg(id)
+                .arg(id)
+                .arg(1),
+        );
+        reply
+            .ok()
+            .and_then(|r| r.ids.first().map(|p| p.times_delivered))
+            .unwrap_or(1)
+    }
+
+    fn errors_key(&self) -> String {
+        format!("{}:errors", self.config.queue.stream)
+    }
+
+    fn last_error(&mut self, id: &str) -> String {
+        let key = self.errors_key();
+        self.redis
+            .query::<Option<String>>(redis::cmd("HGET").arg(key).arg(id))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "no error recorded (the worker holding it died?)".into())
+    }
+
+    fn dead_letter(&mut self, id: &str, path: Option<&PathBuf>, attempts: usize, error: &str) {
+        let q = self.config.queue.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XADD")
+            .arg(&q.dead_letter)
+            .arg("*")
+            .arg("id")
+            .arg(id)
+            .arg("path")
+            .arg(path.map_or(&[][..], |p| path_arg(p)))
+            .arg("error")
+            .arg(error)
+            .arg("attempts")
+            .arg(attempts)
+            .arg("consumer")
+            .arg(&self.consumer)
+            .ignore()
+            .cmd("XACK")
+            .arg(&q.stream)
+            .arg(&q.group)
+            .arg(id)
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.errors_key())
+            .arg(id)
+            .ignore();
+        match self.redis.pipeline::<()>(&pipe) {
+            Ok(()) => tracing::warn!(id, attempts, "dead letter: {error}"),
+            Err(e) => self.redis_failed("cannot move a message to the dead letters", e),
+        }
+    }
+
+    fn dispatch(&mut self, id: String, path: PathBuf, deliveries: usize) {
+        let job = Job {
+            previous: self.previous.get(&path).cloned().unwrap_or_default(),
+            path: path.clone(),
+            attempts: deliveries.saturating_sub(1) as u32,
+            // Redis counts the attempts here: transient failures are never quarantined by the
+            // job itself, they are redelivered and end in the dead letters.
+            retry_attempts: u32::MAX,
+        };
+        self.in_flight.insert(id.clone(), path);
+        let (ctx, tx) = (self.ctx.clone(), self.tx.clone());
+        let ready_at = Instant::now();
+        self.pool.spawn(move || {
+            let outcome = worker::run(&job, &ctx);
+            let _ = tx.send(Event::Finished(Box::new(Finished {
+                id,
+                path: job.path,
+                outcome,
+                deliveries,
+                ready_at,
+            })));
+        });
+    }
+
+    fn finished(&mut self, done: Finished) {
+        self.in_flight.remove(&done.id);
+        let path = done.path;
+        match self.recorder.finish(&path, done.outcome, done.ready_at) {
+            Finish::Recorded(recorded) => {
+                self.previous.insert(
+                    path,
+                    Previous {
+                        hash: recorded.hash,
+                        outputs: recorded.outputs,
+                        vids: recorded.vids,
+                    },
+                );
+            }
+            Finish::Touched(_) => {}
+            // Not acknowledged: the message stays pending and is delivered again after
+            // `claim_idle_ms`, to this worker or another, until `max_attempts`.
+            Finish::Unfinished(outcome) => {
+                let error = match outcome {
+                    Outcome::Retry { record } => record.message,
+                    Outcome::Vanished => {
+                        "the file does not exist (not on storage this worker sees?)".into()
+                    }
+                    _ => "the file changed while it was read".into(),
+                };
+                tracing::warn!(id = %done.id, input = %path.display(), deliveries = done.deliveries, "will be retried: {error}");
+                let key = self.errors_key();
+                if let Err(e) = self
+                    .redis
+                    .query::<()>(redis::cmd("HSET").arg(key).arg(&done.id).arg(&error))
+                {
+                    self.redis_failed("cannot record an error", e);
+                }
+                return;
+            }
+        }
+        self.awaiting_commit.push(done.id);
+    }
+
+    fn acknowledge(&mut self) {
+        let q = &self.config.queue;
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(&q.stream)
+            .arg(&q.group)
+            .arg(&self.to_ack)
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.errors_key())
+            .arg(&self.to_ack)
+            .ignore();
+        match self.redis.pipeline::<()>(&pipe) {
+            Ok(()) => {
+                self.backoff.succeeded();
+                self.to_ack.clear();
+            }
+            Err(e) => self.redis_failed("cannot acknowledge", e),
+        }
+    }
+}
