@@ -19,3 +19,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust from rustup first" >&2; exit 1; }
+if [ "${1:-}" = test ]; then
+  "$(dirname "$0")/fetch-models.sh"
+fi

@@ -35,6 +35,7 @@ pub struct Config {
     pub run: RunConfig,
     pub daemon: DaemonConfig,
     pub queue: QueueConfig,
+    pub caption: CaptionConfig,
     pub synth: SynthConfig,
 }
 
@@ -181,6 +182,16 @@ pub struct QueueConfig {
     pub reconnect_max_ms: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionConfig {
+    pub ort_library: PathBuf,
+    pub text_model: PathBuf,
+    pub text_tokenizer: PathBuf,
+    pub max_query_tokens: usize,
+    pub threads: usize,
+}
+
 impl RunConfig {
     /// Worker threads for `threads` (or `daemon.workers`) = 0: two per core, because file
     /// creation blocks and extra workers keep the cores busy while some wait.
@@ -246,7 +257,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 16] = [
+        let checks: [(bool, &str); 17] = [
             (self.sample.steps >= 2, "sample.steps must be at least 2"),
             (self.events.k >= 1, "events.k must be at least 1"),
             (self.events.trials >= 1, "events.trials must be at least 1"),
@@ -293,6 +304,10 @@ impl Config {
                     && self.queue.reconnect_base_ms <= self.queue.reconnect_max_ms,
                 "queue.max_attempts and queue.reconnect_base_ms must be at least 1, \
                  and reconnect_base_ms <= reconnect_max_ms",
+            ),
+            (
+                self.caption.max_query_tokens >= 2 && self.caption.threads >= 1,
+                "caption.max_query_tokens must be at least 2 and caption.threads at least 1",
             ),
             (
                 self.synth.frames_min >= 8 && self.synth.frames_min <= self.synth.frames_max,

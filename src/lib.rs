@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod caption;
 pub mod config;
 pub mod daemon;
 pub mod dataset;

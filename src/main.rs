@@ -5,7 +5,7 @@ use momentminer::bench::{self, BenchOptions};
 use momentminer::config::Config;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::pipeline::{analyse, StageTimes};
-use momentminer::{daemon, eval, inspect, queue, synth};
+use momentminer::{caption, daemon, eval, inspect, queue, synth};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -120,6 +120,12 @@ enum Command {
         /// This worker's name in the group (overrides queue.consumer).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Encode sentences with the query text encoder (caption.text_model); prints JSON lines
+    /// with the token ids and the unit-length sentence embedding.
+    EncodeText {
+        #[arg(required = true)]
+        sentences: Vec<String>,
     },
     /// Merge the pseudo-labels of every ledger (STATE/<worker>/ and the daemon's) into one
     /// dataset.
@@ -269,6 +275,18 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             config.queue.url = queue.unwrap_or(config.queue.url);
             config.queue.consumer = name.unwrap_or(config.queue.consumer);
             queue::worker::run(config)?;
+        }
+        Command::EncodeText { sentences } => {
+            let encoder = caption::text::TextEncoder::load(&config.caption)?;
+            let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+            for (text, encoded) in texts.iter().zip(encoder.encode(&texts)?) {
+                let line = serde_json::json!({
+                    "text": text,
+                    "ids": encoded.ids,
+                    "embedding": encoded.pooled,
+                });
+                println!("{line}");
+            }
         }
         Command::Merge { out } => {
             let out = out.unwrap_or_else(|| config.daemon.output.join("dataset/merged"));

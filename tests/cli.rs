@@ -290,3 +290,55 @@ fn demo_and_bench_run_on_small_worlds() {
         "{report}"
     );
 }
+
+#[test]
+fn sentences_are_encoded_and_a_missing_runtime_is_a_clear_error() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = |key: &str, rel: &str| format!("caption.{key}={}", root.join(rel).display());
+    let library = set(
+        "ort_library",
+        ".cache/models/onnxruntime/libonnxruntime.so.1.31.1",
+    );
+    let model = set("text_model", ".cache/models/minilm/model.onnx");
+    let tokenizer = set("text_tokenizer", ".cache/models/minilm/tokenizer.json");
+    let out = momentminer(&[
+        "encode-text",
+        "open the door",
+        "a person is opening the door.",
+        "--set",
+        &library,
+        "--set",
+        &model,
+        "--set",
+        &tokenizer,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["ids"][1], 1037, "the tokenizer's id for 'a'");
+    let vector = |i: usize| -> Vec<f64> {
+        lines[i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let cosine: f64 = vector(0).iter().zip(vector(1)).map(|(a, b)| a * b).sum();
+    assert!(cosine > 0.5 && cosine < 1.0, "{cosine}");
+    let missing = momentminer(&[
+        "encode-text",
+        "x",
+        "--set",
+        "caption.ort_library=/nowhere/libonnxruntime.so.1.31.1",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    let message = text(&missing);
+    assert!(
+        message.contains("/nowhere/libonnxruntime.so.1.31.1") && message.contains("fetch-models"),
+        "{message}"
+    );
+}
