@@ -72,15 +72,13 @@ impl Redis {
             url: self.url.clone(),
             source,
         };
-        if self.connection.is_none() {
-            let connection = self
-                .client
-                .get_connection_with_timeout(Duration::from_secs(5))
-                .map_err(fail)?;
-            self.connection = Some(connection);
-        }
-        let Some(con) = self.connection.as_mut() else {
-            unreachable!("connected just above");
+        let con = match self.connection.as_mut() {
+            Some(con) => con,
+            None => self.connection.insert(
+                self.client
+                    .get_connection_with_timeout(Duration::from_secs(5))
+                    .map_err(fail)?,
+            ),
         };
         run(con).map_err(|source| {
             if source.is_io_error()
