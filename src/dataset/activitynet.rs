@@ -1,22 +1,31 @@
 //! ActivityNet Captions: `{vid: {"duration": s, "timestamps": [[s, e], ...], "sentences": [...]}}`.
 
 use super::{DatasetError, Moment};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-#[derive(Deserialize)]
-struct Entry {
-    duration: f64,
-    timestamps: Vec<[f64; 2]>,
-    sentences: Vec<String>,
+/// One video's entry; fields we do not use are kept, so writing it back loses nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub duration: f64,
+    pub timestamps: Vec<[f64; 2]>,
+    pub sentences: Vec<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+pub fn read(path: &Path, text: &str) -> Result<BTreeMap<String, Entry>, DatasetError> {
+    serde_json::from_str(text).map_err(|e| DatasetError::new(path, None, e.to_string()))
+}
+
+pub fn write(entries: &BTreeMap<String, Entry>) -> Result<String, serde_json::Error> {
+    serde_json::to_string(entries)
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
-    let entries: BTreeMap<String, Entry> =
-        serde_json::from_str(text).map_err(|e| DatasetError::new(path, None, e.to_string()))?;
     let mut moments = Vec::new();
-    for (vid, entry) in entries {
+    for (vid, entry) in read(path, text)? {
         if entry.timestamps.len() != entry.sentences.len() {
             return Err(DatasetError::new(
                 path,

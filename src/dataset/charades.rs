@@ -1,15 +1,36 @@
 //! Charades-STA: `vid start end##sentence`, seconds, one query per line.
 
-use super::{DatasetError, Moment};
+use super::{DatasetError, Moment, PseudoLabel};
 use std::path::Path;
 
-pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
+/// One line, as read: the sentence is kept exactly as written after `##`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub vid: String,
+    pub start: f64,
+    pub end: f64,
+    pub sentence: String,
+}
+
+impl Line {
+    pub fn of(label: &PseudoLabel) -> Line {
+        Line {
+            vid: label.vid.clone(),
+            start: label.start,
+            end: label.end,
+            sentence: label.query.clone(),
+        }
+    }
+}
+
+pub fn read(path: &Path, text: &str) -> Result<Vec<Line>, DatasetError> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
             let bad = |m: &str| DatasetError::new(path, Some(i + 1), m.to_string());
             let (head, sentence) = line
+                .trim_end_matches('\r')
                 .split_once("##")
                 .ok_or_else(|| bad("expected 'vid start end##sentence'"))?;
             let fields: Vec<&str> = head.split_whitespace().collect();
@@ -20,12 +41,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
                 s.parse::<f64>()
                     .map_err(|_| bad("start/end are not numbers"))
             };
-            Ok(Moment {
+            Ok(Line {
                 vid: vid.to_string(),
-                query: sentence.trim().to_string(),
-                duration: None,
-                windows: vec![[number(start)?, number(end)?]],
+                start: number(start)?,
+                end: number(end)?,
+                sentence: sentence.to_string(),
             })
         })
         .collect()
+}
+
+/// The text of a Charades-STA file; reading it back gives the same lines.
+pub fn write(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{} {} {}##{}\n", l.vid, l.start, l.end, l.sentence))
+        .collect()
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
+    Ok(read(path, text)?
+        .into_iter()
+        .map(|line| Moment {
+            query: line.sentence.trim().to_string(),
+            duration: None,
+            windows: vec![[line.start, line.end]],
+            vid: line.vid,
+        })
+        .collect())
 }

@@ -1,8 +1,8 @@
 //! Annotation and dataset formats of the field: Charades-STA text lines, ActivityNet Captions
 //! JSON, Moment-DETR/QVHighlights JSONL and PSVL's JSON list.
 
-mod activitynet;
-mod charades;
+pub mod activitynet;
+pub mod charades;
 pub mod moment_detr;
 pub mod psvl;
 
@@ -174,6 +174,73 @@ mod tests {
                 assert!((m.windows[0][0] - l.start).abs() < 1e-9);
                 assert!((m.windows[0][1] - l.end).abs() < 1e-9);
             }
+        }
+    }
+
+    /// Numbers as f64, so `150` and `150.0` compare equal: our typed fields write seconds as
+    /// floats, which every JSON reader takes as the same value.
+    fn normalised(value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::Number(n) => n
+                .as_f64()
+                .and_then(serde_json::Number::from_f64)
+                .map_or(Value::Null, Value::Number),
+            Value::Array(items) => Value::Array(items.into_iter().map(normalised).collect()),
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (k, normalised(v))).collect())
+            }
+            other => other,
+        }
+    }
+
+    /// Every public annotation file, read into our records and written back, is the same
+    /// data: nothing is dropped, renamed or changed in value.
+    #[test]
+    fn public_annotation_files_round_trip_without_loss() {
+        let value =
+            |text: &str| normalised(serde_json::from_str::<serde_json::Value>(text).unwrap());
+        let read = |rel: &str| std::fs::read_to_string(shared(rel)).unwrap();
+        for rel in [
+            "psvl/charades_train_pseudo_supervision_TEP_PS.json",
+            "psvl/charades_sta_test_pos_original_simple_sent.json",
+        ] {
+            let text = read(rel);
+            let entries = psvl::read(&shared(rel), &text).unwrap();
+            assert_eq!(
+                value(&psvl::write_entries(&entries).unwrap()),
+                value(&text),
+                "{rel}"
+            );
+        }
+        let rel = "qvhighlights/highlight_val_release.jsonl";
+        let text = read(rel);
+        let lines = moment_detr::read(&shared(rel), &text).unwrap();
+        let written = moment_detr::write(&lines).unwrap();
+        assert_eq!(written.lines().count(), text.lines().count());
+        for (ours, theirs) in written.lines().zip(text.lines()) {
+            assert_eq!(value(ours), value(theirs));
+        }
+        let rel = "activitynet/val_1.json";
+        let text = read(rel);
+        let entries = activitynet::read(&shared(rel), &text).unwrap();
+        assert_eq!(value(&activitynet::write(&entries).unwrap()), value(&text));
+        for rel in [
+            "charades-sta/charades_sta_test.txt",
+            "charades-sta/charades_sta_train.txt",
+        ] {
+            let text = read(rel);
+            let lines = charades::read(&shared(rel), &text).unwrap();
+            let written = charades::write(&lines);
+            assert_eq!(
+                charades::read(&shared(rel), &written).unwrap(),
+                lines,
+                "{rel}"
+            );
+            assert_eq!(
+                written.lines().count(),
+                text.lines().filter(|l| !l.trim().is_empty()).count()
+            );
         }
     }
 

@@ -4,49 +4,65 @@ use super::{DatasetError, Moment, PseudoLabel};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Deserialize)]
-struct Line {
-    query: String,
-    vid: String,
-    duration: f64,
-    relevant_windows: Vec<[f64; 2]>,
+/// One line; fields we do not use (QVHighlights' saliency scores, clip ids) are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qid: Option<u64>,
+    pub query: String,
+    pub vid: String,
+    pub duration: f64,
+    pub relevant_windows: Vec<[f64; 2]>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
+impl Line {
+    pub fn of(label: &PseudoLabel) -> Line {
+        Line {
+            qid: Some(label.qid),
+            query: label.query.clone(),
+            vid: label.vid.clone(),
+            duration: label.duration,
+            relevant_windows: vec![[label.start, label.end]],
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+pub fn read(path: &Path, text: &str) -> Result<Vec<Line>, DatasetError> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
-            let parsed: Line = serde_json::from_str(line)
-                .map_err(|e| DatasetError::new(path, Some(i + 1), e.to_string()))?;
-            Ok(Moment {
-                vid: parsed.vid,
-                query: parsed.query,
-                duration: Some(parsed.duration),
-                windows: parsed.relevant_windows,
-            })
+            serde_json::from_str(line)
+                .map_err(|e| DatasetError::new(path, Some(i + 1), e.to_string()))
         })
         .collect()
 }
 
-#[derive(Serialize)]
-struct OutLine<'a> {
-    qid: u64,
-    query: &'a str,
-    vid: &'a str,
-    duration: f64,
-    relevant_windows: [[f64; 2]; 1],
-}
-
 /// One JSONL line (with its newline) for Moment-DETR-style trainers; windows in seconds.
 pub fn write_line(label: &PseudoLabel) -> Result<String, serde_json::Error> {
-    let mut line = serde_json::to_string(&OutLine {
-        qid: label.qid,
-        query: &label.query,
-        vid: &label.vid,
-        duration: label.duration,
-        relevant_windows: [[label.start, label.end]],
-    })?;
-    line.push('\n');
-    Ok(line)
+    write(std::slice::from_ref(&Line::of(label)))
+}
+
+pub fn write(lines: &[Line]) -> Result<String, serde_json::Error> {
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(&serde_json::to_string(line)?);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
+    Ok(read(path, text)?
+        .into_iter()
+        .map(|line| Moment {
+            vid: line.vid,
+            query: line.query,
+            duration: Some(line.duration),
+            windows: line.relevant_windows,
+        })
+        .collect())
 }
