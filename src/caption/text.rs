@@ -71,6 +71,15 @@ impl TextEncoder {
         })
     }
 
+    /// Identifies the model's weights (xxh3 of the file), for caches of its embeddings.
+    pub fn model_key(&self) -> Result<String, CaptionError> {
+        let bytes = std::fs::read(&self.model).map_err(|e| CaptionError::Model {
+            path: self.model.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes)))
+    }
+
     /// Encodes sentences as one padded batch.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<EncodedText>, CaptionError> {
         if texts.is_empty() {
@@ -241,6 +250,40 @@ mod tests {
         let [door, light, pours] = [0, 1, 3].map(|i| &encoded[i].pooled);
         let opens = &encoder.encode(&["someone opens a door"]).unwrap()[0].pooled;
         assert!(cos(opens, door) > cos(opens, light) && cos(opens, door) > cos(opens, pours));
+        // The vocabulary scorer with this real text tower: a sentence's embedding picks its
+        // own verb and noun out of a vocabulary.
+        let dir = tempfile::tempdir().unwrap();
+        let vocabulary = crate::caption::vocab::Vocabulary {
+            verbs: ["open", "pour", "sit", "eat", "sweep"]
+                .map(String::from)
+                .to_vec(),
+            nouns: ["door", "water", "chair", "sandwich", "floor"]
+                .map(String::from)
+                .to_vec(),
+            template: None,
+        };
+        let scored = crate::caption::vocab::ScoredVocabulary::build(
+            vocabulary,
+            &encoder.model_key().unwrap(),
+            dir.path(),
+            |words| {
+                Ok(encoder
+                    .encode(words)?
+                    .into_iter()
+                    .map(|e| e.pooled)
+                    .collect())
+            },
+        )
+        .unwrap();
+        for (sentence, verb, noun) in [
+            ("a person opens the door", "open", "door"),
+            ("someone pours water into a glass", "pour", "water"),
+            ("a man sweeps the floor with a broom", "sweep", "floor"),
+        ] {
+            let visual = &encoder.encode(&[sentence]).unwrap()[0].pooled;
+            let query = scored.caption(visual, 1, 1).unwrap();
+            assert_eq!(query.tokens, [verb, noun], "{sentence}");
+        }
         let long = "word ".repeat(config.max_query_tokens);
         assert!(matches!(
             encoder.encode(&[&long]),

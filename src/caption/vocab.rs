@@ -1,0 +1,247 @@
+//! The CLIP-style vocabulary scorer: a proposal's mean visual embedding is compared (cosine)
+//! with the text embeddings of a vocabulary of verbs and nouns, and the best words form the
+//! pseudo-query, top verbs then top nouns as in PSVL's released queries. The vocabulary's
+//! embeddings are computed once and cached on disk, keyed by the text model and the
+//! vocabulary.
+
+use super::CaptionError;
+use crate::fsio::{write_atomic, Durability};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// `{"verbs": [...], "nouns": [...], "template": "a person {verbs} the {nouns}"}`; the template
+/// is optional and names how the readable sentence is built from the chosen words.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vocabulary {
+    pub verbs: Vec<String>,
+    pub nouns: Vec<String>,
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+impl Vocabulary {
+    pub fn load(path: &Path) -> Result<Vocabulary, CaptionError> {
+        let fail = |message: String| CaptionError::Vocabulary {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let vocabulary: Vocabulary =
+            serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        if vocabulary.verbs.is_empty() || vocabulary.nouns.is_empty() {
+            return Err(fail("needs at least one verb and one noun".into()));
+        }
+        Ok(vocabulary)
+    }
+
+    fn words(&self) -> impl Iterator<Item = &str> {
+        self.verbs.iter().chain(&self.nouns).map(String::as_str)
+    }
+}
+
+/// The vocabulary with one unit-length embedding per word (verbs first, then nouns).
+pub struct ScoredVocabulary {
+    vocabulary: Vocabulary,
+    dim: usize,
+    embeddings: Vec<f32>,
+}
+
+/// What the scorer says about one visual embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PseudoQuery {
+    /// The top verbs, then the top nouns (PSVL's token order).
+    pub tokens: Vec<String>,
+    /// A readable sentence from the template (or the tokens joined).
+    pub sentence: String,
+    /// The chosen words' cosine similarities, in `tokens` order.
+    pub scores: Vec<f32>,
+}
+
+impl ScoredVocabulary {
+    /// Embeds the vocabulary with `embed` (a batch of words → one unit vector each), or reads
+    /// the embeddings cached under `cache_dir` for this `model_key` and vocabulary.
+    pub fn build(
+        vocabulary: Vocabulary,
+        model_key: &str,
+        cache_dir: &Path,
+        embed: impl FnOnce(&[&str]) -> Result<Vec<Vec<f32>>, CaptionError>,
+    ) -> Result<ScoredVocabulary, CaptionError> {
+        let words: Vec<&str> = vocabulary.words().collect();
+        let key = {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            hasher.update(model_key.as_bytes());
+            for word in &words {
+                hasher.update(word.as_bytes());
+                hasher.update(b"\0");
+            }
+            format!("{:032x}", hasher.digest128())
+        };
+        let cache = cache_dir.join(format!("vocab-{key}.f32"));
+        if let Some((dim, embeddings)) = read_cache(&cache, words.len()) {
+            return Ok(ScoredVocabulary {
+                vocabulary,
+                dim,
+                embeddings,
+            });
+        }
+        let vectors = embed(&words)?;
+        let dim = vectors.first().map_or(0, Vec::len);
+        let embeddings: Vec<f32> = vectors.into_iter().flatten().collect();
+        let mut bytes = (dim as u32).to_le_bytes().to_vec();
+        bytes.extend(embeddings.iter().flat_map(|v| v.to_le_bytes()));
+        let stored = std::fs::create_dir_all(cache_dir)
+            .and_then(|()| write_atomic(&cache, &bytes, Durability::None));
+        if let Err(e) = stored {
+            tracing::warn!(cache = %cache.display(), "vocabulary embeddings not cached: {e}");
+        }
+        Ok(ScoredVocabulary {
+            vocabulary,
+            dim,
+            embeddings,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The `verbs` best verbs and `nouns` best nouns for a visual embedding (any length
+    /// scale; it is normalised here).
+    pub fn caption(
+        &self,
+        visual: &[f32],
+        verbs: usize,
+        nouns: usize,
+    ) -> Result<PseudoQuery, CaptionError> {
+        if visual.len() != self.dim {
+            return Err(CaptionError::Dimensions {
+                visual: visual.len(),
+                text: self.dim,
+            });
+        }
+        let norm = visual.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let scores: Vec<f32> = self
+            .embeddings
+            .chunks(self.dim)
+            .map(|word| word.iter().zip(visual).map(|(w, v)| w * v).sum::<f32>() / norm)
+            .collect();
+        let (verb_scores, noun_scores) = scores.split_at(self.vocabulary.verbs.len());
+        let best = |scores: &[f32], words: &[String], k: usize| {
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+            order
+                .into_iter()
+                .take(k)
+                .map(|i| (words[i].clone(), scores[i]))
+                .collect::<Vec<_>>()
+        };
+        let chosen_verbs = best(verb_scores, &self.vocabulary.verbs, verbs);
+        let chosen_nouns = best(noun_scores, &self.vocabulary.nouns, nouns);
+        let join = |words: &[(String, f32)]| {
+            words
+                .iter()
+                .map(|(w, _)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let sentence = match &self.vocabulary.template {
+            Some(template) => template
+                .replace("{verbs}", &join(&chosen_verbs))
+                .replace("{nouns}", &join(&chosen_nouns)),
+            None => format!("{} {}", join(&chosen_verbs), join(&chosen_nouns)),
+        };
+        let (tokens, scores) = chosen_verbs.into_iter().chain(chosen_nouns).unzip();
+        Ok(PseudoQuery {
+            tokens,
+            sentence,
+            scores,
+        })
+    }
+}
+
+/// Embeddings cached by an earlier run: a little-endian u32 dimension, then the vectors.
+fn read_cache(path: &PathBuf, words: usize) -> Option<(usize, Vec<f32>)> {
+    let bytes = std::fs::read(path).ok()?;
+    let dim = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let body = bytes.get(4..)?;
+    if dim == 0 || body.len() != words * dim * 4 {
+        return None;
+    }
+    Some((
+        dim,
+        body.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn vocabulary() -> Vocabulary {
+        Vocabulary {
+            verbs: vec!["open".into(), "pour".into(), "sit".into()],
+            nouns: vec!["door".into(), "water".into(), "chair".into(), "book".into()],
+            template: Some("a person {verbs} the {nouns}".into()),
+        }
+    }
+
+    /// A toy text tower: word i of the vocabulary is the i-th axis.
+    fn axes(words: &[&str]) -> Result<Vec<Vec<f32>>, CaptionError> {
+        Ok((0..words.len())
+            .map(|i| {
+                let mut v = vec![0.0; words.len()];
+                v[i] = 1.0;
+                v
+            })
+            .collect())
+    }
+
+    #[test]
+    fn the_best_verbs_then_nouns_form_the_query_and_embeddings_are_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = Cell::new(0);
+        let embed = |words: &[&str]| {
+            calls.set(calls.get() + 1);
+            axes(words)
+        };
+        let scored = ScoredVocabulary::build(vocabulary(), "toy", dir.path(), embed).unwrap();
+        // Mostly "pour" and "water", some "sit" and "chair".
+        let visual = [0.1, 0.9, 0.3, 0.0, 0.8, 0.4, 0.1];
+        let query = scored.caption(&visual, 1, 2).unwrap();
+        assert_eq!(query.tokens, ["pour", "water", "chair"]);
+        assert_eq!(query.sentence, "a person pour the water chair");
+        assert!(query.scores[0] > query.scores[2]);
+        let again = ScoredVocabulary::build(vocabulary(), "toy", dir.path(), embed).unwrap();
+        assert_eq!(calls.get(), 1, "the second build read the cache");
+        assert_eq!(again.caption(&visual, 1, 2).unwrap(), query);
+        // Another model is another cache entry.
+        ScoredVocabulary::build(vocabulary(), "other", dir.path(), embed).unwrap();
+        assert_eq!(calls.get(), 2);
+        assert!(matches!(
+            scored.caption(&[1.0, 0.0], 1, 1),
+            Err(CaptionError::Dimensions { visual: 2, text: 7 })
+        ));
+    }
+
+    #[test]
+    fn bad_vocabulary_files_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vocab.json");
+        std::fs::write(&path, r#"{"verbs": [], "nouns": ["door"]}"#).unwrap();
+        let err = Vocabulary::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("vocab.json") && err.contains("at least one verb"),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            r#"{"verbs": ["open"], "nouns": ["door"], "colour": 1}"#,
+        )
+        .unwrap();
+        assert!(Vocabulary::load(&path).is_err());
+    }
+}
