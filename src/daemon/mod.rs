@@ -13,7 +13,7 @@ mod inbox;
 pub mod ledger;
 pub(crate) mod metrics;
 pub(crate) mod recorder;
-mod shards;
+pub(crate) mod shards;
 pub mod status;
 pub mod worker;
 
@@ -214,12 +214,9 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let folders = Folders::prepare(&config.daemon, None)?;
     let _lock = lock_state(&folders.state)?;
     let ledger = Ledger::open(&folders.state)?;
-    for dir in [
-        &folders.staging,
-        &folders.proposals,
-        &folders.quarantine,
-        &folders.dataset,
-    ] {
+    // Results and quarantine records pass through the staging folder; shards are written in
+    // the dataset folder.
+    for dir in [&folders.staging, &folders.dataset] {
         remove_temporaries(dir);
     }
     let rows = ledger.inputs()?;
@@ -371,11 +368,12 @@ pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// One daemon per state folder: an exclusive `flock` on `state/lock`, released by the kernel
-/// when the process dies however it dies.
+/// One daemon (or worker) per state folder: an exclusive lock on `state/lock`, released by the
+/// kernel when the process dies however it dies. It is an open-file-description record lock
+/// (`F_OFD_SETLK`) because such a lock can be queried without taking it ([`holds_lock`]), so
+/// `momentminer status` never stands in the way of a starting daemon.
 pub(crate) fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
     use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
     let path = state.join("lock");
     let fail = |source| DaemonError::Lock {
         path: path.clone(),
@@ -388,19 +386,10 @@ pub(crate) fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
         .truncate(false)
         .open(&path)
         .map_err(fail)?;
-    // `momentminer status` tests the lock by taking it shared for an instant, so a start that
-    // collides with one tries again for a second before it concludes another daemon runs.
-    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-    let try_lock = || unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    let mut locked = try_lock();
-    for _ in 0..50 {
-        if locked {
-            break;
+    if let Err(e) = state_lock(&file, libc::F_OFD_SETLK) {
+        if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) {
+            return Err(fail(e));
         }
-        std::thread::sleep(Duration::from_millis(20));
-        locked = try_lock();
-    }
-    if !locked {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
         return Err(DaemonError::Locked {
@@ -412,6 +401,28 @@ pub(crate) fn lock_state(state: &Path) -> Result<std::fs::File, DaemonError> {
     file.rewind().map_err(fail)?;
     writeln!(file, "{}", std::process::id()).map_err(fail)?;
     Ok(file)
+}
+
+/// Whether a live process holds the lock of the state folder whose lock file is `path`.
+pub(crate) fn holds_lock(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .and_then(|file| state_lock(&file, libc::F_OFD_GETLK))
+        .is_ok_and(|kind| kind != libc::F_UNLCK as libc::c_short)
+}
+
+/// A whole-file write lock request (`F_OFD_SETLK`) or query (`F_OFD_GETLK`); returns the lock
+/// type the kernel reports (for a query: `F_UNLCK` when nobody holds a conflicting lock).
+fn state_lock(file: &std::fs::File, command: libc::c_int) -> std::io::Result<libc::c_short> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero flock is valid (whole file from offset 0); fcntl only reads the
+    // descriptor, which `file` keeps open, and writes into `request`, which outlives the call.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    if unsafe { libc::fcntl(file.as_raw_fd(), command, &mut request) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(request.l_type)
 }
 
 /// Temporary files a crash left behind in a folder only this process writes temporaries to

@@ -5,7 +5,7 @@
 //! is repaired at the next start.
 
 use super::ledger::{Ledger, LedgerError};
-use crate::dataset::{moment_detr, psvl};
+use crate::dataset::{moment_detr, psvl, PseudoLabel};
 use crate::fsio::{sync_dir, write_atomic, Durability};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -28,22 +28,27 @@ pub fn shard_paths(dataset: &Path, id: i64) -> [PathBuf; 2] {
     ]
 }
 
+/// Writes shard `id` of `labels` (both formats), each file whole (temporary name, fsync,
+/// rename); the caller fsyncs `dataset` once for all the shards it wrote.
+pub fn write_shard(dataset: &Path, id: i64, labels: &[PseudoLabel]) -> Result<(), ShardError> {
+    let [json, jsonl] = shard_paths(dataset, id);
+    let lines: Vec<moment_detr::Line> = labels.iter().map(moment_detr::Line::of).collect();
+    for (path, text) in [
+        (json, psvl::write(labels)),
+        (jsonl, moment_detr::write(&lines)),
+    ] {
+        text.map_err(std::io::Error::other)
+            .and_then(|text| write_atomic(&path, text.as_bytes(), Durability::Data))
+            .map_err(|source| ShardError::Write { path, source })?;
+    }
+    Ok(())
+}
+
 /// Rewrites every shard the ledger has changed since its files were written; returns how many.
 pub fn flush(ledger: &Ledger, dataset: &Path) -> Result<usize, ShardError> {
     let stale = ledger.stale_shards()?;
     for shard in &stale {
-        let labels = ledger.labels(Some(shard.id))?;
-        let [json, jsonl] = shard_paths(dataset, shard.id);
-        let as_io = |e: serde_json::Error| std::io::Error::other(e);
-        let list = psvl::write(&labels).map_err(as_io);
-        let lines: Result<String, _> = labels
-            .iter()
-            .map(|l| moment_detr::write_line(l).map_err(as_io))
-            .collect();
-        for (path, text) in [(json, list), (jsonl, lines)] {
-            text.and_then(|text| write_atomic(&path, text.as_bytes(), Durability::Data))
-                .map_err(|source| ShardError::Write { path, source })?;
-        }
+        write_shard(dataset, shard.id, &ledger.labels(Some(shard.id))?)?;
     }
     if !stale.is_empty() {
         sync_dir(dataset).map_err(|source| ShardError::Write {

@@ -3,7 +3,6 @@
 use super::ledger::{format_time, now_ms, Ledger, LedgerError, State};
 use serde::Serialize;
 use std::fmt;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 #[derive(Debug, Serialize)]
@@ -127,20 +126,14 @@ pub fn read(state_dir: &Path) -> Result<Status, LedgerError> {
     })
 }
 
-/// Whether a daemon holds `state/lock` (tried with a shared lock that fails while it does),
-/// and the pid it wrote there.
+/// Whether a daemon holds `state/lock` (queried, not taken), and the pid it wrote there.
 fn holder(state_dir: &Path) -> (bool, Option<String>) {
     let path = state_dir.join("lock");
-    let Ok(file) = std::fs::File::open(&path) else {
-        return (false, None);
-    };
-    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
     let pid = std::fs::read_to_string(&path)
         .ok()
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty());
-    (!free, pid)
+    (super::holds_lock(&path), pid)
 }
 
 impl fmt::Display for Status {

@@ -6,7 +6,7 @@ use super::inbox::probe;
 use super::ledger::{format_time, now_ms};
 use crate::config::Config;
 use crate::config::GroupDurability;
-use crate::fsio::{stage, write_atomic, Durability, Staged};
+use crate::fsio::{stage, Staged};
 use crate::ingest::{check_video_id, list_videos, read_video, Durations, FileKind, IngestError};
 use crate::pipeline::{analyse, ScoredSpan, StageTimes, VideoProposals};
 use serde::Serialize;
@@ -426,13 +426,13 @@ fn propose(
     let target = ctx.proposals_dir.join(format!("{}.json", loaded.id));
     let bytes = serde_json::to_vec(&result)
         .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
-    let cannot = |e| Failure::io("write", format!("cannot write {}: {e}", target.display()));
     let written = match ctx.config.daemon.durability {
-        GroupDurability::Group => {
-            Written::Staged(stage(&ctx.staging_dir, &target, &bytes, false).map_err(cannot)?)
-        }
+        GroupDurability::Group => Written::Staged(
+            stage(&ctx.staging_dir, &target, &bytes, false)
+                .map_err(|e| cannot_write(&target, e))?,
+        ),
         GroupDurability::File => {
-            write_atomic(&target, &bytes, Durability::Data).map_err(cannot)?;
+            write_now(ctx, &target, &bytes)?;
             Written::Published(target)
         }
     };
@@ -500,10 +500,20 @@ fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Fai
     );
     let bytes = serde_json::to_vec_pretty(record)
         .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
-    stage(&ctx.staging_dir, &target, &bytes, true)
-        .and_then(|staged| staged.publish())
-        .map_err(|e| Failure::io("write", format!("cannot write {}: {e}", target.display())))?;
+    write_now(ctx, &target, &bytes)?;
     Ok(target)
+}
+
+/// Writes a file durably at once: fsynced under a temporary name in this process's staging
+/// folder (where a crash's leftovers are found and removed), then renamed into place.
+fn write_now(ctx: &Context, target: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    stage(&ctx.staging_dir, target, bytes, true)
+        .and_then(|staged| staged.publish())
+        .map_err(|e| cannot_write(target, e))
+}
+
+fn cannot_write(target: &Path, e: std::io::Error) -> Failure {
+    Failure::io("write", format!("cannot write {}: {e}", target.display()))
 }
 
 /// A failed job: retried while attempts remain and the failure may pass, else quarantined.

@@ -151,11 +151,8 @@ mod tests {
         let json = dir.path().join("shard.json");
         std::fs::write(&json, psvl::write(&labels).unwrap()).unwrap();
         let jsonl = dir.path().join("shard.jsonl");
-        let lines: String = labels
-            .iter()
-            .map(|l| moment_detr::write_line(l).unwrap())
-            .collect();
-        std::fs::write(&jsonl, lines).unwrap();
+        let lines: Vec<moment_detr::Line> = labels.iter().map(moment_detr::Line::of).collect();
+        std::fs::write(&jsonl, moment_detr::write(&lines).unwrap()).unwrap();
         for (path, query_of) in [
             (
                 &json,

@@ -41,11 +41,7 @@ pub fn read(path: &Path, text: &str) -> Result<Vec<Line>, DatasetError> {
         .collect()
 }
 
-/// One JSONL line (with its newline) for Moment-DETR-style trainers; windows in seconds.
-pub fn write_line(label: &PseudoLabel) -> Result<String, serde_json::Error> {
-    write(std::slice::from_ref(&Line::of(label)))
-}
-
+/// JSONL for Moment-DETR-style trainers, one line (with its newline) each; windows in seconds.
 pub fn write(lines: &[Line]) -> Result<String, serde_json::Error> {
     let mut text = String::new();
     for line in lines {

@@ -5,8 +5,9 @@
 //! once; qids are numbered afresh, since each ledger numbered its own.
 
 use crate::daemon::ledger::{Ledger, LedgerError, FILE_NAME};
-use crate::dataset::{moment_detr, psvl, PseudoLabel};
-use crate::fsio::{write_atomic, Durability};
+use crate::daemon::shards::{write_shard, ShardError};
+use crate::dataset::PseudoLabel;
+use crate::fsio::sync_dir;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -20,6 +21,8 @@ pub enum MergeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Shard(#[from] ShardError),
     #[error("no ledger under {0}: has a daemon or worker run with this state folder?")]
     NoLedgers(PathBuf),
 }
@@ -82,14 +85,11 @@ pub fn merge(state: &Path, out: &Path, shard_videos: usize) -> Result<MergeRepor
             }
         }
     }
-    let write = |path: PathBuf, text: String| {
-        write_atomic(&path, text.as_bytes(), Durability::Full)
-            .map_err(|source| MergeError::Write { path, source })
-    };
-    std::fs::create_dir_all(out).map_err(|source| MergeError::Write {
-        path: out.to_path_buf(),
+    let cannot = |path: &Path, source| MergeError::Write {
+        path: path.to_path_buf(),
         source,
-    })?;
+    };
+    std::fs::create_dir_all(out).map_err(|e| cannot(out, e))?;
     let mut qid = 0;
     for (index, chunk) in videos.chunks(shard_videos.max(1)).enumerate() {
         let labels: Vec<PseudoLabel> = chunk
@@ -100,24 +100,11 @@ pub fn merge(state: &Path, out: &Path, shard_videos: usize) -> Result<MergeRepor
                 PseudoLabel { qid, ..l.clone() }
             })
             .collect();
-        let id = index + 1;
-        let invalid = |e: serde_json::Error| MergeError::Write {
-            path: out.to_path_buf(),
-            source: std::io::Error::other(e),
-        };
-        let lines = labels
-            .iter()
-            .map(moment_detr::write_line)
-            .collect::<Result<String, _>>()
-            .map_err(invalid)?;
-        write(
-            out.join(format!("psvl-{id:06}.json")),
-            psvl::write(&labels).map_err(invalid)?,
-        )?;
-        write(out.join(format!("moment_detr-{id:06}.jsonl")), lines)?;
+        write_shard(out, index as i64 + 1, &labels)?;
         report.shards_written += 1;
         report.labels += labels.len();
     }
+    sync_dir(out).map_err(|e| cannot(out, e))?;
     report.videos = videos.len();
     remove_stale(out, report.shards_written);
     Ok(report)
