@@ -1,6 +1,9 @@
-//! Batch proposal runs over files and folders (`momentminer propose`, `momentminer bench`).
+//! Batch runs over files and folders (`momentminer propose`, `caption`, `bench`): proposals,
+//! their pseudo-queries, and the dataset they make.
 
+use crate::caption::Captioner;
 use crate::config::{Config, RunConfig};
+use crate::dataset::{dataset_paths, labels_of, write_files, DatasetError};
 use crate::fsio::{sync_filesystem, write_atomic, Durability};
 use crate::ingest::{list_videos, read_video, walk, Durations, FileKind, IngestError, VideoRef};
 use crate::pipeline::{analyse, timed, StageTimes, VideoProposals};
@@ -22,6 +25,13 @@ pub enum BatchError {
     },
     #[error("cannot start worker threads: {0}")]
     Threads(#[from] rayon::ThreadPoolBuildError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("{input}: caption: {source}")]
+    Caption {
+        input: PathBuf,
+        source: crate::caption::CaptionError,
+    },
 }
 
 /// An input that produced no result, and why.
@@ -34,6 +44,8 @@ pub struct Failure {
 #[derive(Debug)]
 pub struct BatchReport {
     pub videos: usize,
+    /// Proposals (training pairs) in the dataset written.
+    pub proposals: usize,
     pub failures: Vec<Failure>,
     pub elapsed: Duration,
     pub times: StageTimes,
@@ -76,19 +88,46 @@ pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<Failure>) {
     (videos, failures)
 }
 
-/// Proposes every video, writing `out/proposals/<vid>.json` atomically.
+/// Where a batch run's proposals come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Found now: the whole proposal path.
+    Propose,
+    /// Read from an earlier run's `proposals/` folder, to be captioned again (another
+    /// vocabulary, text tower or mode) without finding them again.
+    Recaption(&'a Path),
+}
+
+/// Proposes (or reads the proposals of) every video and captions them, writing
+/// `out/proposals/<vid>.json` atomically, then the whole run's dataset into `out/dataset/`.
 pub fn propose_all(
     videos: &[VideoRef],
     out: &Path,
     config: &Config,
+    captioner: &Captioner,
+    source: Source,
     show_progress: bool,
 ) -> Result<BatchReport, BatchError> {
     let durations = Durations::load(&config.ingest.durations_file)?;
     let dir = out.join("proposals");
-    std::fs::create_dir_all(&dir).map_err(|source| BatchError::Output {
-        path: dir.clone(),
-        source,
-    })?;
+    let dataset = out.join("dataset");
+    for folder in [&dir, &dataset] {
+        std::fs::create_dir_all(folder).map_err(|source| BatchError::Output {
+            path: folder.clone(),
+            source,
+        })?;
+    }
+    // A captioner that does not fit the features fails every video alike: say so once, now.
+    if let Some(first) = videos.first() {
+        if let Ok(video) = read_video(first, &config.ingest, &durations) {
+            captioner
+                .visual_features(&video)
+                .map_err(|source| BatchError::Caption {
+                    input: first.path.clone(),
+                    source,
+                })?;
+        }
+    }
     let threads = RunConfig::worker_count(config.run.threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -106,26 +145,41 @@ pub fn propose_all(
     );
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
-    let times = pool.install(|| {
+    let (times, mut results) = pool.install(|| {
         videos
             .par_iter()
             .map(|video| {
-                let result = propose_one(video, &dir, config, &durations);
+                let result = propose_one(video, &dir, config, &durations, captioner, source);
                 progress.inc(1);
-                result.unwrap_or_else(|failure| {
-                    tracing::warn!(input = %failure.input, "{}", failure.message);
-                    if let Ok(mut list) = failures.lock() {
-                        list.push(failure);
+                match result {
+                    Ok((times, result)) => (times, vec![result]),
+                    Err(failure) => {
+                        tracing::warn!(input = %failure.input, "{}", failure.message);
+                        if let Ok(mut list) = failures.lock() {
+                            list.push(failure);
+                        }
+                        (StageTimes::default(), Vec::new())
                     }
-                    StageTimes::default()
-                })
+                }
             })
-            .reduce(StageTimes::default, |mut a, b| {
-                a += b;
-                a
-            })
+            .reduce(
+                || (StageTimes::default(), Vec::new()),
+                |(mut times, mut results), (t, mut r)| {
+                    times += t;
+                    results.append(&mut r);
+                    (times, results)
+                },
+            )
     });
     progress.finish_and_clear();
+    results.sort_by(|a, b| a.vid.cmp(&b.vid));
+    let labels = labels_of(&results);
+    let durability = if config.run.fsync {
+        Durability::Data
+    } else {
+        Durability::None
+    };
+    write_files(&dataset_paths(&dataset, ""), &labels, durability)?;
     if config.run.fsync {
         sync_filesystem(&dir).map_err(|source| BatchError::Output {
             path: dir.clone(),
@@ -135,6 +189,7 @@ pub fn propose_all(
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(BatchReport {
         videos: videos.len() - failures.len(),
+        proposals: labels.len(),
         failures,
         elapsed: started.elapsed(),
         times,
@@ -147,7 +202,9 @@ fn propose_one(
     dir: &Path,
     config: &Config,
     durations: &Durations,
-) -> Result<StageTimes, Failure> {
+    captioner: &Captioner,
+    source: Source,
+) -> Result<(StageTimes, VideoProposals), Failure> {
     let mut times = StageTimes::default();
     let fail = |message: String| Failure {
         input: match &video.key {
@@ -160,13 +217,25 @@ fn propose_one(
         read_video(video, &config.ingest, durations)
     })
     .map_err(|e| fail(e.problem.to_string()))?;
-    let analysis = analyse(&loaded, config, &mut times);
-    let result = VideoProposals::new(&loaded, &analysis);
+    let mut result = match source {
+        Source::Propose => VideoProposals::new(&loaded, &analyse(&loaded, config, &mut times)),
+        Source::Recaption(earlier) => {
+            let path = earlier.join(format!("{}.json", loaded.id));
+            std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<VideoProposals>(&bytes).map_err(|e| e.to_string())
+                })
+                .map_err(|e| fail(format!("proposals {}: {e}", path.display())))?
+        }
+    };
+    timed(&mut times.caption, || result.caption(&loaded, captioner))
+        .map_err(|e| fail(e.to_string()))?;
     let target = dir.join(format!("{}.json", loaded.id));
     timed(&mut times.write, || {
         let bytes = serde_json::to_vec(&result).map_err(std::io::Error::other)?;
         write_atomic(&target, &bytes, Durability::None)
     })
     .map_err(|e| fail(format!("cannot write {}: {e}", target.display())))?;
-    Ok(times)
+    Ok((times, result))
 }

@@ -1,7 +1,8 @@
 //! `momentminer bench`: throughput of the whole propose path (read `.npy` from disk → write
 //! JSON) on a generated corpus, with the time spent in each stage.
 
-use crate::batch::{collect_videos, propose_all, BatchError, BatchReport};
+use crate::batch::{collect_videos, propose_all, BatchError, BatchReport, Source};
+use crate::caption::{CaptionError, Captioner};
 use crate::config::{Config, GroupDurability};
 use crate::daemon::{self, ledger::LedgerError, DaemonError};
 use crate::synth::{generate, SynthError};
@@ -49,6 +50,8 @@ pub enum BenchError {
     Synth(#[from] SynthError),
     #[error(transparent)]
     Batch(#[from] BatchError),
+    #[error(transparent)]
+    Caption(#[from] CaptionError),
     #[error("benchmark corpus unreadable: {0}")]
     Corpus(String),
     #[error(transparent)]
@@ -101,6 +104,10 @@ pub fn run(config: &Config, options: &BenchOptions) -> Result<BenchSummary, Benc
     synth.frames_max = options.frames_max;
     synth.dim = options.dim;
     generate(&root, &synth)?;
+    // The corpus is a synthetic world of its own size: caption it with that world's tower.
+    let mut world = config.clone();
+    world.synth = synth.clone();
+    let captioner = Captioner::load(&world)?;
     let (refs, failures) = collect_videos(&[root.join("features")]);
     if let Some(f) = failures.first() {
         return Err(BenchError::Corpus(format!("{}: {}", f.input, f.message)));
@@ -116,7 +123,7 @@ pub fn run(config: &Config, options: &BenchOptions) -> Result<BenchSummary, Benc
     for pass in 0..=options.repeats.max(1) {
         let out = passes_dir.join(format!("batch{pass}"));
         let cpu_before = cpu_seconds();
-        let report = propose_all(&refs, &out, config, false)?;
+        let report = propose_all(&refs, &out, config, &captioner, Source::Propose, false)?;
         if pass > 0 {
             batch_cpu.push(cpu_seconds() - cpu_before);
             runs.push(report);
@@ -308,6 +315,17 @@ impl fmt::Display for BenchSummary {
                 100.0 * per_video(d) / total.max(1e-12)
             )?;
         }
+        // Both per worker thread: captioning must keep up with the stages that find proposals.
+        let t = &m.times;
+        let finding = (t.sample + t.similarity + t.events + t.proposals).as_secs_f64();
+        writeln!(
+            f,
+            "captioning: {:.0} proposals/s per worker, finding them {:.0} proposals/s per worker ({:.0}x); {:.1} proposals per video",
+            m.proposals as f64 / t.caption.as_secs_f64().max(1e-12),
+            m.proposals as f64 / finding.max(1e-12),
+            finding / t.caption.as_secs_f64().max(1e-12),
+            m.proposals as f64 / m.videos.max(1) as f64
+        )?;
         if !self.watch_passes.is_empty() {
             writeln!(
                 f,

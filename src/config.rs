@@ -190,6 +190,26 @@ pub struct CaptionConfig {
     pub text_tokenizer: PathBuf,
     pub max_query_tokens: usize,
     pub threads: usize,
+    pub mode: CaptionMode,
+    pub clip_text_model: PathBuf,
+    pub clip_tokenizer: PathBuf,
+    pub vocabulary: PathBuf,
+    pub visual_stream: String,
+    pub verbs: usize,
+    pub nouns: usize,
+    pub cache_dir: PathBuf,
+}
+
+/// What a proposal's pseudo-query is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptionMode {
+    /// Words of a vocabulary scored against the visual embedding by a CLIP-style text tower.
+    Vocabulary,
+    /// The visual embedding itself, stored as the query feature.
+    LanguageFree,
+    /// No pseudo-queries: proposals only.
+    Off,
 }
 
 impl RunConfig {
@@ -306,8 +326,11 @@ impl Config {
                  and reconnect_base_ms <= reconnect_max_ms",
             ),
             (
-                self.caption.max_query_tokens >= 2 && self.caption.threads >= 1,
-                "caption.max_query_tokens must be at least 2 and caption.threads at least 1",
+                self.caption.max_query_tokens >= 2
+                    && self.caption.threads >= 1
+                    && self.caption.verbs + self.caption.nouns >= 1,
+                "caption.max_query_tokens must be at least 2, caption.threads at least 1, \
+                 and caption.verbs + caption.nouns at least 1",
             ),
             (
                 self.synth.frames_min >= 8 && self.synth.frames_min <= self.synth.frames_max,

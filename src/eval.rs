@@ -1,7 +1,8 @@
 //! Metrics of the field: R@n at temporal IoU m and mIoU, for ranked proposals (and later for
 //! grounding predictions), with the two baselines every proposal method must beat.
 
-use crate::dataset::{read_annotations, DatasetError, Moment};
+use crate::caption::vocab::Vocabulary;
+use crate::dataset::{moment_detr, read_annotations, DatasetError, Moment};
 use crate::pipeline::VideoProposals;
 use crate::rng::{hash_str, Rng};
 use std::collections::HashMap;
@@ -175,6 +176,137 @@ pub fn proposal_report(gt: &Path, proposals_dir: &Path) -> Result<Vec<RecallTabl
         recall("sliding windows", &moments, &sliding),
         recall("random spans", &moments, &random),
     ])
+}
+
+/// How well pseudo-queries name what happens, judged on the proposals that one planted event
+/// covers for at least half their length: is that event's verb among the query's first one or
+/// three verbs, and its noun among the first one or three nouns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionAccuracy {
+    pub proposals: usize,
+    pub judged: usize,
+    /// Top-1 and top-3 shares.
+    pub verb: [f64; 2],
+    pub noun: [f64; 2],
+    /// Both right at top-1.
+    pub both: f64,
+    /// What words drawn uniformly from the same vocabulary would score: top-1, top-3.
+    pub random_verb: [f64; 2],
+    pub random_noun: [f64; 2],
+}
+
+/// A planted event's window (seconds), verb and noun.
+type PlantedEvent<'a> = ([f64; 2], &'a str, &'a str);
+
+/// Caption accuracy against ground truth whose lines carry the event's `verb` and `noun` (the
+/// synthetic world's gt.jsonl); `None` for ground truth without them or uncaptioned results.
+/// The first `verbs` tokens of a query are its verbs, then come its nouns.
+pub fn caption_report(
+    gt: &Path,
+    proposals_dir: &Path,
+    verbs: usize,
+    vocabulary: &Vocabulary,
+) -> Result<Option<CaptionAccuracy>, EvalError> {
+    let text = std::fs::read_to_string(gt)
+        .map_err(|e| DatasetError::new(gt, None, format!("cannot read: {e}")))?;
+    let Ok(lines) = moment_detr::read(gt, &text) else {
+        return Ok(None);
+    };
+    let mut events: HashMap<&str, Vec<PlantedEvent>> = HashMap::new();
+    for line in &lines {
+        let word = |key: &str| line.extra.get(key).and_then(|v| v.as_str());
+        let (Some(verb), Some(noun), Some(window)) =
+            (word("verb"), word("noun"), line.relevant_windows.first())
+        else {
+            return Ok(None);
+        };
+        events
+            .entry(&line.vid)
+            .or_default()
+            .push((*window, verb, noun));
+    }
+    let ours = load_proposals(proposals_dir)?;
+    let (mut proposals, mut judged) = (0, 0);
+    let (mut verb, mut noun, mut both) = ([0usize; 2], [0usize; 2], 0);
+    for video in ours.values() {
+        for p in &video.proposals {
+            if p.caption.tokens.is_empty() {
+                continue;
+            }
+            proposals += 1;
+            let covering = events.get(video.vid.as_str()).and_then(|list| {
+                list.iter()
+                    .map(|(w, v, n)| ((p.end.min(w[1]) - p.start.max(w[0])).max(0.0), v, n))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+            });
+            let Some((overlap, gt_verb, gt_noun)) = covering else {
+                continue;
+            };
+            if overlap < 0.5 * (p.end - p.start) {
+                continue;
+            }
+            judged += 1;
+            let split = verbs.min(p.caption.tokens.len());
+            let (said_verbs, said_nouns) = p.caption.tokens.split_at(split);
+            let rank = |said: &[String], truth: &str| said.iter().position(|w| w == truth);
+            let (v, n) = (rank(said_verbs, gt_verb), rank(said_nouns, gt_noun));
+            for (counts, rank) in [(&mut verb, v), (&mut noun, n)] {
+                counts[0] += usize::from(rank == Some(0));
+                counts[1] += usize::from(rank.is_some_and(|r| r < 3));
+            }
+            both += usize::from(v == Some(0) && n == Some(0));
+        }
+    }
+    if proposals == 0 {
+        return Ok(None);
+    }
+    let share = |count: usize| count as f64 / judged.max(1) as f64;
+    let chance = |words: usize| [1.0 / words as f64, (3.0 / words as f64).min(1.0)];
+    Ok(Some(CaptionAccuracy {
+        proposals,
+        judged,
+        verb: verb.map(share),
+        noun: noun.map(share),
+        both: share(both),
+        random_verb: chance(vocabulary.verbs.len()),
+        random_noun: chance(vocabulary.nouns.len()),
+    }))
+}
+
+impl std::fmt::Display for CaptionAccuracy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |x: f64| 100.0 * x;
+        writeln!(
+            f,
+            "pseudo-queries: {} of {} captioned proposals lie mostly inside one planted event",
+            self.judged, self.proposals
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:>12} {:>12} {:>12} {:>12} {:>12}",
+            "", "verb top-1", "verb top-3", "noun top-1", "noun top-3", "both top-1"
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}%",
+            "captioner",
+            pct(self.verb[0]),
+            pct(self.verb[1]),
+            pct(self.noun[0]),
+            pct(self.noun[1]),
+            pct(self.both)
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}%",
+            "random vocabulary",
+            pct(self.random_verb[0]),
+            pct(self.random_verb[1]),
+            pct(self.random_noun[0]),
+            pct(self.random_noun[1]),
+            pct(self.random_verb[0] * self.random_noun[0])
+        )
+    }
 }
 
 /// A plain-text table, one row per method.

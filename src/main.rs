@@ -1,6 +1,6 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use momentminer::batch::{collect_videos, propose_all, BatchReport};
+use momentminer::batch::{collect_videos, propose_all, BatchReport, Source};
 use momentminer::bench::{self, BenchOptions};
 use momentminer::config::Config;
 use momentminer::ingest::{read_video, Durations};
@@ -36,12 +36,31 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Propose temporal events for feature files and folders; writes OUT/proposals/<vid>.json.
+    /// Propose temporal events for feature files and folders and caption them (caption.mode);
+    /// writes OUT/proposals/<vid>.json and the dataset: OUT/dataset/psvl.json,
+    /// moment_detr.jsonl and charades.txt.
     Propose {
         /// Feature files (.npy, .npz, .h5/.hdf5) and folders, searched recursively.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Output folder; results go to OUT/proposals/<vid>.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Exit non-zero when any input fails.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Caption the proposals of an earlier `propose` run again (another vocabulary, text tower
+    /// or caption.mode) without finding them again; writes OUT/proposals/<vid>.json and
+    /// OUT/dataset/.
+    Caption {
+        /// The feature files and folders the proposals were found on.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The earlier run's output folder (or its proposals/ folder).
+        #[arg(long)]
+        proposals: PathBuf,
+        /// Output folder (may be the earlier run's: its results are replaced one by one).
         #[arg(long)]
         out: PathBuf,
         /// Exit non-zero when any input fails.
@@ -168,7 +187,20 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             out,
             strict,
         } => {
-            let report = propose_paths(&inputs, &out, &config)?;
+            let report = propose_paths(&inputs, &out, &config, Source::Propose)?;
+            if strict && !report.failures.is_empty() {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
+        Command::Caption {
+            inputs,
+            proposals,
+            out,
+            strict,
+        } => {
+            let nested = proposals.join("proposals");
+            let earlier = if nested.is_dir() { nested } else { proposals };
+            let report = propose_paths(&inputs, &out, &config, Source::Recaption(&earlier))?;
             if strict && !report.failures.is_empty() {
                 return Ok(std::process::ExitCode::from(1));
             }
@@ -215,12 +247,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out.join("gt.jsonl").display()
             );
         }
-        Command::EvalProposals { gt, proposals } => {
-            print!(
-                "{}",
-                eval::format_table(&eval::proposal_report(&gt, &proposals)?)
-            );
-        }
+        Command::EvalProposals { gt, proposals } => print_evaluation(&gt, &proposals, &config)?,
         Command::Demo { out } => {
             let truth = synth::generate(&out, &config.synth)?;
             println!(
@@ -229,13 +256,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 truth.len(),
                 out.display()
             );
-            println!("2/3 proposing");
-            propose_paths(&[out.join("features")], &out, &config)?;
-            println!("3/3 recall against the planted events");
-            print!(
-                "{}",
-                eval::format_table(&eval::proposal_report(&out.join("gt.jsonl"), &out)?)
-            );
+            println!("2/3 proposing and captioning");
+            propose_paths(&[out.join("features")], &out, &config, Source::Propose)?;
+            println!("3/3 against the planted events");
+            print_evaluation(&out.join("gt.jsonl"), &out, &config)?;
         }
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
         Command::Watch => {
@@ -306,18 +330,44 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn propose_paths(inputs: &[PathBuf], out: &Path, config: &Config) -> Result<BatchReport> {
+/// Proposal recall, and caption accuracy where the ground truth names verbs and nouns.
+fn print_evaluation(gt: &Path, proposals: &Path, config: &Config) -> Result<()> {
+    print!(
+        "{}",
+        eval::format_table(&eval::proposal_report(gt, proposals)?)
+    );
+    let vocabulary = caption::configured_vocabulary(config)?;
+    if let Some(accuracy) = eval::caption_report(gt, proposals, config.caption.verbs, &vocabulary)?
+    {
+        print!("{accuracy}");
+    }
+    Ok(())
+}
+
+fn propose_paths(
+    inputs: &[PathBuf],
+    out: &Path,
+    config: &Config,
+    source: Source,
+) -> Result<BatchReport> {
+    let captioner = caption::Captioner::load(config)?;
     let (videos, mut failures) = collect_videos(inputs);
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut report = propose_all(&videos, out, config, show_progress)?;
+    let mut report = propose_all(&videos, out, config, &captioner, source, show_progress)?;
     failures.append(&mut report.failures);
     report.failures = failures;
     println!(
-        "proposed {} videos in {:.2} s ({:.0} videos/s); results in {}",
+        "{} {} videos in {:.2} s ({:.0} videos/s): {} proposals; results in {}, dataset in {}",
+        match source {
+            Source::Propose => "proposed",
+            Source::Recaption(_) => "captioned",
+        },
         report.videos,
         report.elapsed.as_secs_f64(),
         report.videos_per_second(),
-        out.join("proposals").display()
+        report.proposals,
+        out.join("proposals").display(),
+        out.join("dataset").display()
     );
     if !report.failures.is_empty() {
         println!("{} inputs failed:", report.failures.len());

@@ -2,6 +2,7 @@
 //! proposals. The CLI, the benchmark and the daemon all call this, so a result never depends on
 //! how the file arrived.
 
+use crate::caption::{Caption, CaptionError, Captioner};
 use crate::config::Config;
 use crate::events::{atomic_events, AtomicEvents};
 use crate::ingest::{Features, Video};
@@ -20,6 +21,7 @@ pub struct StageTimes {
     pub similarity: Duration,
     pub events: Duration,
     pub proposals: Duration,
+    pub caption: Duration,
     pub write: Duration,
 }
 
@@ -30,18 +32,20 @@ impl std::ops::AddAssign for StageTimes {
         self.similarity += o.similarity;
         self.events += o.events;
         self.proposals += o.proposals;
+        self.caption += o.caption;
         self.write += o.write;
     }
 }
 
 impl StageTimes {
-    pub fn named(&self) -> [(&'static str, Duration); 6] {
+    pub fn named(&self) -> [(&'static str, Duration); 7] {
         [
             ("read", self.read),
             ("sample", self.sample),
             ("similarity", self.similarity),
             ("events", self.events),
             ("proposals", self.proposals),
+            ("caption", self.caption),
             ("write", self.write),
         ]
     }
@@ -105,14 +109,29 @@ pub struct VideoProposals {
     pub proposals: Vec<ScoredSpan>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ScoredSpan {
     pub start: f64,
     pub end: f64,
     pub score: f64,
+    #[serde(flatten)]
+    pub caption: Caption,
 }
 
 impl VideoProposals {
+    /// Gives every proposal its pseudo-query.
+    pub fn caption(&mut self, video: &Video, captioner: &Captioner) -> Result<(), CaptionError> {
+        let spans: Vec<(f64, f64)> = self.proposals.iter().map(|p| (p.start, p.end)).collect();
+        for (proposal, caption) in self
+            .proposals
+            .iter_mut()
+            .zip(captioner.caption(video, &spans)?)
+        {
+            proposal.caption = caption;
+        }
+        Ok(())
+    }
+
     pub fn new(video: &Video, analysis: &Analysis) -> Self {
         let n = analysis.events.n as f64;
         let seconds = |step: usize| step as f64 / n * video.duration;
@@ -134,6 +153,7 @@ impl VideoProposals {
                     start: seconds(p.start),
                     end: seconds(p.end),
                     score: f64::from(p.score),
+                    caption: Caption::default(),
                 })
                 .collect(),
         }

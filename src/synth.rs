@@ -156,6 +156,24 @@ struct World {
     scene_protos: Vec<Vec<f32>>,
 }
 
+/// The world's verbs (base forms) and nouns, each once, in a fixed order.
+pub fn words() -> (Vec<&'static str>, Vec<&'static str>) {
+    let verbs = VERBS.iter().map(|v| v.0).collect();
+    let mut nouns: Vec<&str> = Vec::new();
+    for &(_, noun) in ACTIONS {
+        if !nouns.contains(&noun) {
+            nouns.push(noun);
+        }
+    }
+    (verbs, nouns)
+}
+
+/// The visual prototype of one word in the world of `seed` and `dim`: what the features of an
+/// action built from it contain.
+pub fn word_prototype(seed: u64, dim: usize, word: &str) -> Vec<f32> {
+    unit_gaussian(dim, &mut Rng::new(seed ^ hash_str(word)))
+}
+
 fn unit_gaussian(dim: usize, rng: &mut Rng) -> Vec<f32> {
     let v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
     normalise(v)
@@ -169,7 +187,7 @@ fn normalise(mut v: Vec<f32>) -> Vec<f32> {
 
 impl World {
     fn new(seed: u64, dim: usize) -> World {
-        let word = |w: &str| unit_gaussian(dim, &mut Rng::new(seed ^ hash_str(w)));
+        let word = |w: &str| word_prototype(seed, dim, w);
         let action_protos = ACTIONS
             .iter()
             .map(|&(verb, noun)| {

@@ -33,21 +33,35 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
         "3",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = momentminer(&[
-        "propose",
-        p(&dir.path().join("features")),
-        "--out",
-        p(dir.path()),
-    ]);
+    // The world's own text tower: the same seed and width as the corpus.
+    let world = ["--set", "synth.dim=256", "--set", "synth.seed=3"];
+    let out = momentminer(
+        &[
+            &[
+                "propose",
+                p(&dir.path().join("features")),
+                "--out",
+                p(dir.path()),
+            ][..],
+            &world,
+        ]
+        .concat(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("proposed 120 videos"), "{}", text(&out));
-    let out = momentminer(&[
-        "eval-proposals",
-        "--gt",
-        p(&dir.path().join("gt.jsonl")),
-        "--proposals",
-        p(dir.path()),
-    ]);
+    let out = momentminer(
+        &[
+            &[
+                "eval-proposals",
+                "--gt",
+                p(&dir.path().join("gt.jsonl")),
+                "--proposals",
+                p(dir.path()),
+            ][..],
+            &world,
+        ]
+        .concat(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     let table = text(&out);
     // Columns: queries, per-video, R@1 x3, R@5 x3, R@all x3, mIoU.
@@ -59,6 +73,91 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
     );
     assert!(ours[6] > sliding[6] + 10.0, "R@5 IoU 0.5\n{table}");
     assert!(ours[10] > sliding[10] + 10.0, "R@all IoU 0.7\n{table}");
+    // Pseudo-queries name the planted event's verb and noun far more often than chance.
+    let accuracy = |method: &str| -> Vec<f64> {
+        let line = table.lines().find(|l| l.starts_with(method)).unwrap();
+        line[method.len()..]
+            .split_whitespace()
+            .map(|v| v.trim_end_matches('%').parse().unwrap())
+            .collect()
+    };
+    let (captioner, random) = (accuracy("captioner"), accuracy("random vocabulary"));
+    assert!(
+        captioner[0] > 50.0 && captioner[0] > 5.0 * random[0],
+        "verb top-1\n{table}"
+    );
+    assert!(
+        captioner[2] > 50.0 && captioner[2] > 5.0 * random[2],
+        "noun top-1\n{table}"
+    );
+
+    // The dataset, in three formats that agree.
+    let dataset = dir.path().join("dataset");
+    let psvl: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dataset.join("psvl.json")).unwrap()).unwrap();
+    assert!(psvl
+        .iter()
+        .all(|e| e["tokens"].as_array().unwrap().len() == 8));
+    let detr = std::fs::read_to_string(dataset.join("moment_detr.jsonl")).unwrap();
+    let charades = std::fs::read_to_string(dataset.join("charades.txt")).unwrap();
+    assert_eq!(detr.lines().count(), psvl.len());
+    assert_eq!(charades.lines().count(), psvl.len());
+    let first: serde_json::Value = serde_json::from_str(detr.lines().next().unwrap()).unwrap();
+    let tokens: Vec<&str> = psvl[0]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(first["query"].as_str().unwrap(), tokens.join(" "));
+    assert!(charades
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(&format!("##{}", tokens.join(" "))));
+
+    // Captioned again, language-free, from the same proposals: embeddings instead of words.
+    let again = dir.path().join("language-free");
+    let out = momentminer(&[
+        "caption",
+        p(&dir.path().join("features")),
+        "--proposals",
+        p(dir.path()),
+        "--out",
+        p(&again),
+        "--set",
+        "caption.mode=language_free",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("captioned 120 videos"),
+        "{}",
+        text(&out)
+    );
+    let recaptioned: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(again.join("proposals/synth_00000.json")).unwrap(),
+    )
+    .unwrap();
+    let original: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("proposals/synth_00000.json")).unwrap(),
+    )
+    .unwrap();
+    for (a, b) in recaptioned["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(original["proposals"].as_array().unwrap())
+    {
+        assert_eq!((&a["start"], &a["end"]), (&b["start"], &b["end"]));
+        assert!(a.get("tokens").is_none());
+        let embedding = a["query_embedding"].as_array().unwrap();
+        assert_eq!(embedding.len(), 256);
+        let norm: f64 = embedding.iter().map(|v| v.as_f64().unwrap().powi(2)).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+    let detr = std::fs::read_to_string(again.join("dataset/moment_detr.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(detr.lines().next().unwrap()).unwrap();
+    assert_eq!(line["query_embedding"].as_array().unwrap().len(), 256);
 
     let result: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("proposals/synth_00000.json")).unwrap(),
@@ -99,7 +198,8 @@ fn every_malformed_kind_is_reported_by_name_and_the_batch_goes_on() {
     std::fs::write(inbox.join("good.json"), r#"{"duration": 20}"#).unwrap();
     let out_dir = dir.path().join("out");
 
-    let out = momentminer(&["propose", p(&inbox), "--out", p(&out_dir)]);
+    let lf = ["--set", "caption.mode=language_free"];
+    let out = momentminer(&[&["propose", p(&inbox), "--out", p(&out_dir)][..], &lf].concat());
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("proposed 1 videos"), "{report}");
@@ -129,7 +229,13 @@ fn every_malformed_kind_is_reported_by_name_and_the_batch_goes_on() {
         "only the good file has a result, and no temporaries"
     );
 
-    let strict = momentminer(&["propose", p(&inbox), "--out", p(&out_dir), "--strict"]);
+    let strict = momentminer(
+        &[
+            &["propose", p(&inbox), "--out", p(&out_dir), "--strict"][..],
+            &lf,
+        ]
+        .concat(),
+    );
     assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
 }
 
@@ -150,6 +256,8 @@ fn real_clip_features_run_end_to_end_with_a_picture() {
         p(dir.path()),
         "--set",
         "ingest.features_per_second=0.5",
+        "--set",
+        "caption.mode=language_free",
         "--strict",
     ]);
     assert!(out.status.success(), "{}", text(&out));
@@ -208,7 +316,16 @@ fn hdf5_files_with_many_videos_and_a_durations_map() {
     .unwrap();
     let out_dir = dir.path().join("out");
     let setting = format!("ingest.durations_file={}", p(&durations));
-    let out = momentminer(&["propose", p(&h5), "--out", p(&out_dir), "--set", &setting]);
+    let out = momentminer(&[
+        "propose",
+        p(&h5),
+        "--out",
+        p(&out_dir),
+        "--set",
+        &setting,
+        "--set",
+        "caption.mode=off",
+    ]);
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("proposed 2 videos"), "{report}");
@@ -249,6 +366,57 @@ fn configuration_mistakes_are_clear_errors() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("nope.toml"), "{}", text(&out));
+}
+
+#[test]
+fn captioning_mistakes_are_clear_errors_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/univtg/vid.npz");
+    let run = |settings: &[&str]| {
+        let mut args = vec![
+            "propose",
+            p(&real),
+            "--out",
+            p(dir.path()),
+            "--set",
+            "ingest.features_per_second=0.5",
+        ];
+        for s in settings {
+            args.extend(["--set", s]);
+        }
+        let out = momentminer(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(!dir.path().join("proposals/vid.json").exists());
+        text(&out)
+    };
+    // 512-d CLIP features against the 1024-d synthetic world's tower.
+    let report = run(&[]);
+    assert!(
+        report.contains("vid.npz") && report.contains("512 dimensions") && report.contains("1024"),
+        "{report}"
+    );
+    let report = run(&["caption.visual_stream=siglip"]);
+    assert!(
+        report.contains("\"siglip\"") && report.contains("caption.visual_stream"),
+        "{report}"
+    );
+    let empty = dir.path().join("empty-vocab.json");
+    std::fs::write(&empty, r#"{"verbs": [], "nouns": []}"#).unwrap();
+    let report = run(&[&format!("caption.vocabulary={}", p(&empty))]);
+    assert!(
+        report.contains("empty-vocab.json") && report.contains("at least one verb"),
+        "{report}"
+    );
+    let vocabulary = dir.path().join("vocab.json");
+    std::fs::write(&vocabulary, r#"{"verbs": ["open"], "nouns": ["door"]}"#).unwrap();
+    let report = run(&[
+        &format!("caption.vocabulary={}", p(&vocabulary)),
+        "caption.clip_text_model=/nonexistent/text.onnx",
+        "caption.clip_tokenizer=models/fixtures/clip/tokenizer.json",
+    ]);
+    assert!(report.contains("/nonexistent/text.onnx"), "{report}");
+    let report = run(&["caption.clip_text_model=models/fixtures/clip/hf_text.onnx"]);
+    assert!(report.contains("caption.vocabulary must name"), "{report}");
 }
 
 #[test]

@@ -22,12 +22,18 @@ struct Service {
 
 impl Service {
     /// A daemon with its folders in a fresh temporary folder; `extra` is appended to the
-    /// `[daemon]` section of its config.
+    /// `[daemon]` section of its config. Its inputs have no text tower to match, so it
+    /// captions language-free.
     fn new(settle_ms: u64, extra: &str) -> Service {
+        Service::with_sections(settle_ms, extra, "[caption]\nmode = \"language_free\"\n")
+    }
+
+    /// `sections` are whole sections of the config besides `[ingest]` and `[daemon]`.
+    fn with_sections(settle_ms: u64, extra: &str, sections: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let config = format!(
-            "[ingest]\nfeatures_per_second = 2.0\n\n[daemon]\ninbox = \"{}\"\noutput = \"{}\"\n\
+            "{sections}\n[ingest]\nfeatures_per_second = 2.0\n\n[daemon]\ninbox = \"{}\"\noutput = \"{}\"\n\
              quarantine = \"{}\"\nstate = \"{}\"\nsettle_ms = {settle_ms}\ncommit_ms = 20\n\
              shard_videos = 300\nshard_flush_ms = 100\nretry_base_ms = 100\n{extra}\n",
             p(&root.join("in")),
@@ -244,6 +250,54 @@ fn a_burst_of_2000_files_is_done_once_each() {
         0,
         "a restart redid finished work"
     );
+}
+
+#[test]
+fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
+    let world = "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nvideos = 40\n";
+    let mut service = Service::with_sections(150, "", world);
+    let corpus = service.path("world");
+    let config = service.config();
+    let out = momentminer(&["synth", "--out", p(&corpus), "--config", p(&config)]);
+    assert!(out.status.success(), "{}", text(&out));
+    service.start();
+    move_all(&corpus.join("features"), &service.inbox());
+    let status = service.wait_finished(40, Duration::from_secs(120));
+    assert_eq!(counts(&status).get("done"), Some(&40), "{status}");
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    let vids: HashSet<String> = (0..40).map(|i| format!("synth_{i:05}")).collect();
+    service.check_outputs(&vids);
+    let shard = |name: &str| std::fs::read_to_string(service.path(&format!("out/dataset/{name}")));
+    let psvl: Vec<Value> = serde_json::from_str(&shard("psvl-000001.json").unwrap()).unwrap();
+    assert!(psvl
+        .iter()
+        .all(|e| e["tokens"].as_array().unwrap().len() == 8));
+    let charades = shard("charades-000001.txt").unwrap();
+    assert_eq!(charades.lines().count(), psvl.len());
+    // The daemon's output is a dataset the evaluation reads: captions name the planted events.
+    let out = momentminer(&[
+        "eval-proposals",
+        "--gt",
+        p(&corpus.join("gt.jsonl")),
+        "--proposals",
+        p(&service.path("out")),
+        "--config",
+        p(&config),
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let captioner = report
+        .lines()
+        .find(|l| l.starts_with("captioner"))
+        .unwrap_or_else(|| panic!("{report}"));
+    let verb_top1: f64 = captioner
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(verb_top1 > 50.0, "{report}");
 }
 
 #[test]

@@ -99,7 +99,8 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let redis = RedisServer::start(&root.path().join("redis"));
         let config = format!(
-            "[ingest]\nfeatures_per_second = 2.0\n\n[daemon]\ninbox = \"{}\"\noutput = \"{}\"\n\
+            "[caption]\nmode = \"language_free\"\n\n\
+             [ingest]\nfeatures_per_second = 2.0\n\n[daemon]\ninbox = \"{}\"\noutput = \"{}\"\n\
              quarantine = \"{}\"\nstate = \"{}\"\nworkers = 2\ncommit_ms = 20\n\
              shard_flush_ms = 100\n\n[queue]\nurl = \"{}\"\nclaim_idle_ms = {claim_idle_ms}\nblock_ms = 200\n\
              reconnect_base_ms = 50\nreconnect_max_ms = 500\n{extra}\n",

@@ -1,15 +1,268 @@
-//! Pseudo-queries: text (and, next, vision) encoders run through ONNX Runtime. The runtime is
-//! a shared library loaded when first needed ([`runtime`]); [`text`] turns sentences into
-//! token and sentence embeddings with all-MiniLM-L6-v2, the encoder the grounding model reads
-//! queries and pseudo-queries with; [`vocab`] scores a vocabulary of verbs and nouns against a
-//! proposal's visual embedding, CLIP-style, to build its pseudo-query.
+//! Caption: every proposal gets a pseudo-query, the second half of the PSVL recipe. The
+//! [`Captioner`] scores a vocabulary of verbs and nouns ([`vocab`]) against the proposal's mean
+//! visual embedding with a CLIP-style [`TextTower`] (an exported CLIP text tower, or the
+//! synthetic world's, [`world`]), or, language-free, keeps that embedding as the query. Text
+//! encoders run through ONNX Runtime, a shared library loaded when first needed ([`runtime`]);
+//! [`text`] also gives all-MiniLM-L6-v2's token and sentence embeddings, which the grounding
+//! model reads queries and pseudo-queries with.
 
 pub mod runtime;
 pub mod text;
 pub mod vocab;
+pub mod world;
 
+use crate::config::{CaptionMode, Config};
+use crate::ingest::{Features, Video};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use text::{unit, TextEncoder};
 use thiserror::Error;
+use vocab::{ScoredVocabulary, Vocabulary};
+use world::WorldTower;
+
+/// A proposal's pseudo-query, as its result file and the datasets carry it. Empty fields are
+/// left out of the JSON, so uncaptioned results read and write as before.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Caption {
+    /// The readable query (the vocabulary's template over the chosen words).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub query: String,
+    /// The chosen words: the best verbs, then the best nouns (PSVL's order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
+    /// Each chosen word's cosine similarity to the visual embedding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_scores: Vec<f32>,
+    /// Language-free mode: the unit-length visual embedding that stands for the query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_embedding: Vec<f32>,
+}
+
+/// The CLIP-style text tower: text into the visual stream's embedding space.
+pub enum TextTower {
+    Clip(TextEncoder),
+    World(WorldTower),
+}
+
+impl TextTower {
+    /// `caption.clip_text_model`, or the synthetic world's tower when that is empty.
+    pub fn open(config: &Config) -> Result<TextTower, CaptionError> {
+        let caption = &config.caption;
+        if caption.clip_text_model.as_os_str().is_empty() {
+            return Ok(TextTower::World(WorldTower::load(config)?));
+        }
+        Ok(TextTower::Clip(TextEncoder::open(
+            &caption.clip_text_model,
+            &caption.clip_tokenizer,
+            caption,
+        )?))
+    }
+
+    /// Unit-length embeddings of `texts`.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, CaptionError> {
+        match self {
+            TextTower::Clip(encoder) => Ok(encoder
+                .encode(texts)?
+                .into_iter()
+                .map(|e| e.pooled)
+                .collect()),
+            TextTower::World(tower) => tower.embed(texts),
+        }
+    }
+}
+
+/// Names the text tower's weights for caches of its embeddings, without loading it.
+fn tower_key(config: &Config) -> Result<String, CaptionError> {
+    let caption = &config.caption;
+    let world = caption.clip_text_model.as_os_str().is_empty();
+    let (model, tokenizer) = if world {
+        (&caption.text_model, &caption.text_tokenizer)
+    } else {
+        (&caption.clip_text_model, &caption.clip_tokenizer)
+    };
+    if !tokenizer.is_file() {
+        return Err(CaptionError::Tokenizer {
+            path: tokenizer.clone(),
+            message: "no such file".into(),
+        });
+    }
+    let key = text::model_key(model)?;
+    Ok(if world {
+        format!("world:{}:{}:{key}", config.synth.seed, config.synth.dim)
+    } else {
+        key
+    })
+}
+
+/// The synthetic world's vocabulary: its own words, plus distractors (words of everyday
+/// indoor video that no event of the world shows), so a captioner can be wrong.
+pub fn world_vocabulary() -> Vocabulary {
+    const VERBS: [&str; 10] = [
+        "sit", "stand", "walk", "run", "laugh", "sneeze", "dress", "smile", "play", "turn",
+    ];
+    const NOUNS: [&str; 10] = [
+        "bed", "sofa", "shelf", "light", "camera", "dog", "car", "closet", "glass", "vacuum",
+    ];
+    let (verbs, nouns) = crate::synth::words();
+    Vocabulary {
+        verbs: verbs.into_iter().chain(VERBS).map(String::from).collect(),
+        nouns: nouns.into_iter().chain(NOUNS).map(String::from).collect(),
+        template: None,
+    }
+}
+
+/// `caption.vocabulary`, or the synthetic world's when that is empty (only with the world's
+/// text tower: a real CLIP needs a vocabulary chosen for its videos).
+pub fn configured_vocabulary(config: &Config) -> Result<Vocabulary, CaptionError> {
+    let caption = &config.caption;
+    if !caption.vocabulary.as_os_str().is_empty() {
+        return Vocabulary::load(&caption.vocabulary);
+    }
+    if !caption.clip_text_model.as_os_str().is_empty() {
+        return Err(CaptionError::Vocabulary {
+            path: caption.vocabulary.clone(),
+            message: "caption.clip_text_model is set, so caption.vocabulary must name the vocabulary to score with it".into(),
+        });
+    }
+    Ok(world_vocabulary())
+}
+
+/// Turns proposals into pseudo-queries; loaded once at start-up, shared by every worker.
+pub struct Captioner {
+    mode: CaptionMode,
+    stream: String,
+    verbs: usize,
+    nouns: usize,
+    vocabulary: Option<ScoredVocabulary>,
+}
+
+impl Captioner {
+    /// Everything captioning needs, checked now rather than at the first file: the library,
+    /// the text tower and its tokenizer, the vocabulary (embedded once, then read from
+    /// `caption.cache_dir`).
+    pub fn load(config: &Config) -> Result<Captioner, CaptionError> {
+        let caption = &config.caption;
+        let vocabulary = match caption.mode {
+            CaptionMode::Vocabulary => {
+                let vocabulary = configured_vocabulary(config)?;
+                let key = tower_key(config)?;
+                let scored =
+                    ScoredVocabulary::build(vocabulary, &key, &caption.cache_dir, |words| {
+                        TextTower::open(config)?.embed(words)
+                    })?;
+                tracing::info!(
+                    words = scored.len(),
+                    dim = scored.dim(),
+                    tower = if caption.clip_text_model.as_os_str().is_empty() {
+                        "synthetic world"
+                    } else {
+                        "clip"
+                    },
+                    "vocabulary ready"
+                );
+                Some(scored)
+            }
+            CaptionMode::LanguageFree | CaptionMode::Off => None,
+        };
+        Ok(Captioner {
+            mode: caption.mode,
+            stream: caption.visual_stream.clone(),
+            verbs: caption.verbs,
+            nouns: caption.nouns,
+            vocabulary,
+        })
+    }
+
+    /// A captioner that leaves queries empty, whatever the configuration says.
+    pub fn disabled() -> Captioner {
+        Captioner {
+            mode: CaptionMode::Off,
+            stream: String::new(),
+            verbs: 0,
+            nouns: 0,
+            vocabulary: None,
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.mode == CaptionMode::Off
+    }
+
+    /// The stream the visual embedding comes from, checked against the text tower: what a
+    /// batch checks on its first video before it starts.
+    pub fn visual_features<'v>(&self, video: &'v Video) -> Result<&'v Features, CaptionError> {
+        let features = if self.stream.is_empty() {
+            video.features()
+        } else {
+            &video
+                .streams
+                .iter()
+                .find(|s| s.name == self.stream)
+                .ok_or_else(|| CaptionError::Stream {
+                    wanted: self.stream.clone(),
+                    found: video.streams.iter().map(|s| s.name.clone()).collect(),
+                })?
+                .features
+        };
+        match &self.vocabulary {
+            Some(vocabulary) if vocabulary.dim() != features.dim => Err(CaptionError::Dimensions {
+                visual: features.dim,
+                text: vocabulary.dim(),
+            }),
+            _ => Ok(features),
+        }
+    }
+
+    /// One pseudo-query per span (seconds) of `video`, from the mean of the visual stream's
+    /// features over the span.
+    pub fn caption(
+        &self,
+        video: &Video,
+        spans: &[(f64, f64)],
+    ) -> Result<Vec<Caption>, CaptionError> {
+        if self.is_off() {
+            return Ok(vec![Caption::default(); spans.len()]);
+        }
+        let features = self.visual_features(video)?;
+        spans
+            .iter()
+            .map(|&(start, end)| {
+                let visual = mean_over(features, start / video.duration, end / video.duration);
+                match &self.vocabulary {
+                    Some(vocabulary) => {
+                        let query = vocabulary.caption(&visual, self.verbs, self.nouns)?;
+                        Ok(Caption {
+                            query: query.sentence,
+                            tokens: query.tokens,
+                            token_scores: query.scores,
+                            query_embedding: Vec::new(),
+                        })
+                    }
+                    None => Ok(Caption {
+                        query_embedding: unit(visual),
+                        ..Caption::default()
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The mean feature over the normalised time span `[start, end)`, at least one frame.
+fn mean_over(features: &Features, start: f64, end: f64) -> Vec<f32> {
+    let frames = features.frames;
+    let first = ((start.clamp(0.0, 1.0) * frames as f64).floor() as usize).min(frames - 1);
+    let last = ((end.clamp(0.0, 1.0) * frames as f64).ceil() as usize).clamp(first + 1, frames);
+    let mut mean = vec![0f32; features.dim];
+    for t in first..last {
+        for (m, v) in mean.iter_mut().zip(features.row(t)) {
+            *m += v;
+        }
+    }
+    let count = (last - first) as f32;
+    mean.iter_mut().for_each(|m| *m /= count);
+    mean
+}
 
 #[derive(Debug, Error)]
 pub enum CaptionError {
@@ -27,8 +280,21 @@ pub enum CaptionError {
     },
     #[error("vocabulary {path}: {message}")]
     Vocabulary { path: PathBuf, message: String },
-    #[error("visual embeddings have {visual} dimensions but the text encoder gives {text}: the visual stream and the text model must come from one CLIP-style model")]
+    #[error("visual features have {visual} dimensions but the text tower gives {text}: the visual stream (caption.visual_stream) and the text tower must come from one CLIP-style model (for the synthetic world's tower, synth.dim); or set caption.mode = \"language_free\" or \"off\"")]
     Dimensions { visual: usize, text: usize },
     #[error("text encoder {path}: {message}")]
     Inference { path: PathBuf, message: String },
+    #[error("no feature stream {wanted:?} to caption from (caption.visual_stream); the file has {found:?}")]
+    Stream { wanted: String, found: Vec<String> },
+}
+
+impl CaptionError {
+    /// A stable reason code for quarantine records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CaptionError::Dimensions { .. } => "caption_dimension",
+            CaptionError::Stream { .. } => "caption_stream",
+            _ => "caption",
+        }
+    }
 }

@@ -1,13 +1,17 @@
-//! The query text encoder: all-MiniLM-L6-v2 as ONNX (`caption.text_model`) with its
-//! `tokenizer.json`. Each sentence becomes its token ids, one 384-d vector per token
-//! (`last_hidden_state`) and a sentence embedding: the mean of the token vectors over the
-//! attention mask, L2-normalised, as sentence-transformers pools this model.
+//! Text encoders run through ONNX Runtime, of two shapes:
+//! - BERT-style (all-MiniLM-L6-v2, the query encoder): `last_hidden_state` (batch, tokens, dim)
+//!   out; the sentence embedding is the token vectors' mean over the attention mask,
+//!   L2-normalised, as sentence-transformers pools this model.
+//! - CLIP-style text towers (models/export_clip.py): one projected embedding (batch, dim) out,
+//!   L2-normalised here. open_clip towers take exactly 77 tokens; shorter rows are padded.
+//!
+//! Which inputs to feed (`attention_mask`, `token_type_ids`) is read from the model itself.
 
 use super::{runtime, CaptionError};
 use crate::config::CaptionConfig;
 use ort::session::Session;
-use ort::value::Tensor;
-use std::path::PathBuf;
+use ort::value::{Tensor, ValueType};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokenizers::Tokenizer;
 
@@ -15,7 +19,8 @@ use tokenizers::Tokenizer;
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedText {
     pub ids: Vec<u32>,
-    /// One vector per token, `[CLS]` and `[SEP]` included.
+    /// One vector per token, `[CLS]` and `[SEP]` included; empty for models that give only a
+    /// sentence embedding.
     pub tokens: Vec<Vec<f32>>,
     /// Unit-length sentence embedding.
     pub pooled: Vec<f32>,
@@ -26,14 +31,30 @@ pub struct TextEncoder {
     tokenizer: Tokenizer,
     model: PathBuf,
     max_tokens: usize,
+    /// The token count a model with a fixed-size input takes; rows are padded to it.
+    fixed_length: Option<usize>,
+    feeds_mask: bool,
+    feeds_token_types: bool,
 }
 
+/// Inputs a text encoder may take besides `input_ids`.
+const OPTIONAL_INPUTS: [&str; 2] = ["attention_mask", "token_type_ids"];
+
 impl TextEncoder {
+    /// The query encoder: `caption.text_model` with `caption.text_tokenizer`.
     pub fn load(config: &CaptionConfig) -> Result<TextEncoder, CaptionError> {
+        TextEncoder::open(&config.text_model, &config.text_tokenizer, config)
+    }
+
+    /// Any text encoder of either shape, checked against what this code feeds and reads.
+    pub fn open(
+        model: &Path,
+        tokenizer: &Path,
+        config: &CaptionConfig,
+    ) -> Result<TextEncoder, CaptionError> {
         let environment = runtime::environment(config)?;
-        let model = config.text_model.clone();
         let model_error = |message: String| CaptionError::Model {
-            path: model.clone(),
+            path: model.to_path_buf(),
             message,
         };
         if !model.is_file() {
@@ -41,22 +62,44 @@ impl TextEncoder {
         }
         let session = Session::builder(&environment)
             .and_then(|b| b.with_intra_threads(config.threads).map_err(Into::into))
-            .and_then(|mut b| b.commit_from_file(&model))
+            .and_then(|mut b| b.commit_from_file(model))
             .map_err(|e| model_error(e.to_string()))?;
-        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        for wanted in ["input_ids", "attention_mask"] {
-            if !names.contains(&wanted) {
-                return Err(model_error(format!(
-                    "has inputs {names:?}; a BERT-style text encoder needs input_ids and attention_mask"
-                )));
+        let names: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        let ids_input = session.inputs().iter().find(|i| i.name() == "input_ids");
+        let unexpected: Vec<&String> = names
+            .iter()
+            .filter(|n| *n != "input_ids" && !OPTIONAL_INPUTS.contains(&n.as_str()))
+            .collect();
+        if ids_input.is_none() || !unexpected.is_empty() {
+            return Err(model_error(format!(
+                "has inputs {names:?}; a text encoder takes input_ids and optionally {OPTIONAL_INPUTS:?}"
+            )));
+        }
+        let fixed_length = match ids_input.map(|i| i.dtype()) {
+            Some(ValueType::Tensor { shape, .. }) if shape.len() == 2 && shape[1] > 0 => {
+                Some(shape[1] as usize)
             }
+            _ => None,
+        };
+        let output_rank = match session.outputs().first().map(|o| o.dtype()) {
+            Some(ValueType::Tensor { shape, .. }) => shape.len(),
+            _ => 0,
+        };
+        if !(2..=3).contains(&output_rank) {
+            return Err(model_error(format!(
+                "its first output has rank {output_rank}; expected token vectors (batch, tokens, dim) or one embedding (batch, dim)"
+            )));
         }
         let tokenizer_error = |message: String| CaptionError::Tokenizer {
-            path: config.text_tokenizer.clone(),
+            path: tokenizer.to_path_buf(),
             message,
         };
-        let mut tokenizer = Tokenizer::from_file(&config.text_tokenizer)
-            .map_err(|e| tokenizer_error(e.to_string()))?;
+        let mut tokenizer =
+            Tokenizer::from_file(tokenizer).map_err(|e| tokenizer_error(e.to_string()))?;
         // Shipped tokenizer.json files often pad or cut to a fixed length; we pad per batch
         // and refuse over-long queries instead of cutting them silently.
         tokenizer.with_padding(None);
@@ -66,18 +109,17 @@ impl TextEncoder {
         Ok(TextEncoder {
             session: Mutex::new(session),
             tokenizer,
-            model,
-            max_tokens: config.max_query_tokens,
+            model: model.to_path_buf(),
+            max_tokens: fixed_length
+                .map_or(config.max_query_tokens, |l| l.min(config.max_query_tokens)),
+            fixed_length,
+            feeds_mask: names.iter().any(|n| n == "attention_mask"),
+            feeds_token_types: names.iter().any(|n| n == "token_type_ids"),
         })
     }
 
-    /// Identifies the model's weights (xxh3 of the file), for caches of its embeddings.
     pub fn model_key(&self) -> Result<String, CaptionError> {
-        let bytes = std::fs::read(&self.model).map_err(|e| CaptionError::Model {
-            path: self.model.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes)))
+        model_key(&self.model)
     }
 
     /// Encodes sentences as one padded batch.
@@ -104,7 +146,10 @@ impl TextEncoder {
             }
             ids.push(row);
         }
-        let (batch, length) = (ids.len(), ids.iter().map(Vec::len).max().unwrap_or(0));
+        let batch = ids.len();
+        let length = self
+            .fixed_length
+            .unwrap_or_else(|| ids.iter().map(Vec::len).max().unwrap_or(0));
         let mut input_ids = vec![0i64; batch * length];
         let mut mask = vec![0i64; batch * length];
         for (row, sentence) in ids.iter().enumerate() {
@@ -113,8 +158,20 @@ impl TextEncoder {
                 mask[row * length + col] = 1;
             }
         }
-        let hidden = self.run(batch, length, input_ids, mask.clone())?;
-        let dim = hidden.len() / (batch * length).max(1);
+        let (rank, output) = self.run(batch, length, input_ids, mask)?;
+        if rank == 2 {
+            let dim = output.len() / batch;
+            return Ok(ids
+                .into_iter()
+                .zip(output.chunks(dim))
+                .map(|(ids, embedding)| EncodedText {
+                    ids,
+                    tokens: Vec::new(),
+                    pooled: unit(embedding.to_vec()),
+                })
+                .collect());
+        }
+        let dim = output.len() / (batch * length).max(1);
         Ok(ids
             .into_iter()
             .enumerate()
@@ -122,7 +179,7 @@ impl TextEncoder {
                 let tokens: Vec<Vec<f32>> = (0..ids.len())
                     .map(|col| {
                         let at = (row * length + col) * dim;
-                        hidden[at..at + dim].to_vec()
+                        output[at..at + dim].to_vec()
                     })
                     .collect();
                 let pooled = mean_pool(&tokens, dim);
@@ -135,13 +192,14 @@ impl TextEncoder {
             .collect())
     }
 
+    /// The first output's rank and data.
     fn run(
         &self,
         batch: usize,
         length: usize,
         input_ids: Vec<i64>,
         mask: Vec<i64>,
-    ) -> Result<Vec<f32>, CaptionError> {
+    ) -> Result<(usize, Vec<f32>), CaptionError> {
         let fail = |message: String| CaptionError::Inference {
             path: self.model.clone(),
             message,
@@ -149,24 +207,42 @@ impl TextEncoder {
         let shape = [batch, length];
         let tensor =
             |data: Vec<i64>| Tensor::from_array((shape, data)).map_err(|e| fail(e.to_string()));
-        let inputs = ort::inputs! {
-            "input_ids" => tensor(input_ids)?,
-            "attention_mask" => tensor(mask)?,
-            "token_type_ids" => tensor(vec![0i64; batch * length])?,
-        };
+        let mut inputs = ort::inputs! { "input_ids" => tensor(input_ids)? };
+        if self.feeds_mask {
+            inputs.push(("attention_mask".into(), tensor(mask)?.into()));
+        }
+        if self.feeds_token_types {
+            inputs.push((
+                "token_type_ids".into(),
+                tensor(vec![0i64; batch * length])?.into(),
+            ));
+        }
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = session.run(inputs).map_err(|e| fail(e.to_string()))?;
         let (out_shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| fail(e.to_string()))?;
-        let expected = [batch as i64, length as i64];
-        if out_shape.len() != 3 || out_shape[..2] != expected {
+        let fits = match out_shape.len() {
+            2 => out_shape[0] == batch as i64,
+            3 => out_shape[..2] == [batch as i64, length as i64],
+            _ => false,
+        };
+        if !fits {
             return Err(fail(format!(
-                "output has shape {out_shape:?}; expected ({batch}, {length}, dim)"
+                "output has shape {out_shape:?}; expected ({batch}, {length}, dim) or ({batch}, dim)"
             )));
         }
-        Ok(data.to_vec())
+        Ok((out_shape.len(), data.to_vec()))
     }
+}
+
+/// Identifies a model's weights (xxh3 of the file), for caches of its embeddings.
+pub fn model_key(model: &Path) -> Result<String, CaptionError> {
+    let bytes = std::fs::read(model).map_err(|e| CaptionError::Model {
+        path: model.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes)))
 }
 
 /// Mean of the token vectors, L2-normalised.
@@ -177,11 +253,14 @@ fn mean_pool(tokens: &[Vec<f32>], dim: usize) -> Vec<f32> {
             *p += v;
         }
     }
-    let count = tokens.len().max(1) as f32;
-    pooled.iter_mut().for_each(|p| *p /= count);
-    let norm = pooled.iter().map(|p| p * p).sum::<f32>().sqrt().max(1e-12);
-    pooled.iter_mut().for_each(|p| *p /= norm);
-    pooled
+    unit(pooled)
+}
+
+/// `v` scaled to unit length.
+pub fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|p| p * p).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|p| *p /= norm);
+    v
 }
 
 #[cfg(test)]
@@ -289,6 +368,107 @@ mod tests {
             encoder.encode(&[&long]),
             Err(CaptionError::TooLong { .. })
         ));
+    }
+
+    fn fixture_config() -> CaptionConfig {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut config = Config::default().caption;
+        config.ort_library = root.join(&config.ort_library);
+        config
+    }
+
+    #[derive(Deserialize)]
+    struct ClipReference {
+        sentences: Vec<ClipSentence>,
+    }
+
+    #[derive(Deserialize)]
+    struct ClipSentence {
+        text: String,
+        ids: Vec<u32>,
+        hf: Vec<f32>,
+        open_clip: Vec<f32>,
+    }
+
+    /// Both CLIP export paths of models/export_clip.py (a random-weight Hugging Face CLIP with
+    /// any-length input and a mask, and an open_clip CLIP with exactly 77 tokens) against
+    /// PyTorch, through our tokenizer.json against open_clip's own tokenizer
+    /// (models/make_clip_fixtures.py): the same ids, embeddings within 1e-4.
+    #[test]
+    fn clip_text_towers_match_pytorch() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/clip");
+        let reference: ClipReference =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let texts: Vec<&str> = reference
+            .sentences
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect();
+        let config = fixture_config();
+        for name in ["hf", "open_clip"] {
+            let model = dir.join(format!("{name}_text.onnx"));
+            let encoder = TextEncoder::open(&model, &dir.join("tokenizer.json"), &config)
+                .unwrap_or_else(|e| panic!("{e}"));
+            // One padded batch: rows of different lengths must not disturb each other.
+            let encoded = encoder.encode(&texts).unwrap();
+            for (ours, theirs) in encoded.iter().zip(&reference.sentences) {
+                assert_eq!(ours.ids, theirs.ids, "{:?}", theirs.text);
+                assert!(ours.tokens.is_empty(), "a CLIP tower gives one embedding");
+                let expected = unit(
+                    if name == "hf" {
+                        &theirs.hf
+                    } else {
+                        &theirs.open_clip
+                    }
+                    .clone(),
+                );
+                let diff = max_diff(&ours.pooled, &expected);
+                assert!(
+                    diff <= 1e-4,
+                    "{name} {:?}: max difference {diff}",
+                    theirs.text
+                );
+            }
+        }
+        // open_clip's tower takes 77 tokens: longer text is refused, not cut.
+        let open_clip = TextEncoder::open(
+            &dir.join("open_clip_text.onnx"),
+            &dir.join("tokenizer.json"),
+            &config,
+        )
+        .unwrap();
+        let long = "word ".repeat(76);
+        assert!(matches!(
+            open_clip.encode(&[&long]),
+            Err(CaptionError::TooLong { max: 64, .. })
+        ));
+    }
+
+    #[test]
+    fn a_model_that_is_no_text_encoder_is_refused_at_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/clip");
+        let err = match TextEncoder::open(
+            &dir.join("not_text.onnx"),
+            &dir.join("tokenizer.json"),
+            &fixture_config(),
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("an image model loaded as a text encoder"),
+        };
+        assert!(
+            err.contains("not_text.onnx") && err.contains("pixel_values"),
+            "{err}"
+        );
+        let err = match TextEncoder::open(
+            &dir.join("hf_text.onnx"),
+            &dir.join("missing-tokenizer.json"),
+            &fixture_config(),
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a missing tokenizer loaded"),
+        };
+        assert!(err.contains("missing-tokenizer.json"), "{err}");
     }
 
     #[test]

@@ -106,6 +106,15 @@ impl ScoredVocabulary {
         self.dim
     }
 
+    /// Words in the vocabulary.
+    pub fn len(&self) -> usize {
+        self.embeddings.len() / self.dim.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The `verbs` best verbs and `nouns` best nouns for a visual embedding (any length
     /// scale; it is normalised here).
     pub fn caption(

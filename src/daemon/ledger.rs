@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub const FILE_NAME: &str = "ledger.sqlite";
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, Error)]
 pub enum LedgerError {
@@ -242,10 +242,20 @@ impl Ledger {
                         shard INTEGER NOT NULL, input_id INTEGER NOT NULL, vid TEXT NOT NULL,
                         duration REAL NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
                         score REAL NOT NULL,
-                        query TEXT NOT NULL DEFAULT '', tokens TEXT NOT NULL DEFAULT '[]');
+                        query TEXT NOT NULL DEFAULT '', tokens TEXT NOT NULL DEFAULT '[]',
+                        embedding BLOB);
                      CREATE INDEX labels_by_shard ON labels(shard);
                      CREATE INDEX labels_by_input ON labels(input_id);
                      CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                     PRAGMA user_version = {SCHEMA_VERSION};
+                     COMMIT;"
+                ))
+                .map_err(fail)?,
+            // Version 2 added language-free query embeddings to the labels.
+            1 => conn
+                .execute_batch(&format!(
+                    "BEGIN;
+                     ALTER TABLE labels ADD COLUMN embedding BLOB;
                      PRAGMA user_version = {SCHEMA_VERSION};
                      COMMIT;"
                 ))
@@ -402,13 +412,14 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT qid, vid, duration, start, end, query, tokens FROM labels
+                "SELECT qid, vid, duration, start, end, query, tokens, embedding FROM labels
                  WHERE ?1 IS NULL OR shard = ?1 ORDER BY qid",
             )
             .map_err(&fail)?;
         let rows = stmt
             .query_map([shard], |r| {
                 let tokens: String = r.get(6)?;
+                let embedding: Option<Vec<u8>> = r.get(7)?;
                 Ok(LabelRow {
                     qid: r.get::<_, i64>(0)? as u64,
                     vid: r.get(1)?,
@@ -417,6 +428,7 @@ impl Ledger {
                     end: r.get(4)?,
                     query: r.get(5)?,
                     tokens: serde_json::from_str(&tokens).unwrap_or_default(),
+                    query_embedding: embedding.as_deref().map(floats).unwrap_or_default(),
                 })
             })
             .map_err(&fail)?;
@@ -496,6 +508,18 @@ fn set_stat(
         ],
     )?;
     Ok(())
+}
+
+/// Little-endian f32s, as language-free query embeddings are stored.
+fn bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Drops an input's labels and video ids; the shards that held labels must be rewritten.
@@ -674,8 +698,9 @@ fn record(
                  ON CONFLICT(vid) DO UPDATE SET input_id = excluded.input_id",
             )?;
             let mut insert_label = tx.prepare_cached(
-                "INSERT INTO labels(shard, input_id, vid, duration, start, end, score)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO labels(shard, input_id, vid, duration, start, end, score, query,
+                                    tokens, embedding)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for video in videos {
                 insert_video.execute(params![video.vid, id])?;
@@ -687,7 +712,11 @@ fn record(
                         video.duration,
                         span.start,
                         span.end,
-                        span.score
+                        span.score,
+                        span.caption.query,
+                        serde_json::to_string(&span.caption.tokens).unwrap_or_else(|_| "[]".into()),
+                        (!span.caption.query_embedding.is_empty())
+                            .then(|| bytes(&span.caption.query_embedding)),
                     ])?;
                 }
             }
@@ -704,6 +733,7 @@ fn record(
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use crate::caption::Caption;
     use crate::pipeline::ScoredSpan;
 
     /// A finished input holding `(vid, proposal count)` videos; proposal i spans [i, 10 + i].
@@ -726,6 +756,12 @@ pub(crate) mod fixtures {
                             start: i as f64,
                             end: 10.0 + i as f64,
                             score: 1.0,
+                            caption: Caption {
+                                query: format!("open door {i}"),
+                                tokens: vec!["open".into(), "door".into()],
+                                token_scores: vec![0.5, 0.4],
+                                query_embedding: if i == 1 { vec![0.6, 0.8] } else { Vec::new() },
+                            },
                         })
                         .collect(),
                 })
@@ -798,6 +834,11 @@ mod tests {
         let second = ledger.labels(Some(2)).unwrap();
         assert_eq!(second.len(), 1);
         assert_eq!((second[0].vid.as_str(), second[0].end), ("a", 10.0));
+        // Pseudo-queries survive the ledger: words, and language-free embeddings.
+        assert_eq!(first[1].query, "open door 1");
+        assert_eq!(first[1].tokens, ["open", "door"]);
+        assert_eq!(first[1].query_embedding, [0.6, 0.8]);
+        assert!(first[0].query_embedding.is_empty());
         for shard in stale {
             ledger.mark_shard_written(shard).unwrap();
         }

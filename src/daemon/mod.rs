@@ -53,6 +53,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("caption: {0}")]
+    Caption(#[from] crate::caption::CaptionError),
     #[error(transparent)]
     Durations(#[from] IngestError),
     #[error("cannot watch {path}: {source}")]
@@ -351,7 +353,14 @@ pub(crate) fn context(
     } else {
         None
     };
+    // A watcher that only enqueues never captions; the workers that read the queue do.
+    let captioner = if enqueue.is_some() {
+        crate::caption::Captioner::disabled()
+    } else {
+        crate::caption::Captioner::load(config)?
+    };
     Ok(Context {
+        captioner: Arc::new(captioner),
         enqueue,
         durations: Durations::load(&config.ingest.durations_file)?,
         config: config.clone(),

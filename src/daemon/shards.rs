@@ -1,12 +1,13 @@
-//! Dataset shards: every finished video's proposals as training pairs, in PSVL's JSON list
-//! (`psvl-NNNNNN.json`) and Moment-DETR JSONL (`moment_detr-NNNNNN.jsonl`). The ledger holds
+//! Dataset shards: every finished video's captioned proposals as training pairs, in PSVL's JSON
+//! list (`psvl-NNNNNN.json`), Moment-DETR JSONL (`moment_detr-NNNNNN.jsonl`) and Charades-STA
+//! lines (`charades-NNNNNN.txt`). The ledger holds
 //! the rows; a shard file is rewritten whole (temp, fsync, rename) from them, so a reader sees
 //! an old or a new shard, never a partial line, and a crash between a commit and the rewrite
 //! is repaired at the next start.
 
 use super::ledger::{Ledger, LedgerError};
-use crate::dataset::{moment_detr, psvl, PseudoLabel};
-use crate::fsio::{sync_dir, write_atomic, Durability};
+use crate::dataset::{dataset_paths, write_files, DatasetError, PseudoLabel};
+use crate::fsio::{sync_dir, Durability};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -14,6 +15,8 @@ use thiserror::Error;
 pub enum ShardError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
     #[error("cannot write shard {path}: {source}")]
     Write {
         path: PathBuf,
@@ -21,27 +24,18 @@ pub enum ShardError {
     },
 }
 
-pub fn shard_paths(dataset: &Path, id: i64) -> [PathBuf; 2] {
-    [
-        dataset.join(format!("psvl-{id:06}.json")),
-        dataset.join(format!("moment_detr-{id:06}.jsonl")),
-    ]
+pub fn shard_paths(dataset: &Path, id: i64) -> Vec<PathBuf> {
+    dataset_paths(dataset, &format!("-{id:06}"))
 }
 
-/// Writes shard `id` of `labels` (both formats), each file whole (temporary name, fsync,
+/// Writes shard `id` of `labels` (every format), each file whole (temporary name, fsync,
 /// rename); the caller fsyncs `dataset` once for all the shards it wrote.
 pub fn write_shard(dataset: &Path, id: i64, labels: &[PseudoLabel]) -> Result<(), ShardError> {
-    let [json, jsonl] = shard_paths(dataset, id);
-    let lines: Vec<moment_detr::Line> = labels.iter().map(moment_detr::Line::of).collect();
-    for (path, text) in [
-        (json, psvl::write(labels)),
-        (jsonl, moment_detr::write(&lines)),
-    ] {
-        text.map_err(std::io::Error::other)
-            .and_then(|text| write_atomic(&path, text.as_bytes(), Durability::Data))
-            .map_err(|source| ShardError::Write { path, source })?;
-    }
-    Ok(())
+    Ok(write_files(
+        &shard_paths(dataset, id),
+        labels,
+        Durability::Data,
+    )?)
 }
 
 /// Rewrites every shard the ledger has changed since its files were written; returns how many.

@@ -4,6 +4,7 @@
 
 use super::inbox::probe;
 use super::ledger::{format_time, now_ms};
+use crate::caption::Captioner;
 use crate::config::Config;
 use crate::config::GroupDurability;
 use crate::fsio::{stage, Staged};
@@ -149,6 +150,7 @@ pub struct Context {
     /// Where results wait under temporary names; this process's own.
     pub staging_dir: PathBuf,
     pub owners: Arc<Owners>,
+    pub captioner: Arc<Captioner>,
     /// With `daemon.enqueue`, settled files go to this queue instead of the stages.
     pub enqueue: Option<std::sync::Mutex<crate::queue::Redis>>,
 }
@@ -422,7 +424,10 @@ fn propose(
     let loaded =
         read_video(video, &ctx.config.ingest, &ctx.durations).map_err(|e| Failure::ingest(&e))?;
     let analysis = analyse(&loaded, &ctx.config, &mut StageTimes::default());
-    let result = VideoProposals::new(&loaded, &analysis);
+    let mut result = VideoProposals::new(&loaded, &analysis);
+    result
+        .caption(&loaded, &ctx.captioner)
+        .map_err(|e| Failure::permanent(e.code(), "caption", e.to_string()))?;
     let target = ctx.proposals_dir.join(format!("{}.json", loaded.id));
     let bytes = serde_json::to_vec(&result)
         .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;

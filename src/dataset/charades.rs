@@ -33,10 +33,17 @@ pub fn read(path: &Path, text: &str) -> Result<Vec<Line>, DatasetError> {
                 .trim_end_matches('\r')
                 .split_once("##")
                 .ok_or_else(|| bad("expected 'vid start end##sentence'"))?;
-            let fields: Vec<&str> = head.split_whitespace().collect();
-            let [vid, start, end] = fields[..] else {
+            // Start and end are the last two fields, so a video id with spaces (which other
+            // readers would split) still reads back whole.
+            let mut fields = head.trim_end().rsplitn(3, ' ');
+            let (Some(end), Some(start), Some(vid)) = (fields.next(), fields.next(), fields.next())
+            else {
                 return Err(bad("expected 'vid start end' before '##'"));
             };
+            let vid = vid.trim_end();
+            if vid.is_empty() {
+                return Err(bad("expected 'vid start end' before '##'"));
+            }
             let number = |s: &str| {
                 s.parse::<f64>()
                     .map_err(|_| bad("start/end are not numbers"))

@@ -6,8 +6,75 @@ pub mod charades;
 pub mod moment_detr;
 pub mod psvl;
 
+use crate::fsio::{write_atomic, Durability};
+use crate::pipeline::VideoProposals;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+
+/// The formats every pseudo-labelled dataset is written in: (name, extension).
+pub const FORMATS: [(&str, &str); 3] = [
+    ("psvl", "json"),
+    ("moment_detr", "jsonl"),
+    ("charades", "txt"),
+];
+
+/// `dir/<format><suffix>.<extension>` for each of [`FORMATS`], in order (`suffix` numbers the
+/// daemon's shards, "-000001", and is empty for a batch run's single dataset).
+pub fn dataset_paths(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    FORMATS
+        .iter()
+        .map(|(name, ext)| dir.join(format!("{name}{suffix}.{ext}")))
+        .collect()
+}
+
+/// `labels` in each of [`FORMATS`], in order: PSVL's JSON list, Moment-DETR JSONL and
+/// Charades-STA lines.
+pub fn render(labels: &[PseudoLabel]) -> Result<Vec<String>, serde_json::Error> {
+    let lines: Vec<moment_detr::Line> = labels.iter().map(moment_detr::Line::of).collect();
+    let sentences: Vec<charades::Line> = labels.iter().map(charades::Line::of).collect();
+    Ok(vec![
+        psvl::write(labels)?,
+        moment_detr::write(&lines)?,
+        charades::write(&sentences),
+    ])
+}
+
+/// Writes `labels` into `paths` (from [`dataset_paths`]), each file whole under a temporary
+/// name, so a reader sees the old dataset or the new one.
+pub fn write_files(
+    paths: &[PathBuf],
+    labels: &[PseudoLabel],
+    durability: Durability,
+) -> Result<(), DatasetError> {
+    let texts = render(labels)
+        .map_err(|e| DatasetError::new(&paths[0], None, format!("cannot serialise: {e}")))?;
+    for (path, text) in paths.iter().zip(texts) {
+        write_atomic(path, text.as_bytes(), durability)
+            .map_err(|e| DatasetError::new(path, None, format!("cannot write: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Every proposal of `videos` as a training pair, qids counting from 1 in order.
+pub fn labels_of(videos: &[VideoProposals]) -> Vec<PseudoLabel> {
+    videos
+        .iter()
+        .flat_map(|video| {
+            video.proposals.iter().map(|p| PseudoLabel {
+                qid: 0,
+                vid: video.vid.clone(),
+                duration: video.duration,
+                start: p.start,
+                end: p.end,
+                query: p.caption.query.clone(),
+                tokens: p.caption.tokens.clone(),
+                query_embedding: p.caption.query_embedding.clone(),
+            })
+        })
+        .zip(1..)
+        .map(|(label, qid)| PseudoLabel { qid, ..label })
+        .collect()
+}
 
 /// One query and the span(s) of one video it describes, in seconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,8 +87,8 @@ pub struct Moment {
     pub windows: Vec<[f64; 2]>,
 }
 
-/// A proposal as a training pair: a span of a video (seconds) and the query that describes it.
-/// `query` and `tokens` stay empty until the proposal is captioned.
+/// A proposal as a training pair: a span of a video (seconds) and the query that describes it:
+/// words (`query`, `tokens`) or, language-free, a visual embedding; empty when uncaptioned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PseudoLabel {
     pub qid: u64,
@@ -31,6 +98,7 @@ pub struct PseudoLabel {
     pub end: f64,
     pub query: String,
     pub tokens: Vec<String>,
+    pub query_embedding: Vec<f32>,
 }
 
 #[derive(Debug, Error)]
@@ -42,7 +110,7 @@ pub struct DatasetError {
 }
 
 impl DatasetError {
-    fn new(path: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
+    pub fn new(path: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
         DatasetError {
             path: path.to_path_buf(),
             line,
@@ -145,33 +213,39 @@ mod tests {
                     "open door".into()
                 },
                 tokens: vec!["open".into(), "door".into()],
+                query_embedding: if i == 2 { vec![0.5, -0.25] } else { Vec::new() },
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("shard.json");
-        std::fs::write(&json, psvl::write(&labels).unwrap()).unwrap();
-        let jsonl = dir.path().join("shard.jsonl");
-        let lines: Vec<moment_detr::Line> = labels.iter().map(moment_detr::Line::of).collect();
-        std::fs::write(&jsonl, moment_detr::write(&lines).unwrap()).unwrap();
-        for (path, query_of) in [
-            (
-                &json,
-                (|_: &PseudoLabel| "open door".to_string()) as fn(&PseudoLabel) -> String,
-            ),
-            (&jsonl, |l: &PseudoLabel| l.query.clone()),
-        ] {
+        let paths = dataset_paths(dir.path(), "-000001");
+        write_files(&paths, &labels, Durability::None).unwrap();
+        let words = |_: &PseudoLabel| "open door".to_string();
+        let query = |l: &PseudoLabel| l.query.clone();
+        type QueryOf = fn(&PseudoLabel) -> String;
+        let checks: [(&PathBuf, QueryOf, bool); 3] = [
+            (&paths[0], words, true),
+            (&paths[1], query, true),
+            (&paths[2], query, false),
+        ];
+        for (path, query_of, has_duration) in checks {
             let moments = read_annotations(path).unwrap();
             assert_eq!(moments.len(), labels.len());
             for (m, l) in moments.iter().zip(&labels) {
-                assert_eq!(
-                    (m.vid.as_str(), m.duration),
-                    (l.vid.as_str(), Some(l.duration))
-                );
+                assert_eq!(m.vid, l.vid, "{}", path.display());
+                assert_eq!(m.duration, has_duration.then_some(l.duration));
                 assert_eq!(m.query, query_of(l));
                 assert!((m.windows[0][0] - l.start).abs() < 1e-9);
                 assert!((m.windows[0][1] - l.end).abs() < 1e-9);
             }
         }
+        // A language-free query keeps its embedding in the Moment-DETR line.
+        let text = std::fs::read_to_string(&paths[1]).unwrap();
+        let lines = moment_detr::read(&paths[1], &text).unwrap();
+        assert_eq!(
+            lines[2].extra["query_embedding"],
+            serde_json::json!([0.5, -0.25])
+        );
+        assert!(!lines[0].extra.contains_key("query_embedding"));
     }
 
     /// Numbers as f64, so `150` and `150.0` compare equal: our typed fields write seconds as

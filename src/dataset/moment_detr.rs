@@ -18,14 +18,22 @@ pub struct Line {
 }
 
 impl Line {
+    /// A pseudo-label's line; a language-free query's embedding goes in `query_embedding`.
     pub fn of(label: &PseudoLabel) -> Line {
+        let mut extra = serde_json::Map::new();
+        if !label.query_embedding.is_empty() {
+            extra.insert(
+                "query_embedding".into(),
+                label.query_embedding.clone().into(),
+            );
+        }
         Line {
             qid: Some(label.qid),
             query: label.query.clone(),
             vid: label.vid.clone(),
             duration: label.duration,
             relevant_windows: vec![[label.start, label.end]],
-            extra: serde_json::Map::new(),
+            extra,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::daemon::ledger::{Ledger, LedgerError, FILE_NAME};
 use crate::daemon::shards::{write_shard, ShardError};
-use crate::dataset::PseudoLabel;
+use crate::dataset::{PseudoLabel, FORMATS};
 use crate::fsio::sync_dir;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -117,14 +117,11 @@ fn remove_stale(out: &Path, written: usize) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let number = name
-            .strip_prefix("psvl-")
-            .and_then(|n| n.strip_suffix(".json"))
-            .or_else(|| {
-                name.strip_prefix("moment_detr-")
-                    .and_then(|n| n.strip_suffix(".jsonl"))
-            })
-            .and_then(|n| n.parse::<usize>().ok());
+        let number = FORMATS.iter().find_map(|(format, ext)| {
+            name.strip_prefix(&format!("{format}-"))
+                .and_then(|n| n.strip_suffix(&format!(".{ext}")))
+                .and_then(|n| n.parse::<usize>().ok())
+        });
         if number.is_some_and(|n| n > written) {
             let _ = std::fs::remove_file(entry.path());
         }

@@ -170,6 +170,7 @@ pub fn check_results(proposals: &Path, dataset: &Path, vids: &HashSet<String>) {
     let seen: HashSet<String> = proposals_per_vid.keys().cloned().collect();
     assert_eq!(&seen, vids, "proposal files differ from the inputs");
     let mut labels_per_vid: HashMap<String, usize> = HashMap::new();
+    let mut sentences_per_vid: HashMap<String, usize> = HashMap::new();
     let mut shard_of_vid: HashMap<String, PathBuf> = HashMap::new();
     let mut qids = HashSet::new();
     let mut psvl_labels = 0;
@@ -186,16 +187,37 @@ pub fn check_results(proposals: &Path, dataset: &Path, vids: &HashSet<String>) {
             content.is_empty() || content.ends_with('\n'),
             "{name}: partial line"
         );
+        if name.ends_with(".txt") {
+            // Charades-STA: "vid start end##sentence".
+            for line in content.lines() {
+                let (head, _) = line.split_once("##").expect("vid start end##sentence");
+                let vid = head
+                    .rsplitn(3, ' ')
+                    .nth(2)
+                    .expect("vid start end##sentence");
+                *sentences_per_vid.entry(vid.to_string()).or_default() += 1;
+            }
+            continue;
+        }
         for line in content.lines() {
             let label: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{name}: partial or bad line {line}: {e}"));
             assert!(qids.insert(label["qid"].as_u64().unwrap()), "duplicate qid");
+            assert!(
+                !label["query"].as_str().unwrap().is_empty()
+                    || label.get("query_embedding").is_some(),
+                "{name}: a label without a pseudo-query: {line}"
+            );
             let vid = label["vid"].as_str().unwrap().to_string();
             let shard = shard_of_vid.entry(vid.clone()).or_insert(file.clone());
             assert_eq!(shard, &file, "{vid} appears in two shards");
             *labels_per_vid.entry(vid).or_default() += 1;
         }
     }
+    assert_eq!(
+        sentences_per_vid, labels_per_vid,
+        "Charades-STA and Moment-DETR shards differ"
+    );
     assert_eq!(
         labels_per_vid, proposals_per_vid,
         "shards differ from proposals"
