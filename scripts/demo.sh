@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's first command: set-up, release build, synthetic world, proposals, recall table.
+# The README's first command: set-up, release build, synthetic world, proposals and their
+# pseudo-queries, recall and caption accuracy against the planted events.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

