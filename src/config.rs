@@ -2,7 +2,7 @@
 //! so every parameter is documented in exactly one place; user files and `--set` overrides are
 //! merged over it key by key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -36,6 +36,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub queue: QueueConfig,
     pub caption: CaptionConfig,
+    pub train: TrainConfig,
     pub synth: SynthConfig,
 }
 
@@ -200,6 +201,28 @@ pub struct CaptionConfig {
     pub cache_dir: PathBuf,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub projection: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub nonlocal_blocks: usize,
+    pub max_query_tokens: usize,
+    pub dropout: f64,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub epochs: usize,
+    pub patience: usize,
+    pub validation_share: f64,
+    pub attention_loss: f64,
+    pub seed: u64,
+    pub threads: usize,
+    pub top_k: usize,
+}
+
 /// What a proposal's pseudo-query is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -227,6 +250,7 @@ impl RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct SynthConfig {
     pub videos: usize,
+    pub first_index: usize,
     pub seed: u64,
     pub dim: usize,
     pub frames_min: usize,
@@ -277,7 +301,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 17] = [
+        let checks: [(bool, &str); 18] = [
             (self.sample.steps >= 2, "sample.steps must be at least 2"),
             (self.events.k >= 1, "events.k must be at least 1"),
             (self.events.trials >= 1, "events.trials must be at least 1"),
@@ -331,6 +355,23 @@ impl Config {
                     && self.caption.verbs + self.caption.nouns >= 1,
                 "caption.max_query_tokens must be at least 2, caption.threads at least 1, \
                  and caption.verbs + caption.nouns at least 1",
+            ),
+            (
+                self.train.steps >= 2
+                    && self.train.projection >= 1
+                    && self.train.hidden >= 1
+                    && self.train.heads >= 1
+                    && self.train.hidden % self.train.heads == 0
+                    && self.train.max_query_tokens >= 2
+                    && self.train.batch >= 1
+                    && self.train.epochs >= 1
+                    && self.train.learning_rate > 0.0
+                    && (0.0..1.0).contains(&self.train.dropout)
+                    && (0.0..1.0).contains(&self.train.validation_share)
+                    && self.train.top_k >= 1,
+                "train: steps >= 2, projection, hidden, heads, batch, epochs and top_k >= 1, \
+                 hidden divisible by heads, max_query_tokens >= 2, learning_rate > 0, \
+                 dropout and validation_share in [0, 1)",
             ),
             (
                 self.synth.frames_min >= 8 && self.synth.frames_min <= self.synth.frames_max,

@@ -1,10 +1,20 @@
 //! Metrics of the field: R@n at temporal IoU m and mIoU, for ranked proposals (and later for
 //! grounding predictions), with the two baselines every proposal method must beat.
 
+use crate::batch::collect_videos;
 use crate::caption::vocab::Vocabulary;
+use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
+use crate::config::Config;
 use crate::dataset::{moment_detr, read_annotations, DatasetError, Moment};
+use crate::ground::Grounder;
+use crate::ingest::{read_video, Durations, VideoRef};
 use crate::pipeline::VideoProposals;
+use crate::pipeline::{analyse, StageTimes};
 use crate::rng::{hash_str, Rng};
+use crate::similarity::dot;
+use crate::train::{read_moments, TrainError};
+use rayon::prelude::*;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -15,6 +25,15 @@ pub const IOU_THRESHOLDS: [f64; 3] = [0.3, 0.5, 0.7];
 pub enum EvalError {
     #[error(transparent)]
     Annotations(#[from] DatasetError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Caption(#[from] CaptionError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Proposals { path: PathBuf, message: String },
 }
@@ -43,27 +62,37 @@ pub struct RecallTable {
     pub per_video: f64,
 }
 
-/// Scores ranked predictions (best first, seconds) against every query.
+/// Scores ranked predictions (best first, seconds), the same for every query of a video,
+/// against every query.
 pub fn recall(
     method: &str,
     moments: &[Moment],
     predictions: &HashMap<String, Vec<[f64; 2]>>,
 ) -> RecallTable {
+    let ranked: Vec<Option<&[[f64; 2]]>> = moments
+        .iter()
+        .map(|m| predictions.get(&m.vid).map(Vec::as_slice))
+        .collect();
+    let videos = predictions.len().max(1) as f64;
+    let per_video = predictions.values().map(Vec::len).sum::<usize>() as f64 / videos;
+    recall_per_query(method, moments, &ranked, per_video)
+}
+
+/// Scores one ranked list per query (best first, seconds; `None` when its video had none).
+pub fn recall_per_query(
+    method: &str,
+    moments: &[Moment],
+    ranked: &[Option<&[[f64; 2]]>],
+    per_video: f64,
+) -> RecallTable {
     let mut hits = [[0usize; 3]; 3];
     let (mut unmatched, mut iou_sum) = (0, 0.0);
-    for moment in moments {
-        let Some(ranked) = predictions.get(&moment.vid).filter(|r| !r.is_empty()) else {
+    for (moment, ranked) in moments.iter().zip(ranked) {
+        let Some(ranked) = ranked.filter(|r| !r.is_empty()) else {
             unmatched += 1;
             continue;
         };
-        let best = |p: &[f64; 2]| {
-            moment
-                .windows
-                .iter()
-                .map(|w| iou(*p, *w))
-                .fold(0.0, f64::max)
-        };
-        let ious: Vec<f64> = ranked.iter().map(best).collect();
+        let ious: Vec<f64> = ranked.iter().map(|p| best_iou(*p, moment)).collect();
         iou_sum += ious[0];
         for (depth, counts) in [1, 5, usize::MAX].into_iter().zip(hits.iter_mut()) {
             let top = ious.iter().take(depth).fold(0.0, |a: f64, &b| a.max(b));
@@ -74,7 +103,6 @@ pub fn recall(
     }
     let total = moments.len().max(1) as f64;
     let rate = |counts: [usize; 3]| counts.map(|c| c as f64 / total);
-    let videos = predictions.len().max(1) as f64;
     RecallTable {
         method: method.to_string(),
         queries: moments.len(),
@@ -83,8 +111,17 @@ pub fn recall(
         r5: rate(hits[1]),
         r_all: rate(hits[2]),
         mean_iou_top1: iou_sum / total,
-        per_video: predictions.values().map(Vec::len).sum::<usize>() as f64 / videos,
+        per_video,
     }
+}
+
+/// A prediction's IoU with the closest of a query's ground-truth windows.
+pub fn best_iou(prediction: [f64; 2], moment: &Moment) -> f64 {
+    moment
+        .windows
+        .iter()
+        .map(|w| iou(prediction, *w))
+        .fold(0.0, f64::max)
 }
 
 /// `count` multi-scale sliding windows with half-window stride, taken round-robin over scales
@@ -307,6 +344,141 @@ impl std::fmt::Display for CaptionAccuracy {
             pct(self.random_verb[0] * self.random_noun[0])
         )
     }
+}
+
+/// One query's answer, for `eval --per-query`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    pub vid: String,
+    pub query: String,
+    pub windows: Vec<[f64; 2]>,
+    /// Best first, seconds.
+    pub predictions: Vec<[f64; 2]>,
+    pub iou_top1: f64,
+}
+
+/// A trained model on annotated sentences: R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU, with, when
+/// `baselines`, the video's proposals ranked by the CLIP-style text tower's similarity (no
+/// trained model) and in random order. Queries whose video has no features count as misses.
+pub fn grounding_report(
+    grounder: &Grounder,
+    annotations: &Path,
+    features: &[PathBuf],
+    config: &Config,
+    baselines: bool,
+) -> Result<(Vec<RecallTable>, Vec<QueryResult>), EvalError> {
+    let moments = read_moments(annotations)?;
+    let (refs, _) = collect_videos(features);
+    let by_id: HashMap<String, &VideoRef> = refs.iter().map(|r| (r.id(), r)).collect();
+    let mut by_vid: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, m) in moments.iter().enumerate() {
+        by_vid.entry(m.vid.as_str()).or_default().push(i);
+    }
+    let tower = if baselines {
+        Some(TextTower::open(config)?)
+    } else {
+        None
+    };
+    let durations = Durations::load(&config.ingest.durations_file)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let top_k = config.train.top_k.max(5);
+    type Ranked = Vec<(usize, [Vec<[f64; 2]>; 3])>;
+    let answered: Vec<Ranked> = by_vid
+        .par_iter()
+        .filter_map(|(vid, indices)| Some((by_id.get(*vid)?, indices)))
+        .map(|(video_ref, indices)| -> Result<Ranked, EvalError> {
+            let video = read_video(video_ref, &config.ingest, &durations).map_err(|e| {
+                TrainError::Features {
+                    vid: video_ref.id(),
+                    path: video_ref.path.clone(),
+                    message: e.problem.to_string(),
+                }
+            })?;
+            let queries: Vec<&str> = indices.iter().map(|&i| moments[i].query.as_str()).collect();
+            let answers = grounder.ground(&video, &queries, top_k)?;
+            let analysis = analyse(&video, config, &mut StageTimes::default());
+            let n = analysis.events.n.max(1) as f64;
+            let proposals: Vec<[f64; 2]> = analysis
+                .proposals
+                .iter()
+                .map(|p| [p.start as f64 / n, p.end as f64 / n])
+                .collect();
+            let seconds = |s: &[f64; 2]| [s[0] * video.duration, s[1] * video.duration];
+            let by_text = match &tower {
+                Some(tower) => {
+                    let stream = visual_stream(&video, &config.caption.visual_stream)?;
+                    let visual: Vec<Vec<f32>> = proposals
+                        .iter()
+                        .map(|p| mean_over(stream, p[0], p[1]))
+                        .collect();
+                    let texts = tower.embed(&queries)?;
+                    texts
+                        .iter()
+                        .map(|text| {
+                            let mut scored: Vec<(f32, [f64; 2])> = visual
+                                .iter()
+                                .zip(&proposals)
+                                .map(|(v, p)| {
+                                    (dot(v, text) / dot(v, v).sqrt().max(1e-12), seconds(p))
+                                })
+                                .collect();
+                            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                            scored.into_iter().map(|(_, p)| p).collect()
+                        })
+                        .collect()
+                }
+                None => vec![Vec::new(); queries.len()],
+            };
+            Ok(indices
+                .iter()
+                .zip(answers)
+                .zip(by_text)
+                .map(|((&i, answer), text)| {
+                    let mut random: Vec<[f64; 2]> = proposals.iter().map(seconds).collect();
+                    Rng::new(hash_str(&moments[i].vid) ^ i as u64).shuffle(&mut random);
+                    let model = answer.segments.iter().map(|s| [s.start, s.end]).collect();
+                    (i, [model, text, random])
+                })
+                .collect())
+        })
+        .collect::<Result<_, EvalError>>()?;
+    let mut ranked: Vec<Option<[Vec<[f64; 2]>; 3]>> = vec![None; moments.len()];
+    for (i, lists) in answered.into_iter().flatten() {
+        ranked[i] = Some(lists);
+    }
+    let methods: &[(&str, usize)] = if baselines {
+        &[("model", 0), ("text similarity", 1), ("random proposal", 2)]
+    } else {
+        &[("model", 0)]
+    };
+    let tables = methods
+        .iter()
+        .map(|&(name, index)| {
+            let lists: Vec<Option<&[[f64; 2]]>> = ranked
+                .iter()
+                .map(|r| r.as_ref().map(|lists| lists[index].as_slice()))
+                .collect();
+            let answered = lists.iter().flatten().collect::<Vec<_>>();
+            let per_video = answered.iter().map(|l| l.len()).sum::<usize>() as f64
+                / answered.len().max(1) as f64;
+            recall_per_query(name, &moments, &lists, per_video)
+        })
+        .collect();
+    let per_query = moments
+        .iter()
+        .zip(&ranked)
+        .map(|(m, r)| {
+            let predictions = r.as_ref().map(|lists| lists[0].clone()).unwrap_or_default();
+            QueryResult {
+                vid: m.vid.clone(),
+                query: m.query.clone(),
+                windows: m.windows.clone(),
+                iou_top1: predictions.first().map_or(0.0, |p| best_iou(*p, m)),
+                predictions,
+            }
+        })
+        .collect();
+    Ok((tables, per_query))
 }
 
 /// A plain-text table, one row per method.

@@ -5,7 +5,7 @@ use momentminer::bench::{self, BenchOptions};
 use momentminer::config::Config;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::pipeline::{analyse, StageTimes};
-use momentminer::{caption, daemon, eval, inspect, queue, synth};
+use momentminer::{caption, daemon, eval, ground, inspect, queue, synth, train};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -90,6 +90,9 @@ enum Command {
         seed: Option<u64>,
         #[arg(long)]
         dim: Option<usize>,
+        /// Index of the first video: a later range of the same world (a test set).
+        #[arg(long)]
+        first_index: Option<usize>,
     },
     /// Recall of ranked proposals against ground truth, with sliding-window and random baselines.
     EvalProposals {
@@ -103,9 +106,15 @@ enum Command {
     },
     /// The README's first command: synthetic world → proposals → recall table.
     Demo {
-        /// Output folder: the synthetic world and its proposals.
+        /// Output folder: the synthetic world, its proposals, dataset and models.
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
+        /// Training epochs of the grounding models (a short run; train.epochs for the full one).
+        #[arg(long, default_value_t = 6)]
+        epochs: usize,
+        /// Videos of the test world (later videos of the same world, never trained on).
+        #[arg(long, default_value_t = 100)]
+        test_videos: usize,
     },
     /// Throughput of the whole propose path on a generated corpus, with per-stage times.
     Bench(BenchOptions),
@@ -145,6 +154,53 @@ enum Command {
     EncodeText {
         #[arg(required = true)]
         sentences: Vec<String>,
+    },
+    /// Train the zero-shot grounding model on pseudo-labels (a dataset folder of `propose` or
+    /// the daemon, or a PSVL/Moment-DETR/Charades-STA file); resumes an interrupted run in OUT.
+    Train {
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Feature files or folders holding every video of the dataset.
+        #[arg(long, required = true)]
+        features: Vec<PathBuf>,
+        /// Model folder: model.safetensors + model.json (the best epoch on validation).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Where in a video does a sentence happen? Prints JSON: the top-k segments in seconds.
+    Ground {
+        #[arg(long)]
+        model: PathBuf,
+        /// One feature file (the first video of a many-video file unless --video names one).
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long)]
+        video: Option<String>,
+        /// A sentence (repeatable).
+        #[arg(long)]
+        query: Vec<String>,
+        /// A file of sentences, one per line.
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// Segments per query (default train.top_k).
+        #[arg(long)]
+        top_k: Option<usize>,
+    },
+    /// R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU of a trained model on annotated sentences.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// Charades-STA .txt, ActivityNet Captions .json, Moment-DETR .jsonl or PSVL .json.
+        #[arg(long)]
+        annotations: PathBuf,
+        #[arg(long, required = true)]
+        features: Vec<PathBuf>,
+        /// Also rank each video's proposals by text similarity (no model) and at random.
+        #[arg(long)]
+        baselines: bool,
+        /// Write every query's predictions and IoU here (JSONL).
+        #[arg(long)]
+        per_query: Option<PathBuf>,
     },
     /// Merge the pseudo-labels of every ledger (STATE/<worker>/ and the daemon's) into one
     /// dataset.
@@ -234,7 +290,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             videos,
             seed,
             dim,
+            first_index,
         } => {
+            config.synth.first_index = first_index.unwrap_or(config.synth.first_index);
             config.synth.videos = videos.unwrap_or(config.synth.videos);
             config.synth.seed = seed.unwrap_or(config.synth.seed);
             config.synth.dim = dim.unwrap_or(config.synth.dim);
@@ -248,18 +306,86 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
         }
         Command::EvalProposals { gt, proposals } => print_evaluation(&gt, &proposals, &config)?,
-        Command::Demo { out } => {
+        Command::Demo {
+            out,
+            epochs,
+            test_videos,
+        } => {
             let truth = synth::generate(&out, &config.synth)?;
             println!(
-                "1/3 synthetic world: {} videos, {} planted events in {}",
+                "1/6 synthetic world: {} videos, {} planted events in {}",
                 config.synth.videos,
                 truth.len(),
                 out.display()
             );
-            println!("2/3 proposing and captioning");
+            println!("2/6 proposing and captioning");
             propose_paths(&[out.join("features")], &out, &config, Source::Propose)?;
-            println!("3/3 against the planted events");
+            println!("3/6 proposals and pseudo-queries against the planted events");
             print_evaluation(&out.join("gt.jsonl"), &out, &config)?;
+            let test = out.join("test");
+            let mut test_world = config.synth.clone();
+            test_world.first_index = config.synth.first_index + config.synth.videos;
+            test_world.videos = test_videos;
+            let test_truth = synth::generate(&test, &test_world)?;
+            println!(
+                "4/6 test world: {test_videos} later videos of the same world, {} sentences, in {}",
+                test_truth.len(),
+                test.display()
+            );
+            config.train.epochs = epochs;
+            let features = [out.join("features")];
+            println!("5/6 training on the pseudo-labels ({epochs} epochs), and on the ground truth (the ceiling)");
+            train_model(&out.join("dataset"), &features, &out.join("model"), &config)?;
+            train_model(
+                &out.join("gt.jsonl"),
+                &features,
+                &out.join("model-gt"),
+                &config,
+            )?;
+            let example = &test_truth[0];
+            let grounder = ground::Grounder::load(&out.join("model"), &config)?;
+            let (videos, _) =
+                collect_videos(&[test.join("features").join(format!("{}.npy", example.vid))]);
+            if let Some(video) = videos.first() {
+                let loaded = read_video(
+                    video,
+                    &config.ingest,
+                    &Durations::load(&config.ingest.durations_file)?,
+                )?;
+                let answer = grounder.ground(&loaded, &[example.query.as_str()], 3)?;
+                println!(
+                    "ground {:?} in {}: {} (truth {:.1}-{:.1} s)",
+                    example.query,
+                    example.vid,
+                    answer[0]
+                        .segments
+                        .iter()
+                        .map(|s| format!("{:.1}-{:.1} s", s.start, s.end))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    example.relevant_windows[0][0],
+                    example.relevant_windows[0][1]
+                );
+            }
+            println!("6/6 grounding the test world's sentences: trained on pseudo-labels, with the baselines");
+            let test_features = [test.join("features")];
+            evaluate_model(
+                &out.join("model"),
+                &test.join("gt.jsonl"),
+                &test_features,
+                true,
+                None,
+                &config,
+            )?;
+            println!("the ceiling: the same model trained on the ground truth");
+            evaluate_model(
+                &out.join("model-gt"),
+                &test.join("gt.jsonl"),
+                &test_features,
+                false,
+                None,
+                &config,
+            )?;
         }
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
         Command::Watch => {
@@ -312,6 +438,74 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 println!("{line}");
             }
         }
+        Command::Train {
+            dataset,
+            features,
+            out,
+        } => train_model(&dataset, &features, &out, &config)?,
+        Command::Ground {
+            model,
+            features,
+            video,
+            query,
+            queries,
+            top_k,
+        } => {
+            let mut sentences = query;
+            if let Some(file) = queries {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read queries from {}", file.display()))?;
+                sentences.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(String::from),
+                );
+            }
+            if sentences.is_empty() {
+                bail!("no query: give --query \"...\" or --queries FILE");
+            }
+            let (videos, failures) = collect_videos(std::slice::from_ref(&features));
+            if let Some(f) = failures.first() {
+                bail!("{}: {}", f.input, f.message);
+            }
+            let chosen = match &video {
+                Some(id) => videos.iter().find(|v| &v.id() == id),
+                None => videos.first(),
+            }
+            .with_context(|| {
+                format!(
+                    "{}: no video {}",
+                    features.display(),
+                    video.unwrap_or_default()
+                )
+            })?;
+            let durations = Durations::load(&config.ingest.durations_file)?;
+            let loaded = read_video(chosen, &config.ingest, &durations)?;
+            let grounder = ground::Grounder::load(&model, &config)?;
+            let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+            let answers = grounder.ground(&loaded, &texts, top_k.unwrap_or(config.train.top_k))?;
+            let out = serde_json::json!({
+                "vid": loaded.id,
+                "duration": loaded.duration,
+                "answers": answers,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Command::Eval {
+            model,
+            annotations,
+            features,
+            baselines,
+            per_query,
+        } => evaluate_model(
+            &model,
+            &annotations,
+            &features,
+            baselines,
+            per_query.as_deref(),
+            &config,
+        )?,
         Command::Merge { out } => {
             let out = out.unwrap_or_else(|| config.daemon.output.join("dataset/merged"));
             let report =
@@ -328,6 +522,99 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn train_model(dataset: &Path, features: &[PathBuf], out: &Path, config: &Config) -> Result<()> {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(config.train.epochs as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} epoch {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = train::train(dataset, features, out, config, |record, best| {
+        let line = format!(
+            "epoch {:>3}: loss {:.4}, validation R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best R@1 IoU .5 {:.1}), {:.0} pairs/s",
+            record.epoch,
+            record.loss,
+            100.0 * record.validation.r1[0],
+            100.0 * record.validation.r1[1],
+            100.0 * record.validation.r1[2],
+            100.0 * record.validation.miou,
+            100.0 * best.r1[1],
+            record.pairs_per_second
+        );
+        bar.set_position(record.epoch as u64);
+        bar.set_message(format!(
+            "loss {:.4} val R@1 {:.1}",
+            record.loss,
+            100.0 * record.validation.r1[1]
+        ));
+        bar.println(&line);
+        if bar.is_hidden() {
+            println!("{line}");
+        }
+    })?;
+    bar.finish_and_clear();
+    let card = &report.card;
+    if let Some(epoch) = report.resumed_from {
+        println!("resumed after epoch {epoch}");
+    }
+    let seconds: f64 = card.history.iter().map(|r| r.seconds).sum();
+    let pairs: f64 = card
+        .history
+        .iter()
+        .map(|r| r.pairs_per_second * r.seconds)
+        .sum();
+    println!(
+        "trained on {} pairs of {} videos ({} held out for validation); best epoch {} of {}{}: validation R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch; model in {}",
+        card.data.train_pairs,
+        card.data.videos,
+        card.data.validation_pairs,
+        card.best_epoch,
+        card.history.len(),
+        if report.stopped_early { " (stopped early)" } else { "" },
+        100.0 * card.validation.r1[1],
+        100.0 * card.validation.miou,
+        pairs / seconds.max(1e-9),
+        seconds / card.history.len().max(1) as f64,
+        out.display()
+    );
+    Ok(())
+}
+
+fn evaluate_model(
+    model: &Path,
+    annotations: &Path,
+    features: &[PathBuf],
+    baselines: bool,
+    per_query: Option<&Path>,
+    config: &Config,
+) -> Result<()> {
+    let grounder = ground::Grounder::load(model, config)?;
+    let started = std::time::Instant::now();
+    let (tables, results) =
+        eval::grounding_report(&grounder, annotations, features, config, baselines)?;
+    print!("{}", eval::format_table(&tables));
+    println!(
+        "{} queries in {:.2} s ({:.1} ms per query, proposals and baselines included)",
+        results.len(),
+        started.elapsed().as_secs_f64(),
+        1e3 * started.elapsed().as_secs_f64() / results.len().max(1) as f64
+    );
+    if let Some(path) = per_query {
+        let mut text = String::new();
+        for r in &results {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Proposal recall, and caption accuracy where the ground truth names verbs and nouns.

@@ -359,7 +359,8 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<Vec<GroundTruth>, Sy
     };
     std::fs::create_dir_all(&features_dir).map_err(fail(&features_dir))?;
     let world = World::new(config.seed, config.dim);
-    let per_video: Vec<Vec<GroundTruth>> = (0..config.videos)
+    let first = config.first_index;
+    let per_video: Vec<Vec<GroundTruth>> = (first..first + config.videos)
         .into_par_iter()
         .map(|index| {
             let video = make_video(&world, config, index);

@@ -430,11 +430,23 @@ fn demo_and_bench_run_on_small_worlds() {
         "synth.videos=30",
         "--set",
         "synth.dim=64",
+        "--epochs",
+        "1",
+        "--test-videos",
+        "6",
+        "--set",
+        "train.steps=32",
+        "--set",
+        "train.hidden=32",
     ]);
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("proposed 30 videos"), "{report}");
     assert!(row(&report, "proposals").len() == 12, "{report}");
+    // The whole loop: trained, grounded, evaluated against the baselines and the ceiling.
+    for step in ["5/6", "ground \"", "6/6", "text similarity", "the ceiling"] {
+        assert!(report.contains(step), "{step}\n{report}");
+    }
 
     let out = momentminer(&[
         "bench",

@@ -191,19 +191,7 @@ impl Captioner {
     /// The stream the visual embedding comes from, checked against the text tower: what a
     /// batch checks on its first video before it starts.
     pub fn visual_features<'v>(&self, video: &'v Video) -> Result<&'v Features, CaptionError> {
-        let features = if self.stream.is_empty() {
-            video.features()
-        } else {
-            &video
-                .streams
-                .iter()
-                .find(|s| s.name == self.stream)
-                .ok_or_else(|| CaptionError::Stream {
-                    wanted: self.stream.clone(),
-                    found: video.streams.iter().map(|s| s.name.clone()).collect(),
-                })?
-                .features
-        };
+        let features = visual_stream(video, &self.stream)?;
         match &self.vocabulary {
             Some(vocabulary) if vocabulary.dim() != features.dim => Err(CaptionError::Dimensions {
                 visual: features.dim,
@@ -248,8 +236,24 @@ impl Captioner {
     }
 }
 
+/// The stream named `name` ("" = the one proposals are found on).
+pub fn visual_stream<'v>(video: &'v Video, name: &str) -> Result<&'v Features, CaptionError> {
+    if name.is_empty() {
+        return Ok(video.features());
+    }
+    video
+        .streams
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| &s.features)
+        .ok_or_else(|| CaptionError::Stream {
+            wanted: name.to_string(),
+            found: video.streams.iter().map(|s| s.name.clone()).collect(),
+        })
+}
+
 /// The mean feature over the normalised time span `[start, end)`, at least one frame.
-fn mean_over(features: &Features, start: f64, end: f64) -> Vec<f32> {
+pub fn mean_over(features: &Features, start: f64, end: f64) -> Vec<f32> {
     let frames = features.frames;
     let first = ((start.clamp(0.0, 1.0) * frames as f64).floor() as usize).min(frames - 1);
     let last = ((end.clamp(0.0, 1.0) * frames as f64).ceil() as usize).clamp(first + 1, frames);

@@ -1,0 +1,199 @@
+//! Ground: "where in this video does <sentence> happen?", answered by a trained model. The
+//! model regresses one span and spreads its temporal attention over the steps; the answer is
+//! that span first, then the video's own proposals ranked by how much of the attention they
+//! hold for their length, overlapping ones suppressed.
+
+use crate::caption::text::TextEncoder;
+use crate::config::Config;
+use crate::eval::iou;
+use crate::ingest::Video;
+use crate::pipeline::{analyse, StageTimes};
+use crate::train::{
+    projection_matrix, video_steps, ModelCard, Network, Pair, QueryBank, TrainError, VideoBank,
+    WEIGHTS_FILE,
+};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Candidates overlapping a better one by this IoU or more are dropped from the ranking.
+const SUPPRESS_IOU: f64 = 0.5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Segment {
+    pub start: f64,
+    pub end: f64,
+    pub score: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub query: String,
+    /// Best first, seconds.
+    pub segments: Vec<Segment>,
+}
+
+/// A trained model ready to answer, with the query encoder it was trained with.
+pub struct Grounder {
+    network: Network,
+    pub card: ModelCard,
+    encoder: TextEncoder,
+    matrix: Vec<f32>,
+    config: Config,
+}
+
+impl Grounder {
+    /// Loads `dir` (model.json + model.safetensors), checking it was made by this version and
+    /// with the query encoder configured now.
+    pub fn load(dir: &Path, config: &Config) -> Result<Grounder, TrainError> {
+        let card = ModelCard::read(dir)?;
+        let network = Network::load(&card.config, &dir.join(WEIGHTS_FILE))?;
+        let encoder = TextEncoder::load(&config.caption)?;
+        if encoder.model_key()? != card.query_encoder {
+            return Err(TrainError::Model {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "trained with another query encoder than {} (caption.text_model)",
+                    config.caption.text_model.display()
+                ),
+            });
+        }
+        let mut config = config.clone();
+        config.train = card.config.clone();
+        Ok(Grounder {
+            matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
+            network,
+            card,
+            encoder,
+            config,
+        })
+    }
+
+    /// Top-`top_k` segments for each query over `video`.
+    pub fn ground(
+        &self,
+        video: &Video,
+        queries: &[&str],
+        top_k: usize,
+    ) -> Result<Vec<Answer>, TrainError> {
+        let features = video.features();
+        if features.dim != self.card.feature_dim {
+            return Err(TrainError::Features {
+                vid: video.id.clone(),
+                path: video.source.clone(),
+                message: format!(
+                    "{}-d features; the model was trained on {}-d",
+                    features.dim, self.card.feature_dim
+                ),
+            });
+        }
+        let train = &self.config.train;
+        let bank = VideoBank {
+            steps: HashMap::from([(
+                video.id.clone(),
+                Arc::new(video_steps(features, &self.config, &self.matrix)),
+            )]),
+            durations: HashMap::from([(video.id.clone(), video.duration)]),
+            feature_dim: features.dim,
+        };
+        let distinct: HashSet<&str> = queries.iter().copied().collect();
+        let texts = QueryBank::encode(&distinct, &self.encoder, train.max_query_tokens)?;
+        let pairs: Vec<Pair> = queries
+            .iter()
+            .map(|q| Pair {
+                vid: video.id.clone(),
+                query: q.to_string(),
+                start: 0.0,
+                end: 1.0,
+            })
+            .collect();
+        let refs: Vec<&Pair> = pairs.iter().collect();
+        let predictions = self.network.predict(&refs, &bank, &texts, train)?;
+        let analysis = analyse(video, &self.config, &mut StageTimes::default());
+        let steps = analysis.events.n.max(1);
+        let candidates: Vec<[f64; 2]> = analysis
+            .proposals
+            .iter()
+            .map(|p| [p.start as f64 / steps as f64, p.end as f64 / steps as f64])
+            .collect();
+        Ok(queries
+            .iter()
+            .zip(predictions)
+            .map(|(query, (start, end, attention))| Answer {
+                query: query.to_string(),
+                segments: rank(&[start, end], &candidates, &attention, top_k)
+                    .into_iter()
+                    .map(|s| Segment {
+                        start: s.start * video.duration,
+                        end: s.end * video.duration,
+                        score: s.score,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+/// The regressed span, then candidates by attention mass over √(length), greedily skipping any
+/// that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1].
+fn rank(
+    regressed: &[f64; 2],
+    candidates: &[[f64; 2]],
+    attention: &[f32],
+    top_k: usize,
+) -> Vec<Segment> {
+    let n = attention.len().max(1);
+    let score = |span: &[f64; 2]| {
+        let first = ((span[0] * n as f64).floor() as usize).min(n - 1);
+        let last = ((span[1] * n as f64).ceil() as usize).clamp(first + 1, n);
+        let mass: f32 = attention[first..last].iter().sum();
+        f64::from(mass) / (span[1] - span[0]).max(1.0 / n as f64).sqrt()
+    };
+    let mut ranked: Vec<Segment> = candidates
+        .iter()
+        .map(|c| Segment {
+            start: c[0],
+            end: c[1],
+            score: score(c),
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut chosen = vec![Segment {
+        start: regressed[0],
+        end: regressed[1],
+        score: score(regressed),
+    }];
+    for candidate in ranked {
+        if chosen.len() >= top_k {
+            break;
+        }
+        let overlaps = chosen
+            .iter()
+            .any(|c| iou([c.start, c.end], [candidate.start, candidate.end]) >= SUPPRESS_IOU);
+        if !overlaps {
+            chosen.push(candidate);
+        }
+    }
+    chosen.truncate(top_k);
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_regressed_span_leads_and_overlapping_candidates_are_suppressed() {
+        // Attention on steps 4..8 of 10.
+        let attention = [0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25, 0.0, 0.0];
+        let candidates = [[0.4, 0.8], [0.45, 0.8], [0.0, 0.3], [0.3, 1.0]];
+        let ranked = rank(&[0.35, 0.75], &candidates, &attention, 3);
+        assert_eq!((ranked[0].start, ranked[0].end), (0.35, 0.75));
+        // [0.4, 0.8] and [0.45, 0.8] overlap the regressed span; [0.3, 1.0] holds all the
+        // attention but overlaps it too (IoU 0.57); only [0.0, 0.3] is left.
+        assert_eq!(ranked.len(), 2);
+        assert_eq!((ranked[1].start, ranked[1].end), (0.0, 0.3));
+        assert_eq!(rank(&[0.35, 0.75], &candidates, &attention, 1).len(), 1);
+    }
+}

@@ -1,0 +1,429 @@
+//! The grounding model, PSVL's family, one struct per block as the paper draws it:
+//!
+//! ```text
+//! query tokens (MiniLM, frozen) ─▶ QueryEncoder ───────────────┐
+//!                                                              ▼
+//! video steps (projected once) ─▶ VideoEncoder ─▶ CrossModal (video ⇄ query) ─▶ NonLocal × k
+//!                                                   ─▶ AttentivePooling ─▶ RegressionHead ─▶ (start, end)
+//!                                                        └─ temporal attention w (guided by the loss)
+//! ```
+//!
+//! Shapes: B queries, U distinct videos among them, N video steps, L query tokens, H hidden.
+
+use super::Batch;
+use crate::config::TrainConfig;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+/// Width of MiniLM's token vectors.
+pub const QUERY_DIM: usize = 384;
+const LN_EPS: f64 = 1e-5;
+
+type Result<T> = candle_core::Result<T>;
+
+/// Randomness of one forward pass: dropout masks drawn from our seeded generator, so training
+/// is reproducible bit for bit (candle's CPU generator cannot be seeded).
+pub struct Dropout<'a> {
+    pub rate: f64,
+    pub rng: Option<&'a mut Rng>,
+}
+
+impl Dropout<'_> {
+    /// Inference: no dropout.
+    pub fn off() -> Dropout<'static> {
+        Dropout {
+            rate: 0.0,
+            rng: None,
+        }
+    }
+
+    fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        let Some(rng) = self.rng.as_deref_mut() else {
+            return Ok(x.clone());
+        };
+        if self.rate <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.rate;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.uniform() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        x * Tensor::from_vec(mask, x.shape(), x.device())?
+    }
+}
+
+/// Softmax over the last axis from primitive operations: candle's fused softmax and layer norm
+/// kernels have no backward pass, and gradients would silently stop at them.
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, candle_core::D::Minus1)
+}
+
+/// Layer normalisation over the last axis, from primitive operations (see [`softmax`]).
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    debug_assert!((eps - LN_EPS).abs() < f64::EPSILON);
+    Ok(LayerNorm {
+        weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
+        bias: vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.0))?,
+    })
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, LN_EPS as f32)
+    }
+}
+
+/// Multi-head scaled dot-product attention of `x` over `context`, keys masked by `mask`
+/// (B, Tk) of 1 (attend) and 0 (padding).
+pub struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(hidden: usize, heads: usize, vb: VarBuilder) -> Result<Attention> {
+        Ok(Attention {
+            query: linear(hidden, hidden, vb.pp("query"))?,
+            key: linear(hidden, hidden, vb.pp("key"))?,
+            value: linear(hidden, hidden, vb.pp("value"))?,
+            out: linear(hidden, hidden, vb.pp("out"))?,
+            heads,
+        })
+    }
+
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        x.reshape((b, t, self.heads, h / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, tq, h) = x.dims3()?;
+        let q = self.split(&self.query.forward(x)?)?;
+        let k = self.split(&self.key.forward(context)?)?;
+        let v = self.split(&self.value.forward(context)?)?;
+        let scale = 1.0 / ((h / self.heads) as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+        if let Some(mask) = mask {
+            // 0 where attended, a large negative number at padding.
+            let bias = ((mask - 1.0)? * 1e9)?.unsqueeze(1)?.unsqueeze(1)?;
+            scores = scores.broadcast_add(&bias)?;
+        }
+        let weights = softmax(&scores)?;
+        let mixed = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, tq, h))?;
+        self.out.forward(&mixed)
+    }
+}
+
+/// Position-wise feed-forward layer of a transformer block.
+struct FeedForward {
+    up: Linear,
+    down: Linear,
+}
+
+impl FeedForward {
+    fn new(hidden: usize, vb: VarBuilder) -> Result<FeedForward> {
+        Ok(FeedForward {
+            up: linear(hidden, 2 * hidden, vb.pp("up"))?,
+            down: linear(2 * hidden, hidden, vb.pp("down"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down.forward(&self.up.forward(x)?.relu()?)
+    }
+}
+
+/// MiniLM's frozen token vectors into the model's width, then one self-attention layer over
+/// the words.
+pub struct QueryEncoder {
+    project: Linear,
+    norm: LayerNorm,
+    attention: Attention,
+}
+
+impl QueryEncoder {
+    fn new(config: &TrainConfig, vb: VarBuilder) -> Result<QueryEncoder> {
+        Ok(QueryEncoder {
+            project: linear(QUERY_DIM, config.hidden, vb.pp("project"))?,
+            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+            attention: Attention::new(config.hidden, config.heads, vb.pp("attention"))?,
+        })
+    }
+
+    fn forward(&self, tokens: &Tensor, mask: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
+        let x = self.norm.forward(&self.project.forward(tokens)?)?;
+        let x = dropout.apply(&x)?;
+        x.clone() + self.attention.forward(&x, &x, Some(mask))?
+    }
+}
+
+/// The video's projected steps into the model's width, with a learned position per step and a
+/// position-wise feed-forward layer; context across time comes from the non-local blocks after
+/// the video has read the query, where it is worth its cost.
+pub struct VideoEncoder {
+    project: Linear,
+    position: Tensor,
+    feed_forward: FeedForward,
+    norm: LayerNorm,
+}
+
+impl VideoEncoder {
+    fn new(config: &TrainConfig, vb: VarBuilder) -> Result<VideoEncoder> {
+        Ok(VideoEncoder {
+            project: linear(config.projection, config.hidden, vb.pp("project"))?,
+            position: vb.get((config.steps, config.hidden), "position")?,
+            feed_forward: FeedForward::new(config.hidden, vb.pp("feed_forward"))?,
+            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+        })
+    }
+
+    fn forward(&self, steps: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
+        let x = self.project.forward(steps)?.broadcast_add(&self.position)?;
+        let x = dropout.apply(&x)?;
+        self.norm
+            .forward(&(x.clone() + self.feed_forward.forward(&x)?)?)
+    }
+}
+
+/// Attention both ways: every video step reads the words, every word reads the video; the
+/// sentence (the words' masked mean after reading the video) then gates each step.
+pub struct CrossModal {
+    video_to_query: Attention,
+    query_to_video: Attention,
+    gate: Linear,
+    norm: LayerNorm,
+}
+
+impl CrossModal {
+    fn new(config: &TrainConfig, vb: VarBuilder) -> Result<CrossModal> {
+        Ok(CrossModal {
+            video_to_query: Attention::new(config.hidden, config.heads, vb.pp("video_to_query"))?,
+            query_to_video: Attention::new(config.hidden, config.heads, vb.pp("query_to_video"))?,
+            gate: linear(config.hidden, config.hidden, vb.pp("gate"))?,
+            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+        })
+    }
+
+    fn forward(&self, video: &Tensor, query: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let video = (video + self.video_to_query.forward(video, query, Some(mask))?)?;
+        let query = (query + self.query_to_video.forward(query, &video, None)?)?;
+        let weights = mask.unsqueeze(2)?;
+        let sentence = query
+            .broadcast_mul(&weights)?
+            .sum(1)?
+            .broadcast_div(&weights.sum(1)?)?;
+        let gate = candle_nn::ops::sigmoid(&self.gate.forward(&sentence)?)?.unsqueeze(1)?;
+        self.norm.forward(&video.broadcast_mul(&gate)?)
+    }
+}
+
+/// A non-local block: every step sees every other step (self-attention, residual).
+pub struct NonLocal {
+    attention: Attention,
+    norm: LayerNorm,
+}
+
+impl NonLocal {
+    fn new(config: &TrainConfig, vb: VarBuilder) -> Result<NonLocal> {
+        Ok(NonLocal {
+            attention: Attention::new(config.hidden, config.heads, vb.pp("attention"))?,
+            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
+        let attended = dropout.apply(&self.attention.forward(x, x, None)?)?;
+        self.norm.forward(&(x + attended)?)
+    }
+}
+
+/// Temporal attention over the steps (what the guide loss teaches to sit on the moment) and the
+/// video summarised by it.
+pub struct AttentivePooling {
+    hidden: Linear,
+    score: Linear,
+}
+
+impl AttentivePooling {
+    fn new(config: &TrainConfig, vb: VarBuilder) -> Result<AttentivePooling> {
+        Ok(AttentivePooling {
+            hidden: linear(config.hidden, config.hidden, vb.pp("hidden"))?,
+            score: linear(config.hidden, 1, vb.pp("score"))?,
+        })
+    }
+
+    /// (pooled (B, H), weights (B, N)).
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let scores = self
+            .score
+            .forward(&self.hidden.forward(x)?.tanh()?)?
+            .squeeze(2)?;
+        let weights = softmax(&scores)?;
+        let pooled = weights.unsqueeze(1)?.matmul(x)?.squeeze(1)?;
+        Ok((pooled, weights))
+    }
+}
+
+/// Normalised (start, end): the temporal attention's own extent (its mean ± √3 standard
+/// deviations, exact for attention spread evenly over a span) corrected by offsets read from
+/// the pooled video, so the regression starts where the attention already points.
+pub struct RegressionHead {
+    hidden: Linear,
+    out: Linear,
+    /// (N,): the centre of each step, in [0, 1].
+    positions: Tensor,
+}
+
+impl RegressionHead {
+    fn new(config: &TrainConfig, vb: VarBuilder) -> Result<RegressionHead> {
+        let n = config.steps;
+        let centres: Vec<f32> = (0..n).map(|t| (t as f32 + 0.5) / n as f32).collect();
+        Ok(RegressionHead {
+            hidden: linear(config.hidden, config.hidden, vb.pp("hidden"))?,
+            out: linear(config.hidden, 2, vb.pp("out"))?,
+            positions: Tensor::from_vec(centres, n, vb.device())?,
+        })
+    }
+
+    fn forward(&self, pooled: &Tensor, attention: &Tensor) -> Result<Tensor> {
+        let mean = attention.broadcast_mul(&self.positions)?.sum_keepdim(1)?;
+        let square = attention
+            .broadcast_mul(&self.positions.sqr()?)?
+            .sum_keepdim(1)?;
+        let spread = ((square - mean.sqr()?)?.maximum(1e-6)?.sqrt()? * 3f64.sqrt())?;
+        let offsets = (self
+            .out
+            .forward(&self.hidden.forward(pooled)?.relu()?)?
+            .tanh()?
+            * 0.5)?;
+        let extent = Tensor::cat(&[(&mean - &spread)?, (&mean + &spread)?], 1)?;
+        (extent + offsets)?.clamp(0.0, 1.0)
+    }
+}
+
+pub struct GroundingModel {
+    query: QueryEncoder,
+    video: VideoEncoder,
+    cross: CrossModal,
+    nonlocal: Vec<NonLocal>,
+    pooling: AttentivePooling,
+    head: RegressionHead,
+}
+
+/// What the model says for a batch.
+pub struct Prediction {
+    /// (B, 2): normalised start and end.
+    pub spans: Tensor,
+    /// (B, N): temporal attention, summing to 1 per query.
+    pub attention: Tensor,
+}
+
+impl GroundingModel {
+    pub fn new(config: &TrainConfig, vb: VarBuilder) -> Result<GroundingModel> {
+        Ok(GroundingModel {
+            query: QueryEncoder::new(config, vb.pp("query"))?,
+            video: VideoEncoder::new(config, vb.pp("video"))?,
+            cross: CrossModal::new(config, vb.pp("cross"))?,
+            nonlocal: (0..config.nonlocal_blocks)
+                .map(|i| NonLocal::new(config, vb.pp(format!("nonlocal{i}"))))
+                .collect::<Result<_>>()?,
+            pooling: AttentivePooling::new(config, vb.pp("pooling"))?,
+            head: RegressionHead::new(config, vb.pp("head"))?,
+        })
+    }
+
+    pub fn forward(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Prediction> {
+        let query = self.query.forward(&batch.tokens, &batch.mask, dropout)?;
+        let videos = self.video.forward(&batch.steps, dropout)?;
+        let mut video = videos.index_select(&batch.video_of, 0)?;
+        video = self.cross.forward(&video, &query, &batch.mask)?;
+        for block in &self.nonlocal {
+            video = block.forward(&video, dropout)?;
+        }
+        let (pooled, attention) = self.pooling.forward(&video)?;
+        Ok(Prediction {
+            spans: self.head.forward(&pooled, &attention)?,
+            attention,
+        })
+    }
+}
+
+/// Smooth-L1 on start and end plus `attention_weight` × the temporal attention guide loss
+/// `-Σ mask·log(w) / Σ mask`, both averaged over the batch. `targets` (B, 2), `inside` (B, N)
+/// is 1 on the steps of the target span.
+pub fn loss(
+    prediction: &Prediction,
+    targets: &Tensor,
+    inside: &Tensor,
+    attention_weight: f64,
+) -> Result<Tensor> {
+    let diff = (&prediction.spans - targets)?.abs()?;
+    // 0.5·d² below 1, d − 0.5 above; spans are normalised, so |d| < 1 always.
+    let smooth_l1 = diff
+        .minimum(1.0)?
+        .sqr()?
+        .affine(0.5, 0.0)?
+        .add(&(diff.clone() - diff.minimum(1.0)?)?)?
+        .sum(1)?
+        .mean(0)?;
+    let log_w = (prediction.attention.clone() + 1e-8)?.log()?;
+    let guide = (log_w * inside)?
+        .sum(1)?
+        .neg()?
+        .div(&inside.sum(1)?.maximum(1.0)?)?
+        .mean(0)?;
+    smooth_l1 + (guide * attention_weight)?
+}
+
+/// Initialises every parameter from our seeded generator, in name order, so a seed fixes the
+/// model: linear weights uniform in ±1/√fan_in (PyTorch's default), biases 0, layer-norm
+/// scales 1, positions N(0, 0.02).
+pub fn initialise(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut rng = Rng::new(seed);
+    for name in names {
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        let count: usize = dims.iter().product();
+        let values: Vec<f32> = if name.ends_with("position") {
+            (0..count).map(|_| (0.02 * rng.normal()) as f32).collect()
+        } else if name.ends_with("bias") {
+            vec![0.0; count]
+        } else if dims.len() == 1 {
+            vec![1.0; count]
+        } else {
+            let bound = 1.0 / (dims[dims.len() - 1] as f64).sqrt();
+            (0..count)
+                .map(|_| rng.range_f64(-bound, bound) as f32)
+                .collect()
+        };
+        var.set(&Tensor::from_vec(values, dims, &Device::Cpu)?.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}

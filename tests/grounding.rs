@@ -1,0 +1,283 @@
+//! The grounding loop through the real binary on a small synthetic world: propose and caption,
+//! train (and resume), ground, eval with baselines, and the mistakes users make.
+
+mod common;
+
+use common::{momentminer, p, text};
+use serde_json::Value;
+use std::path::Path;
+
+/// A small model and world, so a test trains in seconds.
+const SMALL: [&str; 14] = [
+    "--set",
+    "synth.dim=64",
+    "--set",
+    "train.steps=32",
+    "--set",
+    "train.projection=32",
+    "--set",
+    "train.hidden=32",
+    "--set",
+    "train.batch=32",
+    "--set",
+    "train.validation_share=0.2",
+    "--set",
+    "synth.videos=24",
+];
+
+fn run(args: &[&str]) -> (bool, String) {
+    let all = [args, &SMALL[..]].concat();
+    let out = momentminer(&all);
+    (out.status.success(), text(&out))
+}
+
+fn must(args: &[&str]) -> String {
+    let (ok, report) = run(args);
+    assert!(ok, "{args:?}\n{report}");
+    report
+}
+
+#[test]
+fn train_resume_ground_and_eval_on_a_small_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let (world, test, model) = (
+        dir.path().join("w"),
+        dir.path().join("t"),
+        dir.path().join("m"),
+    );
+    must(&["synth", "--out", p(&world)]);
+    must(&[
+        "synth",
+        "--out",
+        p(&test),
+        "--first-index",
+        "1000",
+        "--videos",
+        "8",
+    ]);
+    must(&["propose", p(&world.join("features")), "--out", p(&world)]);
+
+    // One epoch, then a second run that goes on from it instead of starting again.
+    let dataset = world.join("dataset");
+    let features = world.join("features");
+    let report = must(&[
+        "train",
+        "--dataset",
+        p(&dataset),
+        "--features",
+        p(&features),
+        "--out",
+        p(&model),
+        "--set",
+        "train.epochs=1",
+    ]);
+    assert!(report.contains("epoch   1"), "{report}");
+    let report = must(&[
+        "train",
+        "--dataset",
+        p(&dataset),
+        "--features",
+        p(&features),
+        "--out",
+        p(&model),
+        "--set",
+        "train.epochs=2",
+    ]);
+    assert!(
+        report.contains("resumed after epoch 1") && report.contains("epoch   2"),
+        "{report}"
+    );
+    assert!(!report.contains("epoch   1:"), "{report}");
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["format"], "momentminer-grounding");
+    assert_eq!(card["history"].as_array().unwrap().len(), 2);
+    assert!(card["data"]["validation_pairs"].as_u64().unwrap() > 0);
+    assert!(model.join("model.safetensors").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&model)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "half-written checkpoints remain");
+
+    // Training is deterministic: the same seed gives the same weights.
+    let again = dir.path().join("m2");
+    must(&[
+        "train",
+        "--dataset",
+        p(&dataset),
+        "--features",
+        p(&features),
+        "--out",
+        p(&again),
+        "--set",
+        "train.epochs=2",
+    ]);
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap(),
+        "a resumed run ends where an uninterrupted one does"
+    );
+
+    let video = test.join("features/synth_01000.npy");
+    let report = must(&[
+        "ground",
+        "--model",
+        p(&model),
+        "--features",
+        p(&video),
+        "--query",
+        "a person is opening the door.",
+        "--query",
+        "someone eats a sandwich",
+        "--top-k",
+        "3",
+    ]);
+    let answer: Value = serde_json::from_str(&report).unwrap_or_else(|e| panic!("{e}: {report}"));
+    let duration = answer["duration"].as_f64().unwrap();
+    let answers = answer["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    for a in answers {
+        let segments = a["segments"].as_array().unwrap();
+        assert!(!segments.is_empty() && segments.len() <= 3, "{report}");
+        for s in segments {
+            let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+            assert!(
+                0.0 <= start && start <= end && end <= duration + 1e-9,
+                "{report}"
+            );
+        }
+    }
+
+    let per_query = dir.path().join("per-query.jsonl");
+    let report = must(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--annotations",
+        p(&test.join("gt.jsonl")),
+        "--features",
+        p(&test.join("features")),
+        "--baselines",
+        "--per-query",
+        p(&per_query),
+    ]);
+    for method in ["model", "text similarity", "random proposal"] {
+        assert!(report.lines().any(|l| l.starts_with(method)), "{report}");
+    }
+    let lines = std::fs::read_to_string(&per_query).unwrap();
+    let truth = std::fs::read_to_string(test.join("gt.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), truth.lines().count());
+}
+
+#[test]
+fn grounding_mistakes_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("w");
+    must(&["synth", "--out", p(&world)]);
+    must(&["propose", p(&world.join("features")), "--out", p(&world)]);
+    let features = world.join("features");
+    let fail = |args: &[&str]| {
+        let (ok, report) = run(args);
+        assert!(!ok, "{args:?} succeeded:\n{report}");
+        report
+    };
+    // Features missing for some videos of the dataset.
+    let few = dir.path().join("few");
+    std::fs::create_dir(&few).unwrap();
+    for name in ["synth_00000.npy", "synth_00000.json"] {
+        std::fs::copy(features.join(name), few.join(name)).unwrap();
+    }
+    let report = fail(&[
+        "train",
+        "--dataset",
+        p(&world.join("dataset")),
+        "--features",
+        p(&few),
+        "--out",
+        p(&dir.path().join("m")),
+    ]);
+    assert!(
+        report.contains("23 of 24 videos have no feature file"),
+        "{report}"
+    );
+    // An empty dataset.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let report = fail(&[
+        "train",
+        "--dataset",
+        p(&empty),
+        "--features",
+        p(&features),
+        "--out",
+        p(&dir.path().join("m")),
+    ]);
+    assert!(
+        report.contains("empty.jsonl") && report.contains("no pairs"),
+        "{report}"
+    );
+
+    // A trained model, then what cannot be asked of it.
+    let model = dir.path().join("model");
+    must(&[
+        "train",
+        "--dataset",
+        p(&world.join("gt.jsonl")),
+        "--features",
+        p(&features),
+        "--out",
+        p(&model),
+        "--set",
+        "train.epochs=1",
+    ]);
+    let long = "word ".repeat(40);
+    let video = features.join("synth_00001.npy");
+    let report = fail(&[
+        "ground",
+        "--model",
+        p(&model),
+        "--features",
+        p(&video),
+        "--query",
+        &long,
+    ]);
+    assert!(report.contains("longer than"), "{report}");
+    let other = dir.path().join("wide");
+    must(&["synth", "--out", p(&other), "--videos", "1", "--dim", "48"]);
+    let report = fail(&[
+        "ground",
+        "--model",
+        p(&model),
+        "--features",
+        p(&other.join("features/synth_00000.npy")),
+        "--query",
+        "a person opens the door",
+    ]);
+    assert!(
+        report.contains("48-d features") && report.contains("64-d"),
+        "{report}"
+    );
+    let card_path = model.join("model.json");
+    let card = std::fs::read_to_string(&card_path).unwrap();
+    std::fs::write(
+        &card_path,
+        card.replace("\"version\": 1", "\"version\": 99"),
+    )
+    .unwrap();
+    let report = fail(&[
+        "ground",
+        "--model",
+        p(&model),
+        "--features",
+        p(&video),
+        "--query",
+        "a door",
+    ]);
+    assert!(
+        report.contains("model.json") && report.contains("version 99"),
+        "{report}"
+    );
+    assert!(Path::new(&model).join("model.safetensors").exists());
+}
