@@ -227,7 +227,7 @@ fn watch_pass(
     };
     // Wait until the daemon has opened its ledger and watches the inbox.
     let started = Instant::now();
-    while !daemon::status::read(&state).is_ok_and(|s| s.running) {
+    while !daemon::status::read(&state, &state.join("models")).is_ok_and(|s| s.running) {
         if started.elapsed() > Duration::from_secs(30) || running.is_finished() {
             return finish(running).and(Err(BenchError::Stalled(started.elapsed())));
         }

@@ -25,7 +25,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub ingest: IngestConfig,
@@ -40,14 +40,14 @@ pub struct Config {
     pub synth: SynthConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NonFinitePolicy {
     Reject,
     Zero,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     pub stream: String,
@@ -60,7 +60,7 @@ pub struct IngestConfig {
     pub non_finite: NonFinitePolicy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleMethod {
     Mean,
@@ -68,21 +68,21 @@ pub enum SampleMethod {
     Midpoint,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleConfig {
     pub steps: usize,
     pub method: SampleMethod,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrialSelection {
     MostBoundaries,
     Inertia,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeColumn {
     None,
@@ -90,7 +90,7 @@ pub enum TimeColumn {
     Sqrt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     pub k: usize,
@@ -105,7 +105,7 @@ pub struct EventsConfig {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampler {
     Uniform,
@@ -113,7 +113,7 @@ pub enum Sampler {
     Diversity,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProposalsConfig {
     pub sampler: Sampler,
@@ -125,7 +125,7 @@ pub struct ProposalsConfig {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub threads: usize,
@@ -133,7 +133,7 @@ pub struct RunConfig {
 }
 
 /// How the daemon makes a group of results durable before recording them in its ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupDurability {
     /// Results wait under temporary names; one `syncfs` per group, then the renames.
@@ -142,7 +142,7 @@ pub enum GroupDurability {
     File,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     pub inbox: PathBuf,
@@ -167,7 +167,7 @@ pub struct DaemonConfig {
     pub metrics_addr: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     pub url: String,
@@ -183,7 +183,7 @@ pub struct QueueConfig {
     pub reconnect_max_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptionConfig {
     pub ort_library: PathBuf,
@@ -221,10 +221,11 @@ pub struct TrainConfig {
     pub seed: u64,
     pub threads: usize,
     pub top_k: usize,
+    pub retrain_after_videos: usize,
 }
 
 /// What a proposal's pseudo-query is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptionMode {
     /// Words of a vocabulary scored against the visual embedding by a CLIP-style text tower.
@@ -246,7 +247,7 @@ impl RunConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SynthConfig {
     pub videos: usize,

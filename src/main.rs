@@ -394,7 +394,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             daemon::run(config, reload)?;
         }
         Command::Status { json, queue: None } => {
-            let status = daemon::status::read(&config.daemon.state)?;
+            let status =
+                daemon::status::read(&config.daemon.state, &config.daemon.output.join("models"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -301,6 +301,64 @@ fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
 }
 
 #[test]
+fn the_daemon_retrains_in_the_background_and_swaps_the_model_in() {
+    let sections = "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nvideos = 30\n\n\
+                    [train]\nsteps = 32\nprojection = 32\nhidden = 32\nbatch = 32\nepochs = 2\n\
+                    validation_share = 0.2\nretrain_after_videos = 20\n";
+    let mut service = Service::with_sections(150, "", sections);
+    let corpus = service.path("world");
+    let out = momentminer(&[
+        "synth",
+        "--out",
+        p(&corpus),
+        "--config",
+        p(&service.config()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    service.start();
+    move_all(&corpus.join("features"), &service.inbox());
+    service.wait_finished(30, Duration::from_secs(120));
+    let current = service.path("out/models/current");
+    let started = Instant::now();
+    while !current.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no model version appeared:\n{}",
+            std::fs::read_to_string(service.path("out/models/.work/v0001/train.log"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let version = std::fs::read_to_string(&current).unwrap();
+    assert_eq!(version, "v0001");
+    assert!(service.path("out/models/v0001/model.safetensors").exists());
+    assert!(
+        !service.path("out/models/.work/v0001").exists(),
+        "the work folder is cleared"
+    );
+    let status = service.status();
+    let models = status["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{status}");
+    assert_eq!(models[0]["current"], true);
+    assert!(models[0]["pairs"].as_u64().unwrap() > 0);
+    // The version trained on the daemon's own dataset answers questions.
+    let video = service.inbox().join("synth_00003.npy");
+    let out = momentminer(&[
+        "ground",
+        "--model",
+        p(&service.path("out/models/v0001")),
+        "--features",
+        p(&video),
+        "--query",
+        "a person is opening the door.",
+        "--config",
+        p(&service.config()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
 fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
     let total: usize = std::env::var("MOMENTMINER_SOAK_FILES")
         .ok()

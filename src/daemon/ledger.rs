@@ -457,6 +457,14 @@ impl Ledger {
             .map_err(self.fail())
     }
 
+    /// Videos with results.
+    pub fn finished_videos(&self) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM videos", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(self.fail())
+    }
+
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), LedgerError> {
         self.conn
             .execute(

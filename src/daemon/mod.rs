@@ -13,6 +13,7 @@ mod inbox;
 pub mod ledger;
 pub(crate) mod metrics;
 pub(crate) mod recorder;
+pub mod retrain;
 pub(crate) mod shards;
 pub mod status;
 pub mod worker;
@@ -202,6 +203,7 @@ struct Daemon {
     watchdog: Option<Duration>,
     last_watchdog: Instant,
     last_status: Instant,
+    retrainer: retrain::Retrainer,
 }
 
 /// Runs until SIGTERM/SIGINT. Returns once in-flight work is finished (or the shutdown timeout
@@ -304,6 +306,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     recorder
         .ledger()
         .set_meta("started", &ledger::format_time(now_ms()))?;
+    let folders_inbox = folders.inbox.clone();
+    let output = folders
+        .dataset
+        .parent()
+        .map_or_else(|| config.daemon.output.clone(), Path::to_path_buf);
     let mut daemon = Daemon {
         folders,
         recorder,
@@ -325,6 +332,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         watchdog: sd_notify::watchdog_enabled(),
         last_watchdog: now,
         last_status: now,
+        retrainer: retrain::Retrainer::new(&output, &folders_inbox),
         config,
     };
     tracing::info!(
@@ -507,6 +515,7 @@ impl Daemon {
                 "shutdown timeout passed; unfinished inputs will be redone at the next start"
             );
         }
+        self.retrainer.stop();
         self.recorder.commit(&self.config.daemon, true, true);
         self.recorder.flush_shards(&self.config.daemon, true);
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
@@ -721,6 +730,9 @@ impl Daemon {
     }
 
     fn tick(&mut self) {
+        if self.stop_deadline.is_none() {
+            self.retrainer.poll(self.recorder.ledger(), &self.config);
+        }
         let now = Instant::now();
         while let Some(Reverse((deadline, _))) = self.settle_queue.peek() {
             if *deadline > now {

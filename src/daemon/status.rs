@@ -25,6 +25,8 @@ pub struct Status {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub recent_problems: Vec<Problem>,
+    /// Grounding model versions the daemon trained, oldest first.
+    pub models: Vec<super::retrain::Version>,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,7 +38,8 @@ pub struct Problem {
     pub time: String,
 }
 
-pub fn read(state_dir: &Path) -> Result<Status, LedgerError> {
+/// What the ledger in `state_dir` and the model versions under `models` say.
+pub fn read(state_dir: &Path, models: &Path) -> Result<Status, LedgerError> {
     let ledger = Ledger::open_read_only(state_dir)?;
     let conn = ledger.conn();
     let fail = |e| ledger.sql_error(e);
@@ -123,6 +126,7 @@ pub fn read(state_dir: &Path) -> Result<Status, LedgerError> {
         latency_p50_ms: quantile(0.5),
         latency_p99_ms: quantile(0.99),
         recent_problems,
+        models: super::retrain::versions(models),
     })
 }
 
@@ -170,6 +174,21 @@ impl fmt::Display for Status {
             writeln!(
                 f,
                 "latency     p50 {p50:.1} ms, p99 {p99:.1} ms from settled to committed"
+            )?;
+        }
+        if self.models.is_empty() {
+            writeln!(f, "models      none trained (train.retrain_after_videos)")?;
+        }
+        for m in &self.models {
+            writeln!(
+                f,
+                "model       {}{}: {} pairs, best epoch {}, validation R@1 IoU .5 {:.1}, mIoU {:.1}",
+                m.name,
+                if m.current { " (in use)" } else { "" },
+                m.pairs,
+                m.best_epoch,
+                100.0 * m.validation_r1_iou05,
+                100.0 * m.validation_miou
             )?;
         }
         if !self.recent_problems.is_empty() {
