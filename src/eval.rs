@@ -323,25 +323,27 @@ impl std::fmt::Display for CaptionAccuracy {
             "{:<20} {:>12} {:>12} {:>12} {:>12} {:>12}",
             "", "verb top-1", "verb top-3", "noun top-1", "noun top-3", "both top-1"
         )?;
-        writeln!(
-            f,
-            "{:<20} {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}%",
+        let mut row = |name: &str, shares: [f64; 5]| {
+            write!(f, "{name:<20}")?;
+            for share in shares {
+                write!(f, " {:>11.1}%", pct(share))?;
+            }
+            writeln!(f)
+        };
+        row(
             "captioner",
-            pct(self.verb[0]),
-            pct(self.verb[1]),
-            pct(self.noun[0]),
-            pct(self.noun[1]),
-            pct(self.both)
+            [
+                self.verb[0],
+                self.verb[1],
+                self.noun[0],
+                self.noun[1],
+                self.both,
+            ],
         )?;
-        writeln!(
-            f,
-            "{:<20} {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}% {:>11.1}%",
+        let (verb, noun) = (self.random_verb, self.random_noun);
+        row(
             "random vocabulary",
-            pct(self.random_verb[0]),
-            pct(self.random_verb[1]),
-            pct(self.random_noun[0]),
-            pct(self.random_noun[1]),
-            pct(self.random_verb[0] * self.random_noun[0])
+            [verb[0], verb[1], noun[0], noun[1], verb[0] * noun[0]],
         )
     }
 }

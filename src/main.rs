@@ -262,19 +262,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
         }
         Command::Inspect { file, png, video } => {
-            let (videos, failures) = collect_videos(std::slice::from_ref(&file));
-            if let Some(f) = failures.first() {
-                bail!("{}: {}", f.input, f.message);
-            }
-            let chosen = match &video {
-                Some(id) => videos.iter().find(|v| &v.id() == id),
-                None => videos.first(),
-            }
-            .with_context(|| {
-                format!("{}: no video {}", file.display(), video.unwrap_or_default())
-            })?;
-            let durations = Durations::load(&config.ingest.durations_file)?;
-            let loaded = read_video(chosen, &config.ingest, &durations)?;
+            let loaded = load_video(&file, video.as_deref(), &config)?;
             let analysis = analyse(&loaded, &config, &mut StageTimes::default());
             inspect::draw(&loaded, &analysis, &png)?;
             println!(
@@ -344,29 +332,22 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             )?;
             let example = &test_truth[0];
             let grounder = ground::Grounder::load(&out.join("model"), &config)?;
-            let (videos, _) =
-                collect_videos(&[test.join("features").join(format!("{}.npy", example.vid))]);
-            if let Some(video) = videos.first() {
-                let loaded = read_video(
-                    video,
-                    &config.ingest,
-                    &Durations::load(&config.ingest.durations_file)?,
-                )?;
-                let answer = grounder.ground(&loaded, &[example.query.as_str()], 3)?;
-                println!(
-                    "ground {:?} in {}: {} (truth {:.1}-{:.1} s)",
-                    example.query,
-                    example.vid,
-                    answer[0]
-                        .segments
-                        .iter()
-                        .map(|s| format!("{:.1}-{:.1} s", s.start, s.end))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    example.relevant_windows[0][0],
-                    example.relevant_windows[0][1]
-                );
-            }
+            let example_file = test.join("features").join(format!("{}.npy", example.vid));
+            let loaded = load_video(&example_file, None, &config)?;
+            let answer = grounder.ground(&loaded, &[example.query.as_str()], 3)?;
+            println!(
+                "ground {:?} in {}: {} (truth {:.1}-{:.1} s)",
+                example.query,
+                example.vid,
+                answer[0]
+                    .segments
+                    .iter()
+                    .map(|s| format!("{:.1}-{:.1} s", s.start, s.end))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                example.relevant_windows[0][0],
+                example.relevant_windows[0][1]
+            );
             println!("6/6 grounding the test world's sentences: trained on pseudo-labels, with the baselines");
             let test_features = [test.join("features")];
             evaluate_model(
@@ -466,23 +447,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if sentences.is_empty() {
                 bail!("no query: give --query \"...\" or --queries FILE");
             }
-            let (videos, failures) = collect_videos(std::slice::from_ref(&features));
-            if let Some(f) = failures.first() {
-                bail!("{}: {}", f.input, f.message);
-            }
-            let chosen = match &video {
-                Some(id) => videos.iter().find(|v| &v.id() == id),
-                None => videos.first(),
-            }
-            .with_context(|| {
-                format!(
-                    "{}: no video {}",
-                    features.display(),
-                    video.unwrap_or_default()
-                )
-            })?;
-            let durations = Durations::load(&config.ingest.durations_file)?;
-            let loaded = read_video(chosen, &config.ingest, &durations)?;
+            let loaded = load_video(&features, video.as_deref(), &config)?;
             let grounder = ground::Grounder::load(&model, &config)?;
             let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
             let answers = grounder.ground(&loaded, &texts, top_k.unwrap_or(config.train.top_k))?;
@@ -523,6 +488,25 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// One video of a feature file: the one named, or the first.
+fn load_video(
+    file: &Path,
+    video: Option<&str>,
+    config: &Config,
+) -> Result<momentminer::ingest::Video> {
+    let (videos, failures) = collect_videos(&[file.to_path_buf()]);
+    if let Some(f) = failures.first() {
+        bail!("{}: {}", f.input, f.message);
+    }
+    let chosen = match video {
+        Some(id) => videos.iter().find(|v| v.id() == id),
+        None => videos.first(),
+    }
+    .with_context(|| format!("{}: no video {}", file.display(), video.unwrap_or_default()))?;
+    let durations = Durations::load(&config.ingest.durations_file)?;
+    Ok(read_video(chosen, &config.ingest, &durations)?)
 }
 
 fn train_model(dataset: &Path, features: &[PathBuf], out: &Path, config: &Config) -> Result<()> {
