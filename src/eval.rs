@@ -6,10 +6,9 @@ use crate::caption::vocab::Vocabulary;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
 use crate::config::Config;
 use crate::dataset::{moment_detr, read_annotations, DatasetError, Moment};
-use crate::ground::Grounder;
+use crate::ground::{proposal_spans, Grounder};
 use crate::ingest::{read_video, Durations, VideoRef};
 use crate::pipeline::VideoProposals;
-use crate::pipeline::{analyse, StageTimes};
 use crate::rng::{hash_str, Rng};
 use crate::similarity::dot;
 use crate::train::{read_moments, TrainError};
@@ -397,14 +396,8 @@ pub fn grounding_report(
                 }
             })?;
             let queries: Vec<&str> = indices.iter().map(|&i| moments[i].query.as_str()).collect();
-            let answers = grounder.ground(&video, &queries, top_k)?;
-            let analysis = analyse(&video, config, &mut StageTimes::default());
-            let n = analysis.events.n.max(1) as f64;
-            let proposals: Vec<[f64; 2]> = analysis
-                .proposals
-                .iter()
-                .map(|p| [p.start as f64 / n, p.end as f64 / n])
-                .collect();
+            let proposals = proposal_spans(&video, config);
+            let answers = grounder.ground(&video, &queries, &proposals, top_k)?;
             let seconds = |s: &[f64; 2]| [s[0] * video.duration, s[1] * video.duration];
             let by_text = match &tower {
                 Some(tower) => {

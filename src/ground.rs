@@ -70,11 +70,13 @@ impl Grounder {
         })
     }
 
-    /// Top-`top_k` segments for each query over `video`.
+    /// Top-`top_k` segments for each query over `video`, ranked among `candidates` (the
+    /// video's [`proposal_spans`]) after the regressed span.
     pub fn ground(
         &self,
         video: &Video,
         queries: &[&str],
+        candidates: &[[f64; 2]],
         top_k: usize,
     ) -> Result<Vec<Answer>, TrainError> {
         let features = video.features();
@@ -110,19 +112,12 @@ impl Grounder {
             .collect();
         let refs: Vec<&Pair> = pairs.iter().collect();
         let predictions = self.network.predict(&refs, &bank, &texts, train)?;
-        let analysis = analyse(video, &self.config, &mut StageTimes::default());
-        let steps = analysis.events.n.max(1);
-        let candidates: Vec<[f64; 2]> = analysis
-            .proposals
-            .iter()
-            .map(|p| [p.start as f64 / steps as f64, p.end as f64 / steps as f64])
-            .collect();
         Ok(queries
             .iter()
             .zip(predictions)
             .map(|(query, (start, end, attention))| Answer {
                 query: query.to_string(),
-                segments: rank(&[start, end], &candidates, &attention, top_k)
+                segments: rank(&[start, end], candidates, &attention, top_k)
                     .into_iter()
                     .map(|s| Segment {
                         start: s.start * video.duration,
@@ -133,6 +128,18 @@ impl Grounder {
             })
             .collect())
     }
+}
+
+/// The video's proposals as spans normalised to [0, 1], best first: what answers are ranked
+/// among, and what the baselines of `eval` rank.
+pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
+    let analysis = analyse(video, config, &mut StageTimes::default());
+    let steps = analysis.events.n.max(1) as f64;
+    analysis
+        .proposals
+        .iter()
+        .map(|p| [p.start as f64 / steps, p.end as f64 / steps])
+        .collect()
 }
 
 /// The regressed span, then candidates by attention mass over √(length), greedily skipping any

@@ -334,7 +334,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let grounder = ground::Grounder::load(&out.join("model"), &config)?;
             let example_file = test.join("features").join(format!("{}.npy", example.vid));
             let loaded = load_video(&example_file, None, &config)?;
-            let answer = grounder.ground(&loaded, &[example.query.as_str()], 3)?;
+            let candidates = ground::proposal_spans(&loaded, &config);
+            let answer = grounder.ground(&loaded, &[example.query.as_str()], &candidates, 3)?;
             println!(
                 "ground {:?} in {}: {} (truth {:.1}-{:.1} s)",
                 example.query,
@@ -450,7 +451,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let loaded = load_video(&features, video.as_deref(), &config)?;
             let grounder = ground::Grounder::load(&model, &config)?;
             let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
-            let answers = grounder.ground(&loaded, &texts, top_k.unwrap_or(config.train.top_k))?;
+            let candidates = ground::proposal_spans(&loaded, &config);
+            let answers = grounder.ground(
+                &loaded,
+                &texts,
+                &candidates,
+                top_k.unwrap_or(config.train.top_k),
+            )?;
             let out = serde_json::json!({
                 "vid": loaded.id,
                 "duration": loaded.duration,

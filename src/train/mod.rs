@@ -703,14 +703,14 @@ pub fn train(
                 validation: check,
                 history: state.history.clone(),
             };
-            save_weights(&network.varmap.data_tensors(), &out.join(WEIGHTS_FILE))?;
+            save_weights(&named_tensors(&network.varmap), &out.join(WEIGHTS_FILE))?;
             write_json(&out.join(CARD_FILE), &best)?;
             card = Some(best);
         } else {
             state.bad_epochs += 1;
         }
         let mut saved = optimiser.named_moments();
-        saved.extend(network.varmap.data_tensors());
+        saved.extend(named_tensors(&network.varmap));
         save_weights(&saved, &out.join(STATE_WEIGHTS_FILE))?;
         write_json(&out.join(STATE_FILE), &state)?;
         progress(&record, &state.best.unwrap_or_default());
@@ -803,19 +803,15 @@ fn resume(
     Ok(Some(epoch))
 }
 
-trait DataTensors {
-    fn data_tensors(&self) -> HashMap<String, Tensor>;
-}
-
-impl DataTensors for VarMap {
-    fn data_tensors(&self) -> HashMap<String, Tensor> {
-        self.data()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect()
-    }
+/// The parameters by name, as safetensors files hold them.
+fn named_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
 }
 
 /// Saves tensors under a temporary name and renames, so a reader never sees half a file.

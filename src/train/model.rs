@@ -71,8 +71,7 @@ pub struct LayerNorm {
     bias: Tensor,
 }
 
-fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    debug_assert!((eps - LN_EPS).abs() < f64::EPSILON);
+fn layer_norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
     Ok(LayerNorm {
         weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
         bias: vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.0))?,
@@ -166,7 +165,7 @@ impl QueryEncoder {
     fn new(config: &TrainConfig, vb: VarBuilder) -> Result<QueryEncoder> {
         Ok(QueryEncoder {
             project: linear(QUERY_DIM, config.hidden, vb.pp("project"))?,
-            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+            norm: layer_norm(config.hidden, vb.pp("norm"))?,
             attention: Attention::new(config.hidden, config.heads, vb.pp("attention"))?,
         })
     }
@@ -194,7 +193,7 @@ impl VideoEncoder {
             project: linear(config.projection, config.hidden, vb.pp("project"))?,
             position: vb.get((config.steps, config.hidden), "position")?,
             feed_forward: FeedForward::new(config.hidden, vb.pp("feed_forward"))?,
-            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+            norm: layer_norm(config.hidden, vb.pp("norm"))?,
         })
     }
 
@@ -221,7 +220,7 @@ impl CrossModal {
             video_to_query: Attention::new(config.hidden, config.heads, vb.pp("video_to_query"))?,
             query_to_video: Attention::new(config.hidden, config.heads, vb.pp("query_to_video"))?,
             gate: linear(config.hidden, config.hidden, vb.pp("gate"))?,
-            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+            norm: layer_norm(config.hidden, vb.pp("norm"))?,
         })
     }
 
@@ -248,7 +247,7 @@ impl NonLocal {
     fn new(config: &TrainConfig, vb: VarBuilder) -> Result<NonLocal> {
         Ok(NonLocal {
             attention: Attention::new(config.hidden, config.heads, vb.pp("attention"))?,
-            norm: layer_norm(config.hidden, LN_EPS, vb.pp("norm"))?,
+            norm: layer_norm(config.hidden, vb.pp("norm"))?,
         })
     }
 
