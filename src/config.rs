@@ -209,7 +209,9 @@ pub struct TrainConfig {
     pub hidden: usize,
     pub heads: usize,
     pub nonlocal_blocks: usize,
-    pub max_query_tokens: usize,
+    pub max_query_words: usize,
+    pub word_keep: f64,
+    pub pairs_per_video: usize,
     pub dropout: f64,
     pub batch: usize,
     pub learning_rate: f64,
@@ -267,6 +269,13 @@ pub struct SynthConfig {
     pub style: f32,
     pub nuisance: f32,
     pub transition_frames: usize,
+    pub shared_objects: f64,
+    pub clip_dim: usize,
+    pub clip_verb: f32,
+    pub clip_objects: f32,
+    pub clip_linger: f64,
+    pub clip_incidental: f64,
+    pub clip_clutter: f32,
 }
 
 impl Default for Config {
@@ -363,7 +372,9 @@ impl Config {
                     && self.train.hidden >= 1
                     && self.train.heads >= 1
                     && self.train.hidden % self.train.heads == 0
-                    && self.train.max_query_tokens >= 2
+                    && self.train.max_query_words >= 1
+                    && self.train.word_keep > 0.0
+                    && self.train.word_keep <= 1.0
                     && self.train.batch >= 1
                     && self.train.epochs >= 1
                     && self.train.learning_rate > 0.0
@@ -371,7 +382,8 @@ impl Config {
                     && (0.0..1.0).contains(&self.train.validation_share)
                     && self.train.top_k >= 1,
                 "train: steps >= 2, projection, hidden, heads, batch, epochs and top_k >= 1, \
-                 hidden divisible by heads, max_query_tokens >= 2, learning_rate > 0, \
+                 hidden divisible by heads, max_query_words >= 1, word_keep in (0, 1], \
+                 learning_rate > 0, \
                  dropout and validation_share in [0, 1)",
             ),
             (
@@ -385,9 +397,17 @@ impl Config {
                     && self.synth.event_length_min <= self.synth.event_length_max
                     && (0.0..1.0).contains(&self.synth.background_share)
                     && self.synth.dim >= 1
-                    && self.synth.seconds_per_frame > 0.0,
+                    && self.synth.seconds_per_frame > 0.0
+                    && (0.0..=1.0).contains(&self.synth.shared_objects)
+                    && self.synth.clip_verb >= 0.0
+                    && self.synth.clip_objects >= 0.0
+                    && self.synth.clip_linger >= 0.0
+                    && self.synth.clip_clutter >= 0.0
+                    && (0.0..=1.0).contains(&self.synth.clip_incidental),
                 "synth: events_min <= events_max, 0 < event_length_min <= event_length_max, \
-                 background_share in [0, 1), dim >= 1 and seconds_per_frame > 0",
+                 background_share in [0, 1), dim >= 1, seconds_per_frame > 0, shared_objects \
+                 and clip_incidental in [0, 1], clip_verb, clip_objects, clip_linger and \
+                 clip_clutter >= 0",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -1,7 +1,7 @@
 //! Ground: "where in this video does <sentence> happen?", answered by a trained model. The
 //! model regresses one span and spreads its temporal attention over the steps; the answer is
-//! that span first, then the video's own proposals ranked by how much of the attention they
-//! hold for their length, overlapping ones suppressed.
+//! that span and the video's own proposals, ranked by how much of the attention they hold for
+//! their length, overlapping ones suppressed.
 
 use crate::caption::text::TextEncoder;
 use crate::config::Config;
@@ -9,8 +9,8 @@ use crate::eval::iou;
 use crate::ingest::Video;
 use crate::pipeline::{analyse, StageTimes};
 use crate::train::{
-    projection_matrix, video_steps, ModelCard, Network, Pair, QueryBank, TrainError, VideoBank,
-    WEIGHTS_FILE,
+    projection_matrix, query::QueryBank, video_steps, ModelCard, Network, Pair, TrainError,
+    VideoBank, WEIGHTS_FILE,
 };
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -100,7 +100,8 @@ impl Grounder {
             feature_dim: features.dim,
         };
         let distinct: HashSet<&str> = queries.iter().copied().collect();
-        let texts = QueryBank::encode(&distinct, &self.encoder, train.max_query_tokens)?;
+        let lexicon = self.card.lexicon.iter().cloned().collect();
+        let texts = QueryBank::encode(&distinct, &self.encoder, &lexicon, train.max_query_words)?;
         let pairs: Vec<Pair> = queries
             .iter()
             .map(|q| Pair {
@@ -142,8 +143,10 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
         .collect()
 }
 
-/// The regressed span, then candidates by attention mass over √(length), greedily skipping any
-/// that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1].
+/// The regressed span and the candidates by attention mass over √(length), greedily skipping
+/// any that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1]. The regressed
+/// span is not put first: where the attention is sharp it wins on its own, and where the
+/// regression is off a proposal that holds the attention answers better.
 fn rank(
     regressed: &[f64; 2],
     candidates: &[[f64; 2]],
@@ -159,6 +162,7 @@ fn rank(
     };
     let mut ranked: Vec<Segment> = candidates
         .iter()
+        .chain([regressed])
         .map(|c| Segment {
             start: c[0],
             end: c[1],
@@ -166,11 +170,7 @@ fn rank(
         })
         .collect();
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut chosen = vec![Segment {
-        start: regressed[0],
-        end: regressed[1],
-        score: score(regressed),
-    }];
+    let mut chosen: Vec<Segment> = Vec::new();
     for candidate in ranked {
         if chosen.len() >= top_k {
             break;
@@ -191,16 +191,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_regressed_span_leads_and_overlapping_candidates_are_suppressed() {
+    fn spans_rank_by_attention_for_their_length_and_overlaps_are_suppressed() {
         // Attention on steps 4..8 of 10.
         let attention = [0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25, 0.0, 0.0];
-        let candidates = [[0.4, 0.8], [0.45, 0.8], [0.0, 0.3], [0.3, 1.0]];
-        let ranked = rank(&[0.35, 0.75], &candidates, &attention, 3);
-        assert_eq!((ranked[0].start, ranked[0].end), (0.35, 0.75));
-        // [0.4, 0.8] and [0.45, 0.8] overlap the regressed span; [0.3, 1.0] holds all the
-        // attention but overlaps it too (IoU 0.57); only [0.0, 0.3] is left.
-        assert_eq!(ranked.len(), 2);
-        assert_eq!((ranked[1].start, ranked[1].end), (0.0, 0.3));
-        assert_eq!(rank(&[0.35, 0.75], &candidates, &attention, 1).len(), 1);
+        let candidates = [[0.3, 0.9], [0.0, 0.3], [0.6, 1.0]];
+        let spans = |ranked: Vec<Segment>| -> Vec<[f64; 2]> {
+            ranked.iter().map(|s| [s.start, s.end]).collect()
+        };
+        // The regressed span holds all the attention in the least time; [0.3, 0.9] overlaps it
+        // (IoU 0.67), [0.6, 1.0] holds half of it and overlaps by 0.33 only.
+        assert_eq!(
+            spans(rank(&[0.4, 0.8], &candidates, &attention, 3)),
+            [[0.4, 0.8], [0.6, 1.0], [0.0, 0.3]]
+        );
+        // A regressed span off the attention ranks below the proposals that hold it.
+        assert_eq!(
+            spans(rank(&[0.0, 0.2], &candidates, &attention, 2)),
+            [[0.3, 0.9], [0.6, 1.0]]
+        );
     }
 }

@@ -332,7 +332,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             )?;
             let example = &test_truth[0];
             let grounder = ground::Grounder::load(&out.join("model"), &config)?;
-            let example_file = test.join("features").join(format!("{}.npy", example.vid));
+            let example_file = synth::video_path(&test, &test_world, &example.vid);
             let loaded = load_video(&example_file, None, &config)?;
             let candidates = ground::proposal_spans(&loaded, &config);
             let answer = grounder.ground(&loaded, &[example.query.as_str()], &candidates, 3)?;
@@ -530,21 +530,21 @@ fn train_model(dataset: &Path, features: &[PathBuf], out: &Path, config: &Config
     );
     let report = train::train(dataset, features, out, config, |record, best| {
         let line = format!(
-            "epoch {:>3}: loss {:.4}, validation R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best R@1 IoU .5 {:.1}), {:.0} pairs/s",
+            "epoch {:>3}: loss {:.4}, validation loss {:.4} R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best loss {:.4}), {:.0} pairs/s",
             record.epoch,
             record.loss,
+            record.validation.loss,
             100.0 * record.validation.r1[0],
             100.0 * record.validation.r1[1],
             100.0 * record.validation.r1[2],
             100.0 * record.validation.miou,
-            100.0 * best.r1[1],
+            best.loss,
             record.pairs_per_second
         );
         bar.set_position(record.epoch as u64);
         bar.set_message(format!(
-            "loss {:.4} val R@1 {:.1}",
-            record.loss,
-            100.0 * record.validation.r1[1]
+            "loss {:.4} validation {:.4}",
+            record.loss, record.validation.loss
         ));
         bar.println(&line);
         if bar.is_hidden() {
@@ -563,13 +563,14 @@ fn train_model(dataset: &Path, features: &[PathBuf], out: &Path, config: &Config
         .map(|r| r.pairs_per_second * r.seconds)
         .sum();
     println!(
-        "trained on {} pairs of {} videos ({} held out for validation); best epoch {} of {}{}: validation R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch; model in {}",
+        "trained on {} pairs of {} videos ({} held out for validation); best epoch {} of {}{}: validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch; model in {}",
         card.data.train_pairs,
         card.data.videos,
         card.data.validation_pairs,
         card.best_epoch,
         card.history.len(),
         if report.stopped_early { " (stopped early)" } else { "" },
+        card.validation.loss,
         100.0 * card.validation.r1[1],
         100.0 * card.validation.miou,
         pairs / seconds.max(1e-9),

@@ -11,7 +11,7 @@
 
 use crate::config::SynthConfig;
 use crate::fsio::{write_atomic, Durability};
-use crate::ingest::{npy, Features};
+use crate::ingest::{npy, npz, Features};
 use crate::rng::{hash_str, Rng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -144,7 +144,10 @@ pub struct GroundTruth {
 pub struct SynthVideo {
     pub vid: String,
     pub duration: f64,
+    /// The motion stream ("i3d").
     pub features: Features,
+    /// The appearance stream ("clip"), when the world has one.
+    pub appearance: Option<Features>,
     pub events: Vec<GroundTruth>,
 }
 
@@ -153,6 +156,19 @@ struct World {
     dim: usize,
     common: Vec<f32>,
     action_protos: Vec<Vec<f32>>,
+    scene_protos: Vec<Vec<f32>>,
+    appearance: Option<Appearance>,
+}
+
+/// What the appearance ("clip") stream is made of: its own space, as a CLIP image tower's is
+/// not an action recogniser's.
+struct Appearance {
+    dim: usize,
+    common: Vec<f32>,
+    /// Per action: its noun with a trace of its verb, what a still frame of it shows.
+    action_protos: Vec<Vec<f32>>,
+    /// Per action: its noun alone, what stays in view while nobody handles it.
+    object_protos: Vec<Vec<f32>>,
     scene_protos: Vec<Vec<f32>>,
 }
 
@@ -174,6 +190,18 @@ pub fn word_prototype(seed: u64, dim: usize, word: &str) -> Vec<f32> {
     unit_gaussian(dim, &mut Rng::new(seed ^ hash_str(word)))
 }
 
+/// Salt of the appearance stream's word prototypes, independent of the motion stream's.
+const APPEARANCE_SEED: u64 = 0x636c_6970;
+
+/// The seed and width of the stream captions are scored against: the appearance stream when
+/// the world has one, else the only stream. The world's text tower is fitted to its prototypes.
+pub fn caption_space(config: &SynthConfig) -> (u64, usize) {
+    match config.clip_dim {
+        0 => (config.seed, config.dim),
+        dim => (config.seed ^ APPEARANCE_SEED, dim),
+    }
+}
+
 fn unit_gaussian(dim: usize, rng: &mut Rng) -> Vec<f32> {
     let v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
     normalise(v)
@@ -185,41 +213,107 @@ fn normalise(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
+fn weighted_sum(a: &[f32], b: &[f32], b_weight: f32) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + b_weight * y).collect()
+}
+
 impl World {
-    fn new(seed: u64, dim: usize) -> World {
+    fn new(config: &SynthConfig) -> World {
+        let (seed, dim) = (config.seed, config.dim);
         let word = |w: &str| word_prototype(seed, dim, w);
         let action_protos = ACTIONS
             .iter()
-            .map(|&(verb, noun)| {
-                let (v, n) = (word(VERBS[verb].0), word(noun));
-                normalise(v.iter().zip(&n).map(|(a, b)| a + b).collect())
-            })
+            .map(|&(verb, noun)| normalise(weighted_sum(&word(VERBS[verb].0), &word(noun), 1.0)))
             .collect();
+        let appearance = (config.clip_dim > 0).then(|| {
+            let (seed, dim) = caption_space(config);
+            let word = |w: &str| word_prototype(seed, dim, w);
+            Appearance {
+                dim,
+                common: word("<common>"),
+                action_protos: ACTIONS
+                    .iter()
+                    .map(|&(verb, noun)| {
+                        normalise(weighted_sum(
+                            &word(noun),
+                            &word(VERBS[verb].0),
+                            config.clip_verb,
+                        ))
+                    })
+                    .collect(),
+                object_protos: ACTIONS.iter().map(|&(_, noun)| word(noun)).collect(),
+                scene_protos: SCENES.iter().map(|s| word(s)).collect(),
+            }
+        });
         World {
             dim,
             common: word("<common>"),
             action_protos,
             scene_protos: SCENES.iter().map(|s| word(s)).collect(),
+            appearance,
         }
     }
+}
+
+/// How much of each label a frame shows: near a boundary it is a mix of both sides, as real
+/// motion is. `None` is background.
+type FrameMix = [(Option<usize>, f32); 3];
+
+fn frame_mixes(label: &[Option<usize>], transition_frames: usize) -> Vec<FrameMix> {
+    let blend = transition_frames.max(1) as f32;
+    let mix = |dist: usize| (0.5 - dist as f32 / (2.0 * blend)).max(0.0);
+    (0..label.len())
+        .map(|t| {
+            let prev = (0..t).rev().find(|&u| label[u] != label[t]);
+            let next = (t + 1..label.len()).find(|&u| label[u] != label[t]);
+            let wp = prev.map_or(0.0, |u| mix(t - u));
+            let wn = next.map_or(0.0, |u| mix(u - t));
+            [
+                (label[t], 1.0 - wp - wn),
+                (prev.and_then(|u| label[u]), wp),
+                (next.and_then(|u| label[u]), wn),
+            ]
+        })
+        .collect()
+}
+
+/// Picks each event's action; with probability `shared_objects` one that handles an object an
+/// earlier event of the video handled.
+fn pick_actions(count: usize, shared_objects: f64, rng: &mut Rng) -> Vec<usize> {
+    let mut actions: Vec<usize> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let handled: Vec<usize> = (0..ACTIONS.len())
+            .filter(|&a| actions.iter().any(|&b| ACTIONS[b].1 == ACTIONS[a].1))
+            .collect();
+        let action = if !handled.is_empty() && rng.uniform() < shared_objects {
+            handled[rng.below(handled.len())]
+        } else {
+            rng.below(ACTIONS.len())
+        };
+        actions.push(action);
+    }
+    actions
 }
 
 /// Generates video `index` of the world `config` describes; pure, so any subset can be made
 /// in parallel and reproduced alone.
 fn make_video(world: &World, config: &SynthConfig, index: usize) -> SynthVideo {
-    let mut rng = Rng::new(config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ index as u64);
+    let video_seed = config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ index as u64;
+    let mut rng = Rng::new(video_seed);
     let vid = format!("synth_{index:05}");
     let frames = rng.range_usize(config.frames_min, config.frames_max);
     let dim = world.dim;
     let layout = plan_events(config, frames, &mut rng);
-    let scene = &world.scene_protos[rng.below(world.scene_protos.len())];
-    let actions: Vec<usize> = layout.iter().map(|_| rng.below(ACTIONS.len())).collect();
+    let scene_index = rng.below(world.scene_protos.len());
+    let scene = &world.scene_protos[scene_index];
+    let actions = pick_actions(layout.len(), config.shared_objects, &mut rng);
 
     // Per-frame target prototype index: None = background.
     let mut label: Vec<Option<usize>> = vec![None; frames];
     for (&(s, e), &a) in layout.iter().zip(&actions) {
         label[s..e].iter_mut().for_each(|l| *l = Some(a));
     }
+    let mixes = frame_mixes(&label, config.transition_frames);
     let proto = |l: Option<usize>| -> &[f32] {
         match l {
             Some(a) => &world.action_protos[a],
@@ -239,41 +333,16 @@ fn make_video(world: &World, config: &SynthConfig, index: usize) -> SynthVideo {
     // Per-dimension steps sized so the walk ends about `drift` away from where it began.
     let drift_step = config.drift / ((frames * dim) as f32).sqrt();
     let noise_sd = config.noise / (dim as f32).sqrt();
-    let blend = config.transition_frames.max(1) as f32;
     let mut data = Vec::with_capacity(frames * dim);
-    for t in 0..frames {
+    for mix in &mixes {
         for d in drift.iter_mut() {
             *d += drift_step * rng.normal() as f32;
         }
         for c in nuisance_coef.iter_mut() {
             *c = rho * *c + (1.0 - rho * rho).sqrt() * rng.normal() as f32;
         }
-        // Near a boundary the frame is a mix of both sides, as real motion is.
-        let (prev, next) = (
-            (0..t)
-                .rev()
-                .find(|&u| label[u] != label[t])
-                .map(|u| (t - u, label[u])),
-            (t + 1..frames)
-                .find(|&u| label[u] != label[t])
-                .map(|u| (u - t, label[u])),
-        );
-        let mix = |dist: usize| (0.5 - dist as f32 / (2.0 * blend)).max(0.0);
-        let (wp, wn) = (
-            prev.map_or(0.0, |(d, _)| mix(d)),
-            next.map_or(0.0, |(d, _)| mix(d)),
-        );
-        let own = proto(label[t]);
-        let before = prev.map(|(_, l)| proto(l));
-        let after = next.map(|(_, l)| proto(l));
         for d in 0..dim {
-            let mut v = (1.0 - wp - wn) * own[d];
-            if let Some(b) = before {
-                v += wp * b[d];
-            }
-            if let Some(a) = after {
-                v += wn * a[d];
-            }
+            let mut v: f32 = mix.iter().map(|&(l, w)| w * proto(l)[d]).sum();
             v += 0.7 * world.common[d] + config.style * style[d] + drift[d];
             for (dir, c) in nuisance_dirs.iter().zip(&nuisance_coef) {
                 v += nuisance_scale * c * dir[d];
@@ -281,6 +350,18 @@ fn make_video(world: &World, config: &SynthConfig, index: usize) -> SynthVideo {
             data.push(v + noise_sd * rng.normal() as f32);
         }
     }
+    let appearance = world.appearance.as_ref().map(|appearance| {
+        let mut rng = Rng::new(video_seed ^ APPEARANCE_SEED);
+        appearance_stream(
+            appearance,
+            config,
+            frames,
+            &layout,
+            scene_index,
+            &actions,
+            &mut rng,
+        )
+    });
     let duration = (frames as f64 * config.seconds_per_frame * 100.0).round() / 100.0;
     let seconds = |f: usize| f as f64 / frames as f64 * duration;
     let events = layout
@@ -304,8 +385,97 @@ fn make_video(world: &World, config: &SynthConfig, index: usize) -> SynthVideo {
         vid,
         duration,
         features: Features { frames, dim, data },
+        appearance,
         events,
     }
+}
+
+/// Correlation length (frames) of how visible each object of a video is.
+const CLUTTER_FRAMES: f32 = 10.0;
+
+/// The appearance stream of one video. The scene and every object its events handle stay in
+/// view, each at a visibility that wanders around `clip_objects` (by `clip_clutter`). An event adds what a still frame of it shows, and that lingers: the object is in
+/// view and in hand for a while before and after the action (up to `clip_linger` of the
+/// event's length on each side, fading), and is partly hidden at times. With probability `clip_incidental` an event's object
+/// is also shown up close at another time, with no action. A per-video style and per-frame
+/// jitter lie on top.
+fn appearance_stream(
+    appearance: &Appearance,
+    config: &SynthConfig,
+    frames: usize,
+    layout: &[(usize, usize)],
+    scene: usize,
+    actions: &[usize],
+    rng: &mut Rng,
+) -> Features {
+    let dim = appearance.dim;
+    let mut still = weighted_sum(&appearance.scene_protos[scene], &appearance.common, 0.7);
+    still = weighted_sum(&still, &unit_gaussian(dim, rng), config.style);
+    // (prototype, weight per frame) of everything shown on top of the still.
+    let mut shown: Vec<(&[f32], Vec<f32>)> = Vec::new();
+    // Objects in view: as the camera and the person move, each comes closer and recedes.
+    let rho = (-1.0 / CLUTTER_FRAMES).exp();
+    let mut objects: Vec<&str> = Vec::new();
+    for &a in actions {
+        if !objects.contains(&ACTIONS[a].1) {
+            objects.push(ACTIONS[a].1);
+            let mut z = rng.normal() as f32;
+            let visibility = (0..frames)
+                .map(|_| {
+                    z = rho * z + (1.0 - rho * rho).sqrt() * rng.normal() as f32;
+                    (config.clip_objects + config.clip_clutter * z).max(0.0)
+                })
+                .collect();
+            shown.push((&appearance.object_protos[a], visibility));
+        }
+    }
+    let fade = config.transition_frames.max(1);
+    for (&(s, e), &a) in layout.iter().zip(actions) {
+        let length = (e - s) as f64;
+        let mut linger = || (rng.uniform() * config.clip_linger * length).round() as usize;
+        let (before, after) = (linger().max(fade), linger().max(fade));
+        // Half hidden at worst: occlusion, a bad angle.
+        let visibility = rng.range_f64(0.5, 1.0) as f32;
+        let weights = ramp(frames, s, e, before, after);
+        shown.push((
+            &appearance.action_protos[a],
+            weights.into_iter().map(|w| w * visibility).collect(),
+        ));
+        if rng.uniform() < config.clip_incidental {
+            let start = rng.below(frames.saturating_sub(e - s).max(1));
+            shown.push((
+                &appearance.object_protos[a],
+                ramp(frames, start, (start + e - s).min(frames), fade, fade),
+            ));
+        }
+    }
+    let noise_sd = config.noise / (dim as f32).sqrt();
+    let mut data = Vec::with_capacity(frames * dim);
+    for t in 0..frames {
+        for (d, base) in still.iter().enumerate() {
+            let on_top: f32 = shown.iter().map(|(proto, w)| w[t] * proto[d]).sum();
+            data.push(base + on_top + noise_sd * rng.normal() as f32);
+        }
+    }
+    Features { frames, dim, data }
+}
+
+/// Weight per frame: 1 on `[start, end)`, rising linearly over `before` frames and falling over
+/// `after` frames outside it.
+fn ramp(frames: usize, start: usize, end: usize, before: usize, after: usize) -> Vec<f32> {
+    (0..frames)
+        .map(|t| {
+            if t < start {
+                let distance = (start - t) as f32;
+                (1.0 - distance / (before + 1) as f32).max(0.0)
+            } else if t < end {
+                1.0
+            } else {
+                let distance = (t - end + 1) as f32;
+                (1.0 - distance / (after + 1) as f32).max(0.0)
+            }
+        })
+        .collect()
 }
 
 /// Event spans in frames, in order, separated by background gaps.
@@ -349,8 +519,16 @@ fn sentence(verb: (&str, &str, &str), noun: &str, rng: &mut Rng) -> String {
     }
 }
 
-/// Generates `config.videos` videos into `out/features/<vid>.npy` with `<vid>.json` duration
-/// sidecars, and their ground truth into `out/gt.jsonl`. Returns the ground truth.
+/// Where [`generate`] writes the features of video `vid`.
+pub fn video_path(out: &Path, config: &SynthConfig, vid: &str) -> PathBuf {
+    let extension = if config.clip_dim > 0 { "npz" } else { "npy" };
+    out.join("features").join(format!("{vid}.{extension}"))
+}
+
+/// Generates `config.videos` videos into `out/features/` with `<vid>.json` duration sidecars,
+/// and their ground truth into `out/gt.jsonl`. Returns the ground truth. A video is
+/// `<vid>.npz` holding "i3d" and "clip" when the world has an appearance stream, else
+/// `<vid>.npy`.
 pub fn generate(out: &Path, config: &SynthConfig) -> Result<Vec<GroundTruth>, SynthError> {
     let features_dir = out.join("features");
     let fail = |path: &Path| {
@@ -358,16 +536,41 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<Vec<GroundTruth>, Sy
         move |source| SynthError::Write { path, source }
     };
     std::fs::create_dir_all(&features_dir).map_err(fail(&features_dir))?;
-    let world = World::new(config.seed, config.dim);
+    let world = World::new(config);
     let first = config.first_index;
     let per_video: Vec<Vec<GroundTruth>> = (first..first + config.videos)
         .into_par_iter()
         .map(|index| {
             let video = make_video(&world, config, index);
-            let npy_path = features_dir.join(format!("{}.npy", video.vid));
-            let mut bytes = Vec::with_capacity(video.features.data.len() * 4 + 128);
-            npy::write(&mut bytes, &video.features).map_err(fail(&npy_path))?;
-            write_atomic(&npy_path, &bytes, Durability::None).map_err(fail(&npy_path))?;
+            let path = video_path(out, config, &video.vid);
+            let bytes = match &video.appearance {
+                Some(appearance) => {
+                    let mut bytes = std::io::Cursor::new(Vec::new());
+                    npz::write(
+                        &mut bytes,
+                        &[("i3d", &video.features), ("clip", appearance)],
+                    )
+                    .map_err(fail(&path))?;
+                    bytes.into_inner()
+                }
+                None => {
+                    let mut bytes = Vec::with_capacity(video.features.data.len() * 4 + 128);
+                    npy::write(&mut bytes, &video.features).map_err(fail(&path))?;
+                    bytes
+                }
+            };
+            write_atomic(&path, &bytes, Durability::None).map_err(fail(&path))?;
+            // The same video in the other format, from a world made with other settings, would
+            // be read as a second copy of it.
+            let other = path.with_extension(if video.appearance.is_some() {
+                "npy"
+            } else {
+                "npz"
+            });
+            match std::fs::remove_file(&other) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&other)(e)),
+                _ => {}
+            }
             let sidecar = features_dir.join(format!("{}.json", video.vid));
             let meta = serde_json::json!({ "duration": video.duration });
             write_atomic(&sidecar, meta.to_string().as_bytes(), Durability::None)
@@ -401,10 +604,11 @@ mod tests {
     #[test]
     fn videos_are_reproducible_and_events_lie_inside() {
         let config = small();
-        let world = World::new(config.seed, config.dim);
+        let world = World::new(&config);
         let a = make_video(&world, &config, 3);
-        let b = make_video(&World::new(config.seed, config.dim), &config, 3);
+        let b = make_video(&World::new(&config), &config, 3);
         assert_eq!(a.features, b.features);
+        assert_eq!(a.appearance, b.appearance);
         assert!(a.features.frames >= config.frames_min && a.features.frames <= config.frames_max);
         assert!(!a.events.is_empty());
         let mut last_end = 0.0;
@@ -416,6 +620,59 @@ mod tests {
         }
     }
 
+    /// A still frame shows the object an event handles much more than the action, and the
+    /// objects of a video are in view before anyone handles them.
+    #[test]
+    fn the_appearance_stream_shows_objects_all_along_and_verbs_faintly() {
+        let mut config = small();
+        config.clip_dim = 256;
+        let video = make_video(&World::new(&config), &config, 5);
+        let clip = video.appearance.expect("an appearance stream");
+        let (seed, dim) = caption_space(&config);
+        let frames = clip.frames as f64;
+        let mean_dot = |first: usize, last: usize, word: &str| -> f32 {
+            let proto = word_prototype(seed, dim, word);
+            let total: f32 = (first..last)
+                .map(|t| {
+                    clip.row(t)
+                        .iter()
+                        .zip(&proto)
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                })
+                .sum();
+            total / (last - first) as f32
+        };
+        let event = &video.events[0];
+        let [start, end] = event.relevant_windows[0];
+        let (first, last) = (
+            (start / video.duration * frames).ceil() as usize + 2,
+            (end / video.duration * frames).floor() as usize - 2,
+        );
+        let (noun, verb) = (
+            mean_dot(first, last, &event.noun),
+            mean_dot(first, last, &event.verb),
+        );
+        assert!(
+            noun > 0.8 && verb > 0.1 && verb < 0.5 * noun,
+            "{noun} {verb}"
+        );
+        let before = (start / video.duration * frames).floor() as usize - 4;
+        assert!(before >= 2, "the first event starts after some background");
+        let unrelated = ["mirror", "coffee", "floor"]
+            .into_iter()
+            .find(|w| video.events.iter().all(|e| e.noun != *w))
+            .unwrap_or("mirror");
+        let (in_view, absent) = (
+            mean_dot(0, before, &event.noun),
+            mean_dot(0, before, unrelated),
+        );
+        assert!(
+            in_view > config.clip_objects * 0.6 && absent.abs() < 0.2,
+            "{in_view} {absent}"
+        );
+    }
+
     #[test]
     fn generate_writes_features_sidecars_and_ground_truth() {
         let dir = tempfile::tempdir().unwrap();
@@ -423,7 +680,7 @@ mod tests {
         let moments = crate::dataset::read_annotations(&dir.path().join("gt.jsonl")).unwrap();
         assert_eq!(moments.len(), truth.len());
         for vid in ["synth_00000", "synth_00003"] {
-            assert!(dir.path().join(format!("features/{vid}.npy")).exists());
+            assert!(dir.path().join(format!("features/{vid}.npz")).exists());
             assert!(dir.path().join(format!("features/{vid}.json")).exists());
         }
     }

@@ -31,10 +31,19 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
         "256",
         "--seed",
         "3",
+        "--set",
+        "synth.clip_dim=64",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     // The world's own text tower: the same seed and width as the corpus.
-    let world = ["--set", "synth.dim=256", "--set", "synth.seed=3"];
+    let world = [
+        "--set",
+        "synth.dim=256",
+        "--set",
+        "synth.seed=3",
+        "--set",
+        "synth.clip_dim=64",
+    ];
     let out = momentminer(
         &[
             &[
@@ -73,7 +82,8 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
     );
     assert!(ours[6] > sliding[6] + 10.0, "R@5 IoU 0.5\n{table}");
     assert!(ours[10] > sliding[10] + 10.0, "R@all IoU 0.7\n{table}");
-    // Pseudo-queries name the planted event's verb and noun far more often than chance.
+    // Pseudo-queries name the planted event's noun nearly always and its verb more often than
+    // chance: a still frame shows the object, hardly the action.
     let accuracy = |method: &str| -> Vec<f64> {
         let line = table.lines().find(|l| l.starts_with(method)).unwrap();
         line[method.len()..]
@@ -82,12 +92,9 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
             .collect()
     };
     let (captioner, random) = (accuracy("captioner"), accuracy("random vocabulary"));
+    assert!(captioner[0] > 2.0 * random[0], "verb top-1\n{table}");
     assert!(
-        captioner[0] > 50.0 && captioner[0] > 5.0 * random[0],
-        "verb top-1\n{table}"
-    );
-    assert!(
-        captioner[2] > 50.0 && captioner[2] > 5.0 * random[2],
+        captioner[2] > 80.0 && captioner[2] > 5.0 * random[2],
         "noun top-1\n{table}"
     );
 
@@ -95,9 +102,10 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
     let dataset = dir.path().join("dataset");
     let psvl: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(dataset.join("psvl.json")).unwrap()).unwrap();
+    // One verb and one noun (caption.verbs, caption.nouns).
     assert!(psvl
         .iter()
-        .all(|e| e["tokens"].as_array().unwrap().len() == 8));
+        .all(|e| e["tokens"].as_array().unwrap().len() == 2));
     let detr = std::fs::read_to_string(dataset.join("moment_detr.jsonl")).unwrap();
     let charades = std::fs::read_to_string(dataset.join("charades.txt")).unwrap();
     assert_eq!(detr.lines().count(), psvl.len());
@@ -151,13 +159,13 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
         assert_eq!((&a["start"], &a["end"]), (&b["start"], &b["end"]));
         assert!(a.get("tokens").is_none());
         let embedding = a["query_embedding"].as_array().unwrap();
-        assert_eq!(embedding.len(), 256);
+        assert_eq!(embedding.len(), 64, "the appearance stream's width");
         let norm: f64 = embedding.iter().map(|v| v.as_f64().unwrap().powi(2)).sum();
         assert!((norm - 1.0).abs() < 1e-4);
     }
     let detr = std::fs::read_to_string(again.join("dataset/moment_detr.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(detr.lines().next().unwrap()).unwrap();
-    assert_eq!(line["query_embedding"].as_array().unwrap().len(), 256);
+    assert_eq!(line["query_embedding"].as_array().unwrap().len(), 64);
 
     let result: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("proposals/synth_00000.json")).unwrap(),
@@ -389,8 +397,9 @@ fn captioning_mistakes_are_clear_errors_before_any_work() {
         assert!(!dir.path().join("proposals/vid.json").exists());
         text(&out)
     };
-    // 512-d CLIP features against the 1024-d synthetic world's tower.
-    let report = run(&[]);
+    // 512-d CLIP features against the tower of a synthetic world without an appearance
+    // stream, whose tower reads its 1024-d stream.
+    let report = run(&["synth.clip_dim=0"]);
     assert!(
         report.contains("vid.npz") && report.contains("512 dimensions") && report.contains("1024"),
         "{report}"
@@ -430,6 +439,8 @@ fn demo_and_bench_run_on_small_worlds() {
         "synth.videos=30",
         "--set",
         "synth.dim=64",
+        "--set",
+        "synth.clip_dim=32",
         "--epochs",
         "1",
         "--test-videos",

@@ -254,7 +254,8 @@ fn a_burst_of_2000_files_is_done_once_each() {
 
 #[test]
 fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
-    let world = "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nvideos = 40\n";
+    let world =
+        "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nclip_dim = 32\nvideos = 40\n";
     let mut service = Service::with_sections(150, "", world);
     let corpus = service.path("world");
     let config = service.config();
@@ -271,7 +272,7 @@ fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
     let psvl: Vec<Value> = serde_json::from_str(&shard("psvl-000001.json").unwrap()).unwrap();
     assert!(psvl
         .iter()
-        .all(|e| e["tokens"].as_array().unwrap().len() == 8));
+        .all(|e| e["tokens"].as_array().unwrap().len() == 2));
     let charades = shard("charades-000001.txt").unwrap();
     assert_eq!(charades.lines().count(), psvl.len());
     // The daemon's output is a dataset the evaluation reads: captions name the planted events.
@@ -290,19 +291,18 @@ fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
         .lines()
         .find(|l| l.starts_with("captioner"))
         .unwrap_or_else(|| panic!("{report}"));
-    let verb_top1: f64 = captioner
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('%')
-        .parse()
-        .unwrap();
-    assert!(verb_top1 > 50.0, "{report}");
+    let column = |n: usize| -> f64 {
+        let cell = captioner.split_whitespace().nth(n).unwrap_or_default();
+        cell.trim_end_matches('%').parse().unwrap_or(0.0)
+    };
+    // The noun: in a 32-d appearance stream a still's trace of the verb is lost in the noise.
+    assert!(column(3) > 60.0, "{report}");
 }
 
 #[test]
 fn the_daemon_retrains_in_the_background_and_swaps_the_model_in() {
-    let sections = "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nvideos = 30\n\n\
+    let sections =
+        "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nclip_dim = 32\nvideos = 30\n\n\
                     [train]\nsteps = 32\nprojection = 32\nhidden = 32\nbatch = 32\nepochs = 2\n\
                     validation_share = 0.2\nretrain_after_videos = 20\n";
     let mut service = Service::with_sections(150, "", sections);
@@ -342,7 +342,7 @@ fn the_daemon_retrains_in_the_background_and_swaps_the_model_in() {
     assert_eq!(models[0]["current"], true);
     assert!(models[0]["pairs"].as_u64().unwrap() > 0);
     // The version trained on the daemon's own dataset answers questions.
-    let video = service.inbox().join("synth_00003.npy");
+    let video = service.inbox().join("synth_00003.npz");
     let out = momentminer(&[
         "ground",
         "--model",

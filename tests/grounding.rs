@@ -8,9 +8,11 @@ use serde_json::Value;
 use std::path::Path;
 
 /// A small model and world, so a test trains in seconds.
-const SMALL: [&str; 14] = [
+const SMALL: [&str; 16] = [
     "--set",
     "synth.dim=64",
+    "--set",
+    "synth.clip_dim=32",
     "--set",
     "train.steps=32",
     "--set",
@@ -120,7 +122,7 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         "a resumed run ends where an uninterrupted one does"
     );
 
-    let video = test.join("features/synth_01000.npy");
+    let video = test.join("features/synth_01000.npz");
     let report = must(&[
         "ground",
         "--model",
@@ -186,7 +188,7 @@ fn grounding_mistakes_are_clear_errors() {
     // Features missing for some videos of the dataset.
     let few = dir.path().join("few");
     std::fs::create_dir(&few).unwrap();
-    for name in ["synth_00000.npy", "synth_00000.json"] {
+    for name in ["synth_00000.npz", "synth_00000.json"] {
         std::fs::copy(features.join(name), few.join(name)).unwrap();
     }
     let report = fail(&[
@@ -233,7 +235,7 @@ fn grounding_mistakes_are_clear_errors() {
         "train.epochs=1",
     ]);
     let long = "word ".repeat(40);
-    let video = features.join("synth_00001.npy");
+    let video = features.join("synth_00001.npz");
     let report = fail(&[
         "ground",
         "--model",
@@ -251,7 +253,7 @@ fn grounding_mistakes_are_clear_errors() {
         "--model",
         p(&model),
         "--features",
-        p(&other.join("features/synth_00000.npy")),
+        p(&other.join("features/synth_00000.npz")),
         "--query",
         "a person opens the door",
     ]);

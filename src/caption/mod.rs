@@ -88,7 +88,8 @@ fn tower_key(config: &Config) -> Result<String, CaptionError> {
     }
     let key = text::model_key(model)?;
     Ok(if world {
-        format!("world:{}:{}:{key}", config.synth.seed, config.synth.dim)
+        let (seed, dim) = crate::synth::caption_space(&config.synth);
+        format!("world:{seed}:{dim}:{key}")
     } else {
         key
     })
@@ -236,10 +237,15 @@ impl Captioner {
     }
 }
 
-/// The stream named `name` ("" = the one proposals are found on).
+/// The stream a CLIP-style tower reads when `caption.visual_stream` is "": one a CLIP image
+/// tower made, when the file has one.
+const APPEARANCE_STREAM: &str = "clip";
+
+/// The stream named `name`; "" = the file's "clip" stream, else the one proposals are found on.
 pub fn visual_stream<'v>(video: &'v Video, name: &str) -> Result<&'v Features, CaptionError> {
     if name.is_empty() {
-        return Ok(video.features());
+        let appearance = video.streams.iter().find(|s| s.name == APPEARANCE_STREAM);
+        return Ok(appearance.map_or_else(|| video.features(), |s| &s.features));
     }
     video
         .streams
@@ -284,7 +290,7 @@ pub enum CaptionError {
     },
     #[error("vocabulary {path}: {message}")]
     Vocabulary { path: PathBuf, message: String },
-    #[error("visual features have {visual} dimensions but the text tower gives {text}: the visual stream (caption.visual_stream) and the text tower must come from one CLIP-style model (for the synthetic world's tower, synth.dim); or set caption.mode = \"language_free\" or \"off\"")]
+    #[error("visual features have {visual} dimensions but the text tower gives {text}: the visual stream (caption.visual_stream) and the text tower must come from one CLIP-style model (for the synthetic world's tower, synth.clip_dim, or synth.dim when that is 0); or set caption.mode = \"language_free\" or \"off\"")]
     Dimensions { visual: usize, text: usize },
     #[error("text encoder {path}: {message}")]
     Inference { path: PathBuf, message: String },

@@ -35,9 +35,10 @@ impl WorldTower {
             .into_iter()
             .map(|e| e.pooled)
             .collect();
+        let (seed, dim) = synth::caption_space(&config.synth);
         let prototypes = words
             .iter()
-            .map(|w| synth::word_prototype(config.synth.seed, config.synth.dim, w))
+            .map(|w| synth::word_prototype(seed, dim, w))
             .collect();
         let n = anchors.len();
         let mut gram = vec![0f64; n * n];
@@ -132,7 +133,7 @@ mod tests {
     fn words_land_on_their_prototypes_and_sentences_near_their_words() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut config = Config::default();
-        config.synth.dim = 128;
+        config.synth.clip_dim = 128;
         for path in [
             &mut config.caption.ort_library,
             &mut config.caption.text_model,
@@ -143,7 +144,8 @@ mod tests {
         let tower = WorldTower::load(&config).unwrap_or_else(|e| panic!("{e}"));
         let (verbs, nouns) = synth::words();
         let words: Vec<&str> = verbs.into_iter().chain(nouns).collect();
-        let prototype = |w: &str| synth::word_prototype(config.synth.seed, 128, w);
+        let (seed, dim) = synth::caption_space(&config.synth);
+        let prototype = |w: &str| synth::word_prototype(seed, dim, w);
         let cosine = |a: &[f32], b: &[f32]| dot(a, b) / dot(b, b).sqrt();
         let embedded = tower.embed(&["pour", "cup"]).unwrap();
         assert!(cosine(&embedded[0], &prototype("pour")) > 0.9);

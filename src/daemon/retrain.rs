@@ -48,6 +48,7 @@ pub struct Version {
     pub rejected: bool,
     pub best_epoch: usize,
     pub pairs: usize,
+    pub validation_loss: f64,
     pub validation_r1_iou05: f64,
     pub validation_miou: f64,
 }
@@ -202,10 +203,9 @@ impl Retrainer {
             current(&self.models).and_then(|name| ModelCard::read(&self.models.join(name)).ok());
         // Compared on each version's validation videos; the split is by a hash of the video
         // id, so the earlier version's validation videos are among the newer one's.
-        let accept = current.as_ref().is_none_or(|old| {
-            (new.validation.r1[1], new.validation.miou)
-                >= (old.validation.r1[1], old.validation.miou)
-        });
+        let accept = current
+            .as_ref()
+            .is_none_or(|old| new.validation.not_worse_than(&old.validation));
         let target = if accept {
             self.models.join(&version)
         } else {
@@ -225,13 +225,13 @@ impl Retrainer {
         match swapped {
             Ok(()) if accept => tracing::info!(
                 version,
+                loss = new.validation.loss,
                 r1 = new.validation.r1[1],
-                miou = new.validation.miou,
                 "new model version in use"
             ),
             Ok(()) => tracing::warn!(
                 version,
-                r1 = new.validation.r1[1],
+                loss = new.validation.loss,
                 "new model version is worse on validation; the current one stays"
             ),
             Err(e) => tracing::error!(version, "cannot install the new model version: {e}"),
@@ -299,6 +299,7 @@ pub fn versions(models: &Path) -> Vec<Version> {
                 rejected: name.starts_with("rejected-"),
                 best_epoch: card.best_epoch,
                 pairs: card.data.pairs,
+                validation_loss: card.validation.loss,
                 validation_r1_iou05: card.validation.r1[1],
                 validation_miou: card.validation.miou,
                 name,

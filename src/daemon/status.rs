@@ -182,11 +182,12 @@ impl fmt::Display for Status {
         for m in &self.models {
             writeln!(
                 f,
-                "model       {}{}: {} pairs, best epoch {}, validation R@1 IoU .5 {:.1}, mIoU {:.1}",
+                "model       {}{}: {} pairs, best epoch {}, validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}",
                 m.name,
                 if m.current { " (in use)" } else { "" },
                 m.pairs,
                 m.best_epoch,
+                m.validation_loss,
                 100.0 * m.validation_r1_iou05,
                 100.0 * m.validation_miou
             )?;

@@ -224,7 +224,8 @@ impl CrossModal {
         })
     }
 
-    fn forward(&self, video: &Tensor, query: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// (video (B, N, H), sentence (B, H)).
+    fn forward(&self, video: &Tensor, query: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
         let video = (video + self.video_to_query.forward(video, query, Some(mask))?)?;
         let query = (query + self.query_to_video.forward(query, &video, None)?)?;
         let weights = mask.unsqueeze(2)?;
@@ -233,7 +234,7 @@ impl CrossModal {
             .sum(1)?
             .broadcast_div(&weights.sum(1)?)?;
         let gate = candle_nn::ops::sigmoid(&self.gate.forward(&sentence)?)?.unsqueeze(1)?;
-        self.norm.forward(&video.broadcast_mul(&gate)?)
+        Ok((self.norm.forward(&video.broadcast_mul(&gate)?)?, sentence))
     }
 }
 
@@ -258,10 +259,15 @@ impl NonLocal {
 }
 
 /// Temporal attention over the steps (what the guide loss teaches to sit on the moment) and the
-/// video summarised by it.
+/// video summarised by it. A step's score is what it looks like on its own (an additive
+/// scorer) plus how well it matches the sentence (a scaled dot product): the direct match is
+/// what lets the attention find the moment within the first epochs rather than the hundreds
+/// PSVL trains for.
 pub struct AttentivePooling {
     hidden: Linear,
     score: Linear,
+    step_key: Linear,
+    sentence_key: Linear,
 }
 
 impl AttentivePooling {
@@ -269,15 +275,24 @@ impl AttentivePooling {
         Ok(AttentivePooling {
             hidden: linear(config.hidden, config.hidden, vb.pp("hidden"))?,
             score: linear(config.hidden, 1, vb.pp("score"))?,
+            step_key: linear(config.hidden, config.hidden, vb.pp("step_key"))?,
+            sentence_key: linear(config.hidden, config.hidden, vb.pp("sentence_key"))?,
         })
     }
 
-    /// (pooled (B, H), weights (B, N)).
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let scores = self
+    /// (pooled (B, H), weights (B, N)) of steps `x` (B, N, H) for `sentence` (B, H).
+    fn forward(&self, x: &Tensor, sentence: &Tensor) -> Result<(Tensor, Tensor)> {
+        let scale = 1.0 / (x.dim(2)? as f64).sqrt();
+        let matched = self
+            .step_key
+            .forward(x)?
+            .matmul(&self.sentence_key.forward(sentence)?.unsqueeze(2)?)?
+            .squeeze(2)?;
+        let scores = (self
             .score
             .forward(&self.hidden.forward(x)?.tanh()?)?
-            .squeeze(2)?;
+            .squeeze(2)?
+            + (matched * scale)?)?;
         let weights = softmax(&scores)?;
         let pooled = weights.unsqueeze(1)?.matmul(x)?.squeeze(1)?;
         Ok((pooled, weights))
@@ -355,12 +370,12 @@ impl GroundingModel {
     pub fn forward(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Prediction> {
         let query = self.query.forward(&batch.tokens, &batch.mask, dropout)?;
         let videos = self.video.forward(&batch.steps, dropout)?;
-        let mut video = videos.index_select(&batch.video_of, 0)?;
-        video = self.cross.forward(&video, &query, &batch.mask)?;
+        let video = videos.index_select(&batch.video_of, 0)?;
+        let (mut video, sentence) = self.cross.forward(&video, &query, &batch.mask)?;
         for block in &self.nonlocal {
             video = block.forward(&video, dropout)?;
         }
-        let (pooled, attention) = self.pooling.forward(&video)?;
+        let (pooled, attention) = self.pooling.forward(&video, &sentence)?;
         Ok(Prediction {
             spans: self.head.forward(&pooled, &attention)?,
             attention,
