@@ -110,7 +110,7 @@ enum Command {
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
         /// Training epochs of the grounding models (a short run; train.epochs for the full one).
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 20)]
         epochs: usize,
         /// Videos of the test world (later videos of the same world, never trained on).
         #[arg(long, default_value_t = 100)]

@@ -265,7 +265,10 @@ fn grounding_mistakes_are_clear_errors() {
     let card = std::fs::read_to_string(&card_path).unwrap();
     std::fs::write(
         &card_path,
-        card.replace("\"version\": 1", "\"version\": 99"),
+        card.replace(
+            &format!("\"version\": {}", momentminer::train::CARD_VERSION),
+            "\"version\": 99",
+        ),
     )
     .unwrap();
     let report = fail(&[

@@ -66,7 +66,6 @@ fn lemma_candidates(word: &str) -> Vec<String> {
 pub struct QueryBank {
     words: HashMap<String, Vec<String>>,
     vectors: HashMap<String, Vec<f32>>,
-    dim: usize,
 }
 
 impl QueryBank {
@@ -106,21 +105,12 @@ impl QueryBank {
         Ok(QueryBank::from_parts(words, vectors))
     }
 
-    /// A bank from words and vectors at hand (all vectors of one width).
+    /// A bank from words and vectors at hand.
     pub fn from_parts(
         words: HashMap<String, Vec<String>>,
         vectors: HashMap<String, Vec<f32>>,
     ) -> QueryBank {
-        let dim = vectors.values().next().map_or(0, Vec::len);
-        QueryBank {
-            words,
-            vectors,
-            dim,
-        }
-    }
-
-    pub fn dim(&self) -> usize {
-        self.dim
+        QueryBank { words, vectors }
     }
 
     /// The vectors of `query`'s words, in order; with `keep`, each word survives with the
