@@ -212,6 +212,7 @@ pub struct TrainConfig {
     pub max_query_words: usize,
     pub word_keep: f64,
     pub pairs_per_video: usize,
+    pub checkpoint: Checkpoint,
     pub dropout: f64,
     pub batch: usize,
     pub learning_rate: f64,
@@ -224,6 +225,16 @@ pub struct TrainConfig {
     pub threads: usize,
     pub top_k: usize,
     pub retrain_after_videos: usize,
+}
+
+/// Which epoch's weights a training run keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checkpoint {
+    /// The lowest validation loss; `patience` stops the run.
+    Validation,
+    /// The last epoch's; the run goes the full `epochs`.
+    Last,
 }
 
 /// What a proposal's pseudo-query is.

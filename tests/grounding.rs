@@ -121,6 +121,24 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         std::fs::read(again.join("model.safetensors")).unwrap(),
         "a resumed run ends where an uninterrupted one does"
     );
+    // train.checkpoint = "last" keeps the last epoch, whatever the validation says.
+    let last = dir.path().join("m3");
+    must(&[
+        "train",
+        "--dataset",
+        p(&dataset),
+        "--features",
+        p(&features),
+        "--out",
+        p(&last),
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.checkpoint=last",
+    ]);
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(last.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["best_epoch"], 3, "{card}");
 
     let video = test.join("features/synth_01000.npz");
     let report = must(&[

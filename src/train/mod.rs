@@ -14,7 +14,7 @@ pub mod query;
 use crate::batch::collect_videos;
 use crate::caption::text::TextEncoder;
 use crate::caption::CaptionError;
-use crate::config::{Config, TrainConfig};
+use crate::config::{Checkpoint, Config, TrainConfig};
 use crate::dataset::{read_annotations, DatasetError, Moment};
 use crate::eval::IOU_THRESHOLDS;
 use crate::fsio::{write_atomic, Durability};
@@ -683,7 +683,11 @@ pub fn train(
         state.epoch = epoch;
         state.step = optimiser.step;
         state.history.push(record.clone());
-        if state.best.is_none_or(|best| check.better_than(&best)) {
+        let keep = match train_config.checkpoint {
+            Checkpoint::Last => true,
+            Checkpoint::Validation => state.best.is_none_or(|best| check.better_than(&best)),
+        };
+        if keep {
             state.best = Some(check);
             state.best_epoch = epoch;
             state.bad_epochs = 0;
