@@ -1,4 +1,4 @@
-//! Ground: "where in this video does <sentence> happen?", answered by a trained model. The
+//! Ground: "where in this video does `<sentence>` happen?", answered by a trained model. The
 //! model regresses one span and spreads its temporal attention over the steps; the answer is
 //! that span and the video's own proposals, ranked by how much of the attention they hold for
 //! their length, overlapping ones suppressed.

@@ -7,7 +7,9 @@
 //! actions that share a word look alike (open door vs close door), as they do in real features.
 //! A video is background (its scene) with events laid between, blended over a few frames at
 //! each boundary, on top of a world-wide common component, a per-video style offset, a slow
-//! random-walk drift and per-frame noise.
+//! random-walk drift and per-frame noise: the motion ("i3d") stream. Beside it, the appearance
+//! ("clip") stream is what single frames show, in a space of its own: objects well, actions
+//! hardly.
 
 use crate::config::SynthConfig;
 use crate::fsio::{write_atomic, Durability};

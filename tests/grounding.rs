@@ -33,6 +33,28 @@ fn run(args: &[&str]) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
+/// `train` on `dataset` over `features` into `out`, with `settings` (`key=value`).
+fn train_args<'a>(
+    dataset: &'a Path,
+    features: &'a Path,
+    out: &'a Path,
+    settings: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--dataset",
+        p(dataset),
+        "--features",
+        p(features),
+        "--out",
+        p(out),
+    ];
+    for setting in settings {
+        args.extend(["--set", setting]);
+    }
+    args
+}
+
 fn must(args: &[&str]) -> String {
     let (ok, report) = run(args);
     assert!(ok, "{args:?}\n{report}");
@@ -62,29 +84,19 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     // One epoch, then a second run that goes on from it instead of starting again.
     let dataset = world.join("dataset");
     let features = world.join("features");
-    let report = must(&[
-        "train",
-        "--dataset",
-        p(&dataset),
-        "--features",
-        p(&features),
-        "--out",
-        p(&model),
-        "--set",
-        "train.epochs=1",
-    ]);
+    let report = must(&train_args(
+        &dataset,
+        &features,
+        &model,
+        &["train.epochs=1"],
+    ));
     assert!(report.contains("epoch   1"), "{report}");
-    let report = must(&[
-        "train",
-        "--dataset",
-        p(&dataset),
-        "--features",
-        p(&features),
-        "--out",
-        p(&model),
-        "--set",
-        "train.epochs=2",
-    ]);
+    let report = must(&train_args(
+        &dataset,
+        &features,
+        &model,
+        &["train.epochs=2"],
+    ));
     assert!(
         report.contains("resumed after epoch 1") && report.contains("epoch   2"),
         "{report}"
@@ -105,17 +117,12 @@ fn train_resume_ground_and_eval_on_a_small_world() {
 
     // Training is deterministic: the same seed gives the same weights.
     let again = dir.path().join("m2");
-    must(&[
-        "train",
-        "--dataset",
-        p(&dataset),
-        "--features",
-        p(&features),
-        "--out",
-        p(&again),
-        "--set",
-        "train.epochs=2",
-    ]);
+    must(&train_args(
+        &dataset,
+        &features,
+        &again,
+        &["train.epochs=2"],
+    ));
     assert_eq!(
         std::fs::read(model.join("model.safetensors")).unwrap(),
         std::fs::read(again.join("model.safetensors")).unwrap(),
@@ -123,19 +130,12 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     );
     // train.checkpoint = "last" keeps the last epoch, whatever the validation says.
     let last = dir.path().join("m3");
-    must(&[
-        "train",
-        "--dataset",
-        p(&dataset),
-        "--features",
-        p(&features),
-        "--out",
-        p(&last),
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "train.checkpoint=last",
-    ]);
+    must(&train_args(
+        &dataset,
+        &features,
+        &last,
+        &["train.epochs=3", "train.checkpoint=last"],
+    ));
     let card: Value =
         serde_json::from_str(&std::fs::read_to_string(last.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["best_epoch"], 3, "{card}");
@@ -209,15 +209,8 @@ fn grounding_mistakes_are_clear_errors() {
     for name in ["synth_00000.npz", "synth_00000.json"] {
         std::fs::copy(features.join(name), few.join(name)).unwrap();
     }
-    let report = fail(&[
-        "train",
-        "--dataset",
-        p(&world.join("dataset")),
-        "--features",
-        p(&few),
-        "--out",
-        p(&dir.path().join("m")),
-    ]);
+    let (dataset, scratch) = (world.join("dataset"), dir.path().join("m"));
+    let report = fail(&train_args(&dataset, &few, &scratch, &[]));
     assert!(
         report.contains("23 of 24 videos have no feature file"),
         "{report}"
@@ -225,15 +218,7 @@ fn grounding_mistakes_are_clear_errors() {
     // An empty dataset.
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    let report = fail(&[
-        "train",
-        "--dataset",
-        p(&empty),
-        "--features",
-        p(&features),
-        "--out",
-        p(&dir.path().join("m")),
-    ]);
+    let report = fail(&train_args(&empty, &features, &scratch, &[]));
     assert!(
         report.contains("empty.jsonl") && report.contains("no pairs"),
         "{report}"
@@ -241,17 +226,8 @@ fn grounding_mistakes_are_clear_errors() {
 
     // A trained model, then what cannot be asked of it.
     let model = dir.path().join("model");
-    must(&[
-        "train",
-        "--dataset",
-        p(&world.join("gt.jsonl")),
-        "--features",
-        p(&features),
-        "--out",
-        p(&model),
-        "--set",
-        "train.epochs=1",
-    ]);
+    let truth = world.join("gt.jsonl");
+    must(&train_args(&truth, &features, &model, &["train.epochs=1"]));
     let long = "word ".repeat(40);
     let video = features.join("synth_00001.npz");
     let report = fail(&[

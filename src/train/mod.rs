@@ -338,9 +338,9 @@ impl Default for Validation {
 }
 
 impl Validation {
-    /// By the loss: pseudo-labels are often wrong, and R@1 on a few hundred of them jumps from
-    /// epoch to epoch while the loss falls steadily as long as the model learns anything that
-    /// holds beyond its training videos.
+    /// By the loss: R@1 on a few hundred often-wrong pseudo-labels jumps from epoch to epoch,
+    /// the loss much less (though it too can turn before the test figures do; hence
+    /// `train.checkpoint`).
     pub fn not_worse_than(&self, other: &Validation) -> bool {
         self.loss <= other.loss
     }

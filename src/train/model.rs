@@ -65,7 +65,7 @@ fn softmax(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, candle_core::D::Minus1)
 }
 
-/// Layer normalisation over the last axis, from primitive operations (see [`softmax`]).
+/// Layer normalisation over the last axis, from primitive operations (see `softmax`).
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
