@@ -39,6 +39,8 @@ pub struct Grounder {
     network: Network,
     pub card: ModelCard,
     encoder: TextEncoder,
+    /// The card's lexicon, as queries are looked up in it.
+    lexicon: HashSet<String>,
     matrix: Vec<f32>,
     config: Config,
 }
@@ -62,6 +64,7 @@ impl Grounder {
         let mut config = config.clone();
         config.train = card.config.clone();
         Ok(Grounder {
+            lexicon: card.lexicon.iter().cloned().collect(),
             matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
             network,
             card,
@@ -100,8 +103,12 @@ impl Grounder {
             feature_dim: features.dim,
         };
         let distinct: HashSet<&str> = queries.iter().copied().collect();
-        let lexicon = self.card.lexicon.iter().cloned().collect();
-        let texts = QueryBank::encode(&distinct, &self.encoder, &lexicon, train.max_query_words)?;
+        let texts = QueryBank::encode(
+            &distinct,
+            &self.encoder,
+            &self.lexicon,
+            train.max_query_words,
+        )?;
         let pairs: Vec<Pair> = queries
             .iter()
             .map(|q| Pair {

@@ -11,6 +11,7 @@
 //! ("clip") stream is what single frames show, in a space of its own: objects well, actions
 //! hardly.
 
+use crate::caption::APPEARANCE_STREAM;
 use crate::config::SynthConfig;
 use crate::fsio::{write_atomic, Durability};
 use crate::ingest::{npy, npz, Features};
@@ -191,6 +192,10 @@ pub fn words() -> (Vec<&'static str>, Vec<&'static str>) {
 pub fn word_prototype(seed: u64, dim: usize, word: &str) -> Vec<f32> {
     unit_gaussian(dim, &mut Rng::new(seed ^ hash_str(word)))
 }
+
+/// Name of the motion stream in a two-stream video; one that `ingest.stream_preference` picks
+/// for proposals before the appearance stream.
+const MOTION_STREAM: &str = "i3d";
 
 /// Salt of the appearance stream's word prototypes, independent of the motion stream's.
 const APPEARANCE_SEED: u64 = 0x636c_6970;
@@ -550,7 +555,10 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<Vec<GroundTruth>, Sy
                     let mut bytes = std::io::Cursor::new(Vec::new());
                     npz::write(
                         &mut bytes,
-                        &[("i3d", &video.features), ("clip", appearance)],
+                        &[
+                            (MOTION_STREAM, &video.features),
+                            (APPEARANCE_STREAM, appearance),
+                        ],
                     )
                     .map_err(fail(&path))?;
                     bytes.into_inner()

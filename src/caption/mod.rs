@@ -239,7 +239,7 @@ impl Captioner {
 
 /// The stream a CLIP-style tower reads when `caption.visual_stream` is "": one a CLIP image
 /// tower made, when the file has one.
-const APPEARANCE_STREAM: &str = "clip";
+pub const APPEARANCE_STREAM: &str = "clip";
 
 /// The stream named `name`; "" = the file's "clip" stream, else the one proposals are found on.
 pub fn visual_stream<'v>(video: &'v Video, name: &str) -> Result<&'v Features, CaptionError> {

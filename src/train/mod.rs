@@ -541,19 +541,46 @@ impl Network {
         config: &TrainConfig,
     ) -> Result<Vec<(f64, f64, Vec<f32>)>, TrainError> {
         let mut out = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(config.batch.max(1)) {
-            let batch = Batch::new(chunk, videos, queries, config, None)?;
-            let Prediction { spans, attention } =
-                self.model.forward(&batch, &mut Dropout::off())?;
-            let spans = spans.to_vec2::<f32>()?;
-            let attention = attention.to_vec2::<f32>()?;
-            for (span, weights) in spans.into_iter().zip(attention) {
-                let (a, b) = (f64::from(span[0]), f64::from(span[1]));
-                out.push((a.min(b), a.max(b), weights));
+        self.each_batch(pairs, videos, queries, config, |_, _, prediction| {
+            let attention = prediction.attention.to_vec2::<f32>()?;
+            for ((start, end), weights) in ordered_spans(prediction)?.into_iter().zip(attention) {
+                out.push((start, end, weights));
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
+
+    /// Runs the model without dropout over `pairs`, batch by batch, handing each batch's pairs,
+    /// tensors and prediction to `visit`.
+    fn each_batch(
+        &self,
+        pairs: &[&Pair],
+        videos: &VideoBank,
+        queries: &QueryBank,
+        config: &TrainConfig,
+        mut visit: impl FnMut(&[&Pair], &Batch, &Prediction) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
+        for chunk in pairs.chunks(config.batch.max(1)) {
+            let batch = Batch::new(chunk, videos, queries, config, None)?;
+            let prediction = self.model.forward(&batch, &mut Dropout::off())?;
+            visit(chunk, &batch, &prediction)?;
+        }
+        Ok(())
+    }
+}
+
+/// The predicted spans as (start, end) with start ≤ end: the head does not order them.
+fn ordered_spans(prediction: &Prediction) -> Result<Vec<(f64, f64)>, TrainError> {
+    Ok(prediction
+        .spans
+        .to_vec2::<f32>()?
+        .into_iter()
+        .map(|span| {
+            let (a, b) = (f64::from(span[0]), f64::from(span[1]));
+            (a.min(b), a.max(b))
+        })
+        .collect())
 }
 
 /// What a finished run reports.
@@ -934,25 +961,29 @@ fn validate(
         return Ok(Validation::default());
     }
     let (mut loss_sum, mut hits, mut iou_sum) = (0.0, [0usize; 3], 0.0);
-    for chunk in pairs.chunks(config.batch.max(1)) {
-        let batch = Batch::new(chunk, videos, queries, config, None)?;
-        let prediction = network.model.forward(&batch, &mut Dropout::off())?;
-        let loss = model::loss(
-            &prediction,
-            &batch.targets,
-            &batch.inside,
-            config.attention_loss,
-        )?;
-        loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
-        for (pair, span) in chunk.iter().zip(prediction.spans.to_vec2::<f32>()?) {
-            let (a, b) = (f64::from(span[0]), f64::from(span[1]));
-            let iou = crate::eval::iou([a.min(b), a.max(b)], [pair.start, pair.end]);
-            iou_sum += iou;
-            for (hit, threshold) in hits.iter_mut().zip(IOU_THRESHOLDS) {
-                *hit += usize::from(iou >= threshold);
+    network.each_batch(
+        pairs,
+        videos,
+        queries,
+        config,
+        |chunk, batch, prediction| {
+            let loss = model::loss(
+                prediction,
+                &batch.targets,
+                &batch.inside,
+                config.attention_loss,
+            )?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
+            for (pair, (start, end)) in chunk.iter().zip(ordered_spans(prediction)?) {
+                let iou = crate::eval::iou([start, end], [pair.start, pair.end]);
+                iou_sum += iou;
+                for (hit, threshold) in hits.iter_mut().zip(IOU_THRESHOLDS) {
+                    *hit += usize::from(iou >= threshold);
+                }
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     let n = pairs.len() as f64;
     Ok(Validation {
         loss: loss_sum / n,
