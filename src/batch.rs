@@ -44,8 +44,9 @@ pub struct Failure {
 #[derive(Debug)]
 pub struct BatchReport {
     pub videos: usize,
-    /// Proposals (training pairs) in the dataset written.
+    /// Proposals found, and the training pairs the dataset took of them.
     pub proposals: usize,
+    pub pairs: usize,
     pub failures: Vec<Failure>,
     pub elapsed: Duration,
     pub times: StageTimes,
@@ -189,7 +190,8 @@ pub fn propose_all(
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(BatchReport {
         videos: videos.len() - failures.len(),
-        proposals: labels.len(),
+        proposals: results.iter().map(|r| r.proposals.len()).sum(),
+        pairs: labels.len(),
         failures,
         elapsed: started.elapsed(),
         times,

@@ -198,6 +198,9 @@ pub struct CaptionConfig {
     pub visual_stream: String,
     pub verbs: usize,
     pub nouns: usize,
+    pub verb_contrast: bool,
+    pub explain_nouns: usize,
+    pub pairs: PairSelection,
     pub cache_dir: PathBuf,
 }
 
@@ -247,6 +250,16 @@ pub enum CaptionMode {
     LanguageFree,
     /// No pseudo-queries: proposals only.
     Off,
+}
+
+/// Which captioned proposals of a video become training pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairSelection {
+    /// Every proposal, as PSVL.
+    All,
+    /// For each set of nouns the captioner names in a video, the proposal that shows it best.
+    BestPerNoun,
 }
 
 impl RunConfig {

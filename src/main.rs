@@ -637,7 +637,7 @@ fn propose_paths(
     failures.append(&mut report.failures);
     report.failures = failures;
     println!(
-        "{} {} videos in {:.2} s ({:.0} videos/s): {} proposals; results in {}, dataset in {}",
+        "{} {} videos in {:.2} s ({:.0} videos/s): {} proposals, {} training pairs; results in {}, dataset in {}",
         match source {
             Source::Propose => "proposed",
             Source::Recaption(_) => "captioned",
@@ -646,6 +646,7 @@ fn propose_paths(
         report.elapsed.as_secs_f64(),
         report.videos_per_second(),
         report.proposals,
+        report.pairs,
         out.join("proposals").display(),
         out.join("dataset").display()
     );

@@ -118,6 +118,13 @@ pub struct ScoredSpan {
     pub caption: Caption,
 }
 
+impl ScoredSpan {
+    /// Whether the dataset takes this proposal: all but those the captioner superseded.
+    pub fn is_pair(&self) -> bool {
+        !self.caption.superseded
+    }
+}
+
 impl VideoProposals {
     /// Gives every proposal its pseudo-query.
     pub fn caption(&mut self, video: &Video, captioner: &Captioner) -> Result<(), CaptionError> {

@@ -82,8 +82,9 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
     );
     assert!(ours[6] > sliding[6] + 10.0, "R@5 IoU 0.5\n{table}");
     assert!(ours[10] > sliding[10] + 10.0, "R@all IoU 0.7\n{table}");
-    // Pseudo-queries name the planted event's noun nearly always and its verb more often than
-    // chance: a still frame shows the object, hardly the action.
+    // Pseudo-queries name the planted event's noun nearly always. A still frame shows the
+    // object, hardly the action, so verbs are read from what the span adds to its video, less
+    // its objects (caption.verb_contrast): right most of the time, against 3% by chance.
     let accuracy = |method: &str| -> Vec<f64> {
         let line = table.lines().find(|l| l.starts_with(method)).unwrap();
         line[method.len()..]
@@ -92,7 +93,10 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
             .collect()
     };
     let (captioner, random) = (accuracy("captioner"), accuracy("random vocabulary"));
-    assert!(captioner[0] > 2.0 * random[0], "verb top-1\n{table}");
+    assert!(
+        captioner[0] > 40.0 && captioner[0] > 10.0 * random[0],
+        "verb top-1\n{table}"
+    );
     assert!(
         captioner[2] > 80.0 && captioner[2] > 5.0 * random[2],
         "noun top-1\n{table}"
@@ -106,6 +110,19 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
     assert!(psvl
         .iter()
         .all(|e| e["tokens"].as_array().unwrap().len() == 2));
+    // One pair per noun and video (caption.pairs = "best_per_noun"); the other proposals stay
+    // in the result files, marked superseded.
+    let mut named = std::collections::HashSet::new();
+    assert!(psvl.iter().all(|e| named.insert((
+        e["vid"].as_str().unwrap().to_string(),
+        e["tokens"][1].as_str().unwrap().to_string()
+    ))));
+    let superseded = std::fs::read_dir(dir.path().join("proposals"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .filter(|text| text.contains("\"superseded\":true"))
+        .count();
+    assert!(superseded > 0, "no proposal was superseded");
     let detr = std::fs::read_to_string(dataset.join("moment_detr.jsonl")).unwrap();
     let charades = std::fs::read_to_string(dataset.join("charades.txt")).unwrap();
     assert_eq!(detr.lines().count(), psvl.len());

@@ -11,13 +11,14 @@ pub mod text;
 pub mod vocab;
 pub mod world;
 
-use crate::config::{CaptionMode, Config};
+use crate::config::{CaptionMode, Config, PairSelection};
 use crate::ingest::{Features, Video};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use text::{unit, TextEncoder};
 use thiserror::Error;
-use vocab::{ScoredVocabulary, Vocabulary};
+use vocab::{ScoredVocabulary, Vocabulary, WordChoice};
 use world::WorldTower;
 
 /// A proposal's pseudo-query, as its result file and the datasets carry it. Empty fields are
@@ -36,6 +37,14 @@ pub struct Caption {
     /// Language-free mode: the unit-length visual embedding that stands for the query.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_embedding: Vec<f32>,
+    /// Another proposal of the video shows the same nouns better, so this one is no training
+    /// pair (`caption.pairs = "best_per_noun"`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub superseded: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 /// The CLIP-style text tower: text into the visual stream's embedding space.
@@ -132,8 +141,9 @@ pub fn configured_vocabulary(config: &Config) -> Result<Vocabulary, CaptionError
 pub struct Captioner {
     mode: CaptionMode,
     stream: String,
-    verbs: usize,
-    nouns: usize,
+    words: WordChoice,
+    verb_contrast: bool,
+    pairs: PairSelection,
     vocabulary: Option<ScoredVocabulary>,
 }
 
@@ -168,8 +178,13 @@ impl Captioner {
         Ok(Captioner {
             mode: caption.mode,
             stream: caption.visual_stream.clone(),
-            verbs: caption.verbs,
-            nouns: caption.nouns,
+            words: WordChoice {
+                verbs: caption.verbs,
+                nouns: caption.nouns,
+                explain_nouns: caption.explain_nouns,
+            },
+            verb_contrast: caption.verb_contrast,
+            pairs: caption.pairs,
             vocabulary,
         })
     }
@@ -179,8 +194,13 @@ impl Captioner {
         Captioner {
             mode: CaptionMode::Off,
             stream: String::new(),
-            verbs: 0,
-            nouns: 0,
+            words: WordChoice {
+                verbs: 0,
+                nouns: 0,
+                explain_nouns: 0,
+            },
+            verb_contrast: false,
+            pairs: PairSelection::All,
             vocabulary: None,
         }
     }
@@ -203,7 +223,8 @@ impl Captioner {
     }
 
     /// One pseudo-query per span (seconds) of `video`, from the mean of the visual stream's
-    /// features over the span.
+    /// features over the span; with `caption.pairs = "best_per_noun"`, all but the best span
+    /// of each set of nouns are marked superseded.
     pub fn caption(
         &self,
         video: &Video,
@@ -213,18 +234,26 @@ impl Captioner {
             return Ok(vec![Caption::default(); spans.len()]);
         }
         let features = self.visual_features(video)?;
-        spans
+        let video_mean = self.verb_contrast.then(|| mean_over(features, 0.0, 1.0));
+        let mut captions = spans
             .iter()
             .map(|&(start, end)| {
                 let visual = mean_over(features, start / video.duration, end / video.duration);
                 match &self.vocabulary {
                     Some(vocabulary) => {
-                        let query = vocabulary.caption(&visual, self.verbs, self.nouns)?;
+                        let contrast = video_mean.as_ref().map(|all| {
+                            visual
+                                .iter()
+                                .zip(all)
+                                .map(|(v, a)| v - a)
+                                .collect::<Vec<_>>()
+                        });
+                        let query = vocabulary.caption(&visual, contrast.as_deref(), self.words)?;
                         Ok(Caption {
                             query: query.sentence,
                             tokens: query.tokens,
                             token_scores: query.scores,
-                            query_embedding: Vec::new(),
+                            ..Caption::default()
                         })
                     }
                     None => Ok(Caption {
@@ -233,7 +262,36 @@ impl Captioner {
                     }),
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, CaptionError>>()?;
+        if let (PairSelection::BestPerNoun, Some(vocabulary)) = (self.pairs, &self.vocabulary) {
+            supersede_all_but_best_per_noun(
+                &mut captions,
+                self.words.verbs.min(vocabulary.verb_count()),
+            );
+        }
+        Ok(captions)
+    }
+}
+
+/// Keeps, of the captions that name the same nouns (the tokens after the first `verbs`), only
+/// the one whose nouns score highest: the proposals of a video overlap and mostly show its
+/// dominant object, so one query would otherwise be taught many contradictory spans.
+fn supersede_all_but_best_per_noun(captions: &mut [Caption], verbs: usize) {
+    let noun_score = |c: &Caption| c.token_scores.iter().skip(verbs).sum::<f32>();
+    let mut best: HashMap<&[String], usize> = HashMap::new();
+    for (i, caption) in captions.iter().enumerate() {
+        let nouns = caption.tokens.get(verbs..).unwrap_or_default();
+        best.entry(nouns)
+            .and_modify(|b| {
+                if noun_score(caption) > noun_score(&captions[*b]) {
+                    *b = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let keep: HashSet<usize> = best.into_values().collect();
+    for (i, caption) in captions.iter_mut().enumerate() {
+        caption.superseded = !keep.contains(&i);
     }
 }
 
@@ -306,5 +364,38 @@ impl CaptionError {
             CaptionError::Stream { .. } => "caption_stream",
             _ => "caption",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caption(verb: &str, noun: &str, noun_score: f32) -> Caption {
+        Caption {
+            query: format!("{verb} {noun}"),
+            tokens: vec![verb.into(), noun.into()],
+            token_scores: vec![0.9, noun_score],
+            ..Caption::default()
+        }
+    }
+
+    #[test]
+    fn of_the_captions_naming_one_noun_only_the_best_shown_is_a_pair() {
+        let mut captions = [
+            caption("open", "door", 0.4),
+            caption("hold", "cup", 0.7),
+            caption("close", "door", 0.6),
+            caption("open", "door", 0.5),
+        ];
+        supersede_all_but_best_per_noun(&mut captions, 1);
+        let kept: Vec<&str> = captions
+            .iter()
+            .filter(|c| !c.superseded)
+            .map(|c| c.query.as_str())
+            .collect();
+        assert_eq!(kept, ["hold cup", "close door"], "the verb does not count");
+        let json = serde_json::to_string(&captions[1]).unwrap();
+        assert!(!json.contains("superseded"), "pairs read as before: {json}");
     }
 }

@@ -360,7 +360,12 @@ mod tests {
             ("a man sweeps the floor with a broom", "sweep", "floor"),
         ] {
             let visual = &encoder.encode(&[sentence]).unwrap()[0].pooled;
-            let query = scored.caption(visual, 1, 1).unwrap();
+            let words = crate::caption::vocab::WordChoice {
+                verbs: 1,
+                nouns: 1,
+                explain_nouns: 0,
+            };
+            let query = scored.caption(visual, None, words).unwrap();
             assert_eq!(query.tokens, [verb, noun], "{sentence}");
         }
         let long = "word ".repeat(config.max_query_tokens);

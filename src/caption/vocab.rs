@@ -116,38 +116,57 @@ impl ScoredVocabulary {
         self.len() == 0
     }
 
-    /// The `verbs` best verbs and `nouns` best nouns for a visual embedding (any length
-    /// scale; it is normalised here).
+    /// Verbs in the vocabulary: the first tokens of every query are this many or `verbs`.
+    pub fn verb_count(&self) -> usize {
+        self.vocabulary.verbs.len()
+    }
+
+    /// The best verbs and nouns for one span. Nouns are scored against `visual`, the span's
+    /// mean embedding (any length scale). Verbs are too, unless `choice.contrast` gives the
+    /// span's mean minus its video's: then verbs are scored against that contrast with the
+    /// directions of the `explain_nouns` best nouns taken out, since a still shows objects far
+    /// more than actions and the objects would otherwise decide the verb.
     pub fn caption(
         &self,
         visual: &[f32],
-        verbs: usize,
-        nouns: usize,
+        contrast: Option<&[f32]>,
+        choice: WordChoice,
     ) -> Result<PseudoQuery, CaptionError> {
-        if visual.len() != self.dim {
-            return Err(CaptionError::Dimensions {
-                visual: visual.len(),
-                text: self.dim,
-            });
+        for input in std::iter::once(visual).chain(contrast) {
+            if input.len() != self.dim {
+                return Err(CaptionError::Dimensions {
+                    visual: input.len(),
+                    text: self.dim,
+                });
+            }
         }
-        let norm = dot(visual, visual).sqrt().max(1e-12);
-        let scores: Vec<f32> = self
-            .embeddings
-            .chunks(self.dim)
-            .map(|word| dot(word, visual) / norm)
-            .collect();
-        let (verb_scores, noun_scores) = scores.split_at(self.vocabulary.verbs.len());
+        let verb_count = self.vocabulary.verbs.len();
+        let (verb_embeddings, noun_embeddings) = self.embeddings.split_at(verb_count * self.dim);
+        let noun_scores = cosines(noun_embeddings, self.dim, visual);
+        let action = contrast
+            .map(|contrast| {
+                let explained = best_first(&noun_scores)
+                    .into_iter()
+                    .take(choice.explain_nouns)
+                    .map(|i| &noun_embeddings[i * self.dim..(i + 1) * self.dim]);
+                without_directions(contrast, explained)
+            })
+            // A span as long as its video differs from it by nothing; its mean has to do.
+            .filter(|residual| dot(residual, residual) > 1e-12 * dot(visual, visual));
+        let verb_scores = cosines(
+            verb_embeddings,
+            self.dim,
+            action.as_deref().unwrap_or(visual),
+        );
         let best = |scores: &[f32], words: &[String], k: usize| {
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-            order
+            best_first(scores)
                 .into_iter()
                 .take(k)
                 .map(|i| (words[i].clone(), scores[i]))
                 .collect::<Vec<_>>()
         };
-        let chosen_verbs = best(verb_scores, &self.vocabulary.verbs, verbs);
-        let chosen_nouns = best(noun_scores, &self.vocabulary.nouns, nouns);
+        let chosen_verbs = best(&verb_scores, &self.vocabulary.verbs, choice.verbs);
+        let chosen_nouns = best(&noun_scores, &self.vocabulary.nouns, choice.nouns);
         let join = |words: &[(String, f32)]| {
             words
                 .iter()
@@ -168,6 +187,55 @@ impl ScoredVocabulary {
             scores,
         })
     }
+}
+
+/// How many words a query takes, and how verbs are told apart from the objects in view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WordChoice {
+    pub verbs: usize,
+    pub nouns: usize,
+    pub explain_nouns: usize,
+}
+
+/// Cosine similarity of `visual` with each unit-length row of `rows`.
+fn cosines(rows: &[f32], dim: usize, visual: &[f32]) -> Vec<f32> {
+    let norm = dot(visual, visual).sqrt().max(1e-12);
+    rows.chunks(dim)
+        .map(|row| dot(row, visual) / norm)
+        .collect()
+}
+
+/// Indices of `scores`, highest first.
+fn best_first(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
+
+/// `vector` less its projection on the span of `directions` (made orthonormal as they come).
+fn without_directions<'d>(vector: &[f32], directions: impl Iterator<Item = &'d [f32]>) -> Vec<f32> {
+    let mut basis: Vec<Vec<f32>> = Vec::new();
+    for direction in directions {
+        let mut axis = direction.to_vec();
+        for b in &basis {
+            let along = dot(&axis, b);
+            axis.iter_mut().zip(b).for_each(|(a, b)| *a -= along * b);
+        }
+        let norm = dot(&axis, &axis).sqrt();
+        if norm > 1e-6 {
+            axis.iter_mut().for_each(|a| *a /= norm);
+            basis.push(axis);
+        }
+    }
+    let mut residual = vector.to_vec();
+    for b in &basis {
+        let along = dot(&residual, b);
+        residual
+            .iter_mut()
+            .zip(b)
+            .for_each(|(r, b)| *r -= along * b);
+    }
+    residual
 }
 
 /// Embeddings cached by an earlier run: a little-endian u32 dimension, then the vectors.
@@ -221,20 +289,88 @@ mod tests {
         let scored = ScoredVocabulary::build(vocabulary(), "toy", dir.path(), embed).unwrap();
         // Mostly "pour" and "water", some "sit" and "chair".
         let visual = [0.1, 0.9, 0.3, 0.0, 0.8, 0.4, 0.1];
-        let query = scored.caption(&visual, 1, 2).unwrap();
+        let words = WordChoice {
+            verbs: 1,
+            nouns: 2,
+            explain_nouns: 0,
+        };
+        let query = scored.caption(&visual, None, words).unwrap();
         assert_eq!(query.tokens, ["pour", "water", "chair"]);
         assert_eq!(query.sentence, "a person pour the water chair");
         assert!(query.scores[0] > query.scores[2]);
         let again = ScoredVocabulary::build(vocabulary(), "toy", dir.path(), embed).unwrap();
         assert_eq!(calls.get(), 1, "the second build read the cache");
-        assert_eq!(again.caption(&visual, 1, 2).unwrap(), query);
+        assert_eq!(again.caption(&visual, None, words).unwrap(), query);
         // Another model is another cache entry.
         ScoredVocabulary::build(vocabulary(), "other", dir.path(), embed).unwrap();
         assert_eq!(calls.get(), 2);
         assert!(matches!(
-            scored.caption(&[1.0, 0.0], 1, 1),
+            scored.caption(&[1.0, 0.0], None, words),
             Err(CaptionError::Dimensions { visual: 2, text: 7 })
         ));
+        assert!(matches!(
+            scored.caption(&visual, Some(&[1.0]), words),
+            Err(CaptionError::Dimensions { visual: 1, text: 7 })
+        ));
+    }
+
+    /// Word i is axis i, but the text of "pour" leans towards "water" and that of "sit"
+    /// towards "chair", as a real tower's verbs lean towards their usual objects.
+    fn leaning(words: &[&str]) -> Result<Vec<Vec<f32>>, CaptionError> {
+        let mut vectors = axes(words)?;
+        for (verb, noun) in [(1, 4), (2, 5)] {
+            vectors[verb][verb] = 0.6;
+            vectors[verb][noun] = 0.8;
+        }
+        Ok(vectors)
+    }
+
+    #[test]
+    fn verbs_are_read_from_what_the_span_shows_more_than_its_video_less_its_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let scored = ScoredVocabulary::build(vocabulary(), "leaning", dir.path(), leaning).unwrap();
+        // A door, some water and a chair in view all along; the span: someone opens the door
+        // (faint "open", more door) and passes closer to the chair.
+        let video = [0.0, 0.0, 0.0, 0.3, 0.4, 0.5, 0.0];
+        let span = [0.1, 0.0, 0.0, 0.9, 0.4, 0.8, 0.0];
+        let contrast: Vec<f32> = span.iter().zip(video).map(|(s, v)| s - v).collect();
+        let words = |explain_nouns| WordChoice {
+            verbs: 1,
+            nouns: 1,
+            explain_nouns,
+        };
+        let plain = scored.caption(&span, None, words(2)).unwrap();
+        assert_eq!(
+            plain.tokens,
+            ["sit", "door"],
+            "the objects in view decide the verb"
+        );
+        let unexplained = scored.caption(&span, Some(&contrast), words(0)).unwrap();
+        assert_eq!(
+            unexplained.tokens,
+            ["sit", "door"],
+            "the chair it passes still does"
+        );
+        let read = scored.caption(&span, Some(&contrast), words(2)).unwrap();
+        assert_eq!(read.tokens, ["open", "door"]);
+        assert_eq!(
+            read.scores[1], plain.scores[1],
+            "nouns are scored as before"
+        );
+        // A span as long as its video shows no contrast: its mean decides.
+        let whole = scored.caption(&video, Some(&[0.0; 7]), words(2)).unwrap();
+        assert_eq!(whole, scored.caption(&video, None, words(2)).unwrap());
+    }
+
+    #[test]
+    fn directions_are_removed_even_when_they_are_not_orthogonal() {
+        let directions = [[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.8, 0.6, 0.0]];
+        let residual = without_directions(&[3.0, 4.0, 5.0], directions.iter().map(|d| &d[..]));
+        assert!(
+            residual[0].abs() < 1e-6 && residual[1].abs() < 1e-6,
+            "{residual:?}"
+        );
+        assert!((residual[2] - 5.0).abs() < 1e-6);
     }
 
     #[test]

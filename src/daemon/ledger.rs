@@ -712,7 +712,7 @@ fn record(
             )?;
             for video in videos {
                 insert_video.execute(params![video.vid, id])?;
-                for span in &video.proposals {
+                for span in video.proposals.iter().filter(|s| s.is_pair()) {
                     insert_label.execute(params![
                         shard,
                         id,
@@ -769,6 +769,7 @@ pub(crate) mod fixtures {
                                 tokens: vec!["open".into(), "door".into()],
                                 token_scores: vec![0.5, 0.4],
                                 query_embedding: if i == 1 { vec![0.6, 0.8] } else { Vec::new() },
+                                ..Caption::default()
                             },
                         })
                         .collect(),

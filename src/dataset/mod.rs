@@ -55,21 +55,26 @@ pub fn write_files(
     Ok(())
 }
 
-/// Every proposal of `videos` as a training pair, qids counting from 1 in order.
+/// Every proposal of `videos` the captioner did not supersede, as a training pair, qids
+/// counting from 1 in order.
 pub fn labels_of(videos: &[VideoProposals]) -> Vec<PseudoLabel> {
     videos
         .iter()
         .flat_map(|video| {
-            video.proposals.iter().map(|p| PseudoLabel {
-                qid: 0,
-                vid: video.vid.clone(),
-                duration: video.duration,
-                start: p.start,
-                end: p.end,
-                query: p.caption.query.clone(),
-                tokens: p.caption.tokens.clone(),
-                query_embedding: p.caption.query_embedding.clone(),
-            })
+            video
+                .proposals
+                .iter()
+                .filter(|p| p.is_pair())
+                .map(|p| PseudoLabel {
+                    qid: 0,
+                    vid: video.vid.clone(),
+                    duration: video.duration,
+                    start: p.start,
+                    end: p.end,
+                    query: p.caption.query.clone(),
+                    tokens: p.caption.tokens.clone(),
+                    query_embedding: p.caption.query_embedding.clone(),
+                })
         })
         .zip(1..)
         .map(|(label, qid)| PseudoLabel { qid, ..label })

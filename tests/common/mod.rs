@@ -156,7 +156,8 @@ pub fn move_all(staging: &Path, inbox: &Path) {
 }
 
 /// Exactly-once, whole outputs: one proposals file per expected video and nothing else, no
-/// temporaries anywhere, and every video's proposals in exactly one dataset shard of `dataset`.
+/// temporaries anywhere, and every video's training pairs (the proposals the captioner did not
+/// supersede) in exactly one dataset shard of `dataset`.
 pub fn check_results(proposals: &Path, dataset: &Path, vids: &HashSet<String>) {
     let mut proposals_per_vid = HashMap::new();
     for file in files_in(proposals) {
@@ -165,7 +166,13 @@ pub fn check_results(proposals: &Path, dataset: &Path, vids: &HashSet<String>) {
         let result: Value = serde_json::from_slice(&std::fs::read(&file).unwrap())
             .unwrap_or_else(|e| panic!("{name} is not whole JSON: {e}"));
         let vid = result["vid"].as_str().unwrap().to_string();
-        proposals_per_vid.insert(vid, result["proposals"].as_array().unwrap().len());
+        let pairs = result["proposals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p.get("superseded").is_none())
+            .count();
+        proposals_per_vid.insert(vid, pairs);
     }
     let seen: HashSet<String> = proposals_per_vid.keys().cloned().collect();
     assert_eq!(&seen, vids, "proposal files differ from the inputs");
