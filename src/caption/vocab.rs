@@ -116,14 +116,15 @@ impl ScoredVocabulary {
         self.len() == 0
     }
 
-    /// Verbs in the vocabulary: the first tokens of every query are this many or `verbs`.
+    /// Verbs in the vocabulary. A query's first tokens are its verbs: `verbs` of them, or this
+    /// many when the vocabulary has fewer.
     pub fn verb_count(&self) -> usize {
         self.vocabulary.verbs.len()
     }
 
     /// The best verbs and nouns for one span. Nouns are scored against `visual`, the span's
-    /// mean embedding (any length scale). Verbs are too, unless `choice.contrast` gives the
-    /// span's mean minus its video's: then verbs are scored against that contrast with the
+    /// mean embedding (any length scale). Verbs are too, unless `contrast` gives the span's
+    /// mean minus its video's: then verbs are scored against that contrast with the
     /// directions of the `explain_nouns` best nouns taken out, since a still shows objects far
     /// more than actions and the objects would otherwise decide the verb.
     pub fn caption(
@@ -217,10 +218,7 @@ fn without_directions<'d>(vector: &[f32], directions: impl Iterator<Item = &'d [
     let mut basis: Vec<Vec<f32>> = Vec::new();
     for direction in directions {
         let mut axis = direction.to_vec();
-        for b in &basis {
-            let along = dot(&axis, b);
-            axis.iter_mut().zip(b).for_each(|(a, b)| *a -= along * b);
-        }
+        basis.iter().for_each(|b| remove_along(&mut axis, b));
         let norm = dot(&axis, &axis).sqrt();
         if norm > 1e-6 {
             axis.iter_mut().for_each(|a| *a /= norm);
@@ -228,14 +226,17 @@ fn without_directions<'d>(vector: &[f32], directions: impl Iterator<Item = &'d [
         }
     }
     let mut residual = vector.to_vec();
-    for b in &basis {
-        let along = dot(&residual, b);
-        residual
-            .iter_mut()
-            .zip(b)
-            .for_each(|(r, b)| *r -= along * b);
-    }
+    basis.iter().for_each(|b| remove_along(&mut residual, b));
     residual
+}
+
+/// Takes out of `vector` its component along the unit vector `axis`.
+fn remove_along(vector: &mut [f32], axis: &[f32]) {
+    let along = dot(vector, axis);
+    vector
+        .iter_mut()
+        .zip(axis)
+        .for_each(|(v, a)| *v -= along * a);
 }
 
 /// Embeddings cached by an earlier run: a little-endian u32 dimension, then the vectors.
