@@ -1,7 +1,7 @@
 //! Ground: "where in this video does `<sentence>` happen?", answered by a trained model. The
 //! model regresses one span and spreads its temporal attention over the steps; the answer is
-//! that span and the video's own proposals, ranked by how much of the attention they hold for
-//! their length, overlapping ones suppressed.
+//! that span and the video's own proposals, ranked by how much more of the attention they hold
+//! than an even spread would give them, overlapping ones suppressed.
 
 use crate::caption::text::TextEncoder;
 use crate::config::Config;
@@ -150,10 +150,13 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
         .collect()
 }
 
-/// The regressed span and the candidates by attention mass over √(length), greedily skipping
-/// any that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1]. The regressed
-/// span is not put first: where the attention is sharp it wins on its own, and where the
-/// regression is off a proposal that holds the attention answers better.
+/// The regressed span and the candidates by the attention they hold beyond their share of an
+/// even spread (mass minus the fraction of steps they cover), greedily skipping any that
+/// overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1]. A span gains by
+/// taking in a step only where the attention there is above average, so attention that leaks
+/// thinly over the whole video does not pull the answer long. The regressed span is not put
+/// first: where the attention is sharp it wins on its own, and where the regression is off a
+/// proposal that holds the attention answers better.
 fn rank(
     regressed: &[f64; 2],
     candidates: &[[f64; 2]],
@@ -165,7 +168,7 @@ fn rank(
         let first = ((span[0] * n as f64).floor() as usize).min(n - 1);
         let last = ((span[1] * n as f64).ceil() as usize).clamp(first + 1, n);
         let mass: f32 = attention[first..last].iter().sum();
-        f64::from(mass) / (span[1] - span[0]).max(1.0 / n as f64).sqrt()
+        f64::from(mass) - (last - first) as f64 / n as f64
     };
     let mut ranked: Vec<Segment> = candidates
         .iter()
@@ -198,7 +201,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spans_rank_by_attention_for_their_length_and_overlaps_are_suppressed() {
+    fn spans_rank_by_attention_beyond_an_even_spread_and_overlaps_are_suppressed() {
         // Attention on steps 4..8 of 10.
         let attention = [0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25, 0.0, 0.0];
         let candidates = [[0.3, 0.9], [0.0, 0.3], [0.6, 1.0]];
@@ -215,6 +218,15 @@ mod tests {
         assert_eq!(
             spans(rank(&[0.0, 0.2], &candidates, &attention, 2)),
             [[0.3, 0.9], [0.6, 1.0]]
+        );
+        // Steps 4 and 5 hold 0.2 each, the other eight 0.075 each: below the even 0.1, so the
+        // whole video, which holds all of it, ranks below the peak (mass over √length would
+        // rank it first: 1.0 against 0.89).
+        let mut leaky = [0.075f32; 10];
+        leaky[4..6].fill(0.2);
+        assert_eq!(
+            spans(rank(&[0.0, 1.0], &[[0.4, 0.6]], &leaky, 2)),
+            [[0.4, 0.6], [0.0, 1.0]]
         );
     }
 }
