@@ -602,6 +602,90 @@ fn sigterm_during_work_exits_0_with_nothing_half_written() {
     service.check_outputs(&vids);
 }
 
+/// Inputs quarantined for what the caption settings asked of them are taken again once the
+/// settings change: at the next start, or when SIGHUP reloads other caption settings.
+#[test]
+fn caption_quarantines_are_taken_again_under_new_caption_settings() {
+    let broken = "visual_stream = \"siglip\"\n";
+    let mut service = Service::with_sections(
+        150,
+        "",
+        &format!("[caption]\nmode = \"language_free\"\n{broken}"),
+    );
+    let set_broken = |service: &Service, on: bool| {
+        let config = std::fs::read_to_string(service.config()).unwrap();
+        let fixed = config.replace(broken, "");
+        let config = if on {
+            fixed.replace(
+                "mode = \"language_free\"\n",
+                &format!("mode = \"language_free\"\n{broken}"),
+            )
+        } else {
+            fixed
+        };
+        std::fs::write(service.config(), config).unwrap();
+    };
+    let wait_done = |service: &mut Service, done: u64| {
+        let started = Instant::now();
+        while counts(&service.status())["done"] != done {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{}",
+                service.status()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    service.start();
+    std::fs::write(service.inbox().join("a.npy"), good_npy(120, 16, 1)).unwrap();
+    let status = service.wait_finished(1, Duration::from_secs(60));
+    assert_eq!(counts(&status)["quarantined"], 1, "{status}");
+    let record = std::fs::read_to_string(service.path("q/a.error.json")).unwrap();
+    assert!(record.contains("caption_stream"), "{record}");
+    assert!(service.terminate(Duration::from_secs(30)).success());
+
+    // Fixed while the daemon was down: taken again at the start.
+    set_broken(&service, false);
+    service.start();
+    wait_done(&mut service, 1);
+    assert!(!service.path("q/a.error.json").exists());
+    assert!(service.path("out/proposals/a.json").exists());
+
+    // Broken and fixed again through SIGHUP.
+    set_broken(&service, true);
+    service.signal(libc::SIGHUP);
+    let reloaded = |service: &Service, times: usize| {
+        let started = Instant::now();
+        while service
+            .log(2)
+            .iter()
+            .filter(|l| l["fields"]["message"] == "configuration reloaded")
+            .count()
+            < times
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "SIGHUP ignored"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    reloaded(&service, 1);
+    std::fs::write(service.inbox().join("b.npy"), good_npy(120, 16, 2)).unwrap();
+    let status = service.wait_finished(2, Duration::from_secs(60));
+    assert_eq!(counts(&status)["quarantined"], 1, "{status}");
+    set_broken(&service, false);
+    service.signal(libc::SIGHUP);
+    reloaded(&service, 2);
+    wait_done(&mut service, 2);
+    assert!(!service.path("q/b.error.json").exists());
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    assert!(service
+        .log(2)
+        .iter()
+        .any(|l| l["fields"]["why"] == "caption settings reloaded"));
+}
+
 #[test]
 fn sighup_reloads_the_configuration() {
     let mut service = Service::new(150, "");

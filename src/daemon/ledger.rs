@@ -91,6 +91,8 @@ pub struct InputRow {
     /// Files this input produced (proposals and quarantine records), absolute.
     pub outputs: Vec<PathBuf>,
     pub vids: Vec<String>,
+    /// The reason code of its last failure, if any.
+    pub reason: Option<String>,
 }
 
 /// One change to record, produced by the daemon's main loop.
@@ -320,7 +322,7 @@ impl Ledger {
             .conn
             .prepare(
                 "SELECT id, path, size, mtime_ns, inode, hash, state, attempts, next_attempt_ms,
-                        outputs FROM inputs",
+                        outputs, reason FROM inputs",
             )
             .map_err(&fail)?;
         let rows = stmt
@@ -352,6 +354,7 @@ impl Ledger {
                         next_attempt_ms: r.get(8)?,
                         outputs: outputs.into_iter().map(PathBuf::from).collect(),
                         vids: Vec::new(),
+                        reason: r.get(10)?,
                     },
                 ))
             })

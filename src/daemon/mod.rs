@@ -173,6 +173,8 @@ struct Entry {
     in_flight: bool,
     /// Something happened to the file while it was in flight: look again when it returns.
     recheck: bool,
+    /// The reason code it was quarantined for.
+    reason: Option<String>,
 }
 
 struct Settling {
@@ -256,6 +258,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
                 attempts: row.attempts,
                 outputs: row.outputs,
                 vids: row.vids,
+                reason: row.reason,
                 ..Entry::default()
             },
         );
@@ -342,6 +345,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         "watching"
     );
     daemon.rescan("start-up");
+    daemon.retry_caption_quarantines("start-up");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     daemon.serve(rx);
     signals.close();
@@ -611,8 +615,12 @@ impl Daemon {
                 match context(&fresh, &self.folders, &self.owners) {
                     Ok(ctx) => {
                         self.ctx = Arc::new(ctx);
+                        let captions_changed = fresh.caption != self.config.caption;
                         self.config = fresh;
                         tracing::info!("configuration reloaded");
+                        if captions_changed {
+                            self.retry_caption_quarantines("caption settings reloaded");
+                        }
                     }
                     Err(e) => tracing::error!("configuration not reloaded: {e}"),
                 }
@@ -620,6 +628,37 @@ impl Daemon {
             Err(e) => tracing::error!("configuration not reloaded, keeping the running one: {e}"),
         }
         notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Inputs quarantined for what the caption settings ask of them (a stream the file lacks,
+    /// features as wide as no text tower) may be fine under other settings: they are taken
+    /// again, as if their content had changed.
+    fn retry_caption_quarantines(&mut self, why: &str) {
+        let paths: Vec<PathBuf> = self
+            .index
+            .iter()
+            .filter(|(_, e)| {
+                e.state == Some(State::Quarantined)
+                    && e.reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("caption"))
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        if paths.is_empty() {
+            return;
+        }
+        tracing::info!(
+            inputs = paths.len(),
+            why,
+            "taking again the inputs quarantined for their caption settings"
+        );
+        for path in paths {
+            if let Some(entry) = self.index.get_mut(&path) {
+                entry.hash = None;
+            }
+            self.observe(&path, true);
+        }
     }
 
     fn rescan(&mut self, why: &str) {
@@ -866,6 +905,7 @@ impl Daemon {
                     attempts: recorded.attempts,
                     outputs: recorded.outputs,
                     vids: recorded.vids,
+                    reason: recorded.reason,
                     ..Entry::default()
                 };
                 None

@@ -22,6 +22,8 @@ pub struct Recorded {
     pub attempts: u32,
     pub outputs: Vec<PathBuf>,
     pub vids: Vec<String>,
+    /// Why it was quarantined.
+    pub reason: Option<String>,
 }
 
 /// How [`Recorder::finish`] took an outcome.
@@ -103,6 +105,7 @@ impl Recorder {
                     attempts: 0,
                     outputs: outputs.clone(),
                     vids: videos.iter().map(|v| v.vid.clone()).collect(),
+                    reason: None,
                 };
                 self.record(Change::Done {
                     path: path_buf,
@@ -131,6 +134,7 @@ impl Recorder {
                     attempts: record.attempts,
                     outputs: outputs.clone(),
                     vids: Vec::new(),
+                    reason: Some(record.reason.to_string()),
                 };
                 self.record(Change::Quarantined {
                     path: path_buf,
@@ -150,6 +154,7 @@ impl Recorder {
                     attempts: 0,
                     outputs: Vec::new(),
                     vids: Vec::new(),
+                    reason: None,
                 };
                 self.record(Change::Enqueued {
                     path: path_buf,
