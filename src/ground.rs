@@ -192,7 +192,6 @@ fn rank(
             chosen.push(candidate);
         }
     }
-    chosen.truncate(top_k);
     chosen
 }
 

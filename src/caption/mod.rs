@@ -365,6 +365,12 @@ impl CaptionError {
             _ => "caption",
         }
     }
+
+    /// Whether a quarantine `reason` is one of [`CaptionError::code`]'s: the file failed what
+    /// the caption settings asked of it, and other settings may take it.
+    pub fn is_code(reason: &str) -> bool {
+        reason.starts_with("caption")
+    }
 }
 
 #[cfg(test)]

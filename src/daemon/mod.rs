@@ -18,6 +18,7 @@ pub(crate) mod shards;
 pub mod status;
 pub mod worker;
 
+use crate::caption::CaptionError;
 use crate::config::{Config, ConfigError, DaemonConfig, RunConfig};
 use crate::fsio::is_temporary_output;
 use crate::ingest::{Durations, IngestError};
@@ -639,9 +640,7 @@ impl Daemon {
             .iter()
             .filter(|(_, e)| {
                 e.state == Some(State::Quarantined)
-                    && e.reason
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with("caption"))
+                    && e.reason.as_deref().is_some_and(CaptionError::is_code)
             })
             .map(|(path, _)| path.clone())
             .collect();
