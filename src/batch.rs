@@ -1,12 +1,14 @@
 //! Batch runs over files and folders (`momentminer propose`, `caption`, `bench`): proposals,
 //! their pseudo-queries, and the dataset they make.
 
-use crate::caption::Captioner;
-use crate::config::{Config, RunConfig};
+use crate::config::RunConfig;
 use crate::dataset::{dataset_paths, labels_of, write_files, DatasetError};
+use crate::failure::{Failure, Stage};
 use crate::fsio::{sync_filesystem, write_atomic, Durability};
-use crate::ingest::{list_videos, read_video, walk, Durations, FileKind, IngestError, VideoRef};
-use crate::pipeline::{analyse, timed, StageTimes, VideoProposals};
+use crate::ingest::{list_videos, walk, FileKind, VideoRef};
+use crate::processor::{
+    ingest_failure, timed, Processed, Source, StageTimes, VideoProcessor, VideoProposals,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -14,10 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// Why a batch run stopped as a whole (a single input's problem is a [`Failure`] instead).
 #[derive(Debug, Error)]
 pub enum BatchError {
-    #[error(transparent)]
-    Durations(#[from] IngestError),
     #[error("cannot create output folder {path}: {source}")]
     Output {
         path: PathBuf,
@@ -34,11 +35,19 @@ pub enum BatchError {
     },
 }
 
-/// An input that produced no result, and why.
+/// An input (a file, or one video of a many-video file) that produced no result, and why.
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub struct InputFailure {
+    /// The file, with the HDF5 key where one video of it failed.
     pub input: String,
-    pub message: String,
+    /// Why.
+    pub failure: Failure,
+}
+
+impl std::fmt::Display for InputFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.input, self.failure.message)
+    }
 }
 
 #[derive(Debug)]
@@ -47,7 +56,7 @@ pub struct BatchReport {
     /// Proposals found, and the training pairs the dataset took of them.
     pub proposals: usize,
     pub pairs: usize,
-    pub failures: Vec<Failure>,
+    pub failures: Vec<InputFailure>,
     pub elapsed: Duration,
     pub times: StageTimes,
     pub threads: usize,
@@ -61,16 +70,16 @@ impl BatchReport {
 
 /// Expands folders (recursively, feature files only, hidden and temporary names skipped) into
 /// the videos they hold. Inputs that cannot be listed become failures, not errors.
-pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<Failure>) {
+pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<InputFailure>) {
     let mut files = Vec::new();
     let mut failures = Vec::new();
     for input in inputs {
         if input.is_dir() {
             let (found, unlisted) = walk(input);
             files.extend(found.into_iter().filter(|f| FileKind::of(f).is_some()));
-            failures.extend(unlisted.into_iter().map(|(path, e)| Failure {
+            failures.extend(unlisted.into_iter().map(|(path, e)| InputFailure {
                 input: path.display().to_string(),
-                message: format!("cannot list: {e}"),
+                failure: Failure::io(Stage::Check, format!("cannot list: {e}")),
             }));
         } else {
             files.push(input.clone());
@@ -80,23 +89,13 @@ pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<Failure>) {
     for file in files {
         match list_videos(&file) {
             Ok(found) => videos.extend(found),
-            Err(e) => failures.push(Failure {
+            Err(e) => failures.push(InputFailure {
                 input: file.display().to_string(),
-                message: e.problem.to_string(),
+                failure: ingest_failure(&e),
             }),
         }
     }
     (videos, failures)
-}
-
-/// Where a batch run's proposals come from.
-#[derive(Debug, Clone, Copy)]
-pub enum Source<'a> {
-    /// Found now: the whole proposal path.
-    Propose,
-    /// Read from an earlier run's `proposals/` folder, to be captioned again (another
-    /// vocabulary, text tower or mode) without finding them again.
-    Recaption(&'a Path),
 }
 
 /// Proposes (or reads the proposals of) every video and captions them, writing
@@ -104,12 +103,11 @@ pub enum Source<'a> {
 pub fn propose_all(
     videos: &[VideoRef],
     out: &Path,
-    config: &Config,
-    captioner: &Captioner,
+    processor: &VideoProcessor,
     source: Source,
     show_progress: bool,
 ) -> Result<BatchReport, BatchError> {
-    let durations = Durations::load(&config.ingest.durations_file)?;
+    let config = processor.config();
     let dir = out.join("proposals");
     let dataset = out.join("dataset");
     for folder in [&dir, &dataset] {
@@ -120,9 +118,9 @@ pub fn propose_all(
     }
     // A captioner that does not fit the features fails every video alike: say so once, now.
     if let Some(first) = videos.first() {
-        if let Ok(video) = read_video(first, &config.ingest, &durations) {
-            captioner
-                .visual_features(&video)
+        if let Ok(video) = processor.read(first) {
+            processor
+                .check_captions_fit(&video)
                 .map_err(|source| BatchError::Caption {
                     input: first.path.clone(),
                     source,
@@ -150,12 +148,12 @@ pub fn propose_all(
         videos
             .par_iter()
             .map(|video| {
-                let result = propose_one(video, &dir, config, &durations, captioner, source);
+                let result = propose_one(video, &dir, processor, source);
                 progress.inc(1);
                 match result {
                     Ok((times, result)) => (times, vec![result]),
                     Err(failure) => {
-                        tracing::warn!(input = %failure.input, "{}", failure.message);
+                        tracing::warn!(input = %failure.input, reason = %failure.failure.reason, "{}", failure.failure.message);
                         if let Ok(mut list) = failures.lock() {
                             list.push(failure);
                         }
@@ -199,45 +197,35 @@ pub fn propose_all(
     })
 }
 
+/// Processes one video and writes its result file; a write needs no fsync here, the run syncs
+/// the whole filesystem once at the end.
 fn propose_one(
     video: &VideoRef,
     dir: &Path,
-    config: &Config,
-    durations: &Durations,
-    captioner: &Captioner,
+    processor: &VideoProcessor,
     source: Source,
-) -> Result<(StageTimes, VideoProposals), Failure> {
-    let mut times = StageTimes::default();
-    let fail = |message: String| Failure {
+) -> Result<(StageTimes, VideoProposals), InputFailure> {
+    let fail = |failure: Failure| InputFailure {
         input: match &video.key {
             Some(key) => format!("{} [{key}]", video.path.display()),
             None => video.path.display().to_string(),
         },
-        message,
+        failure,
     };
-    let loaded = timed(&mut times.read, || {
-        read_video(video, &config.ingest, durations)
-    })
-    .map_err(|e| fail(e.problem.to_string()))?;
-    let mut result = match source {
-        Source::Propose => VideoProposals::new(&loaded, &analyse(&loaded, config, &mut times)),
-        Source::Recaption(earlier) => {
-            let path = earlier.join(format!("{}.json", loaded.id));
-            std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    serde_json::from_slice::<VideoProposals>(&bytes).map_err(|e| e.to_string())
-                })
-                .map_err(|e| fail(format!("proposals {}: {e}", path.display())))?
-        }
-    };
-    timed(&mut times.caption, || result.caption(&loaded, captioner))
-        .map_err(|e| fail(e.to_string()))?;
-    let target = dir.join(format!("{}.json", loaded.id));
+    let Processed {
+        proposals,
+        mut times,
+    } = processor.process(video, source).map_err(fail)?;
+    let target = dir.join(format!("{}.json", proposals.vid));
     timed(&mut times.write, || {
-        let bytes = serde_json::to_vec(&result).map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec(&proposals).map_err(std::io::Error::other)?;
         write_atomic(&target, &bytes, Durability::None)
     })
-    .map_err(|e| fail(format!("cannot write {}: {e}", target.display())))?;
-    Ok((times, result))
+    .map_err(|e| {
+        fail(Failure::io(
+            Stage::Write,
+            format!("cannot write {}: {e}", target.display()),
+        ))
+    })?;
+    Ok((times, proposals))
 }

@@ -1,11 +1,14 @@
 //! `momentminer bench`: throughput of the whole propose path (read `.npy` from disk → write
 //! JSON) on a generated corpus, with the time spent in each stage.
 
-use crate::batch::{collect_videos, propose_all, BatchError, BatchReport, Source};
+use crate::batch::{collect_videos, propose_all, BatchError, BatchReport};
 use crate::caption::{CaptionError, Captioner};
 use crate::config::{Config, GroupDurability};
-use crate::daemon::{self, ledger::LedgerError, DaemonError};
-use crate::synth::{generate, SynthError};
+use crate::daemon::{self, DaemonError};
+use crate::processor::{Source, VideoProcessor};
+use crate::service::ledger::{Ledger, LedgerError};
+use crate::service::{Folders, Role, ServiceError};
+use crate::synth::{generate, SynthError, CAPTION_SETTINGS};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,13 +52,19 @@ pub enum BenchError {
     #[error(transparent)]
     Synth(#[from] SynthError),
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Batch(#[from] BatchError),
     #[error(transparent)]
     Caption(#[from] CaptionError),
+    #[error(transparent)]
+    Durations(#[from] crate::ingest::IngestError),
     #[error("benchmark corpus unreadable: {0}")]
     Corpus(String),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("the daemon did not finish the corpus within {0:?}")]
@@ -105,12 +114,11 @@ pub fn run(config: &Config, options: &BenchOptions) -> Result<BenchSummary, Benc
     synth.dim = options.dim;
     generate(&root, &synth)?;
     // The corpus is a synthetic world of its own size: caption it with that world's tower.
-    let mut world = config.clone();
-    world.synth = synth.clone();
-    let captioner = Captioner::load(&world)?;
+    let config = &config.merged_with(&root.join(CAPTION_SETTINGS))?;
+    let processor = VideoProcessor::new(config.clone(), Captioner::load(config)?)?;
     let (refs, failures) = collect_videos(&[root.join("features")]);
     if let Some(f) = failures.first() {
-        return Err(BenchError::Corpus(format!("{}: {}", f.input, f.message)));
+        return Err(BenchError::Corpus(f.to_string()));
     }
     let mut runs = Vec::with_capacity(options.repeats);
     let mut watch_passes = Vec::new();
@@ -123,7 +131,7 @@ pub fn run(config: &Config, options: &BenchOptions) -> Result<BenchSummary, Benc
     for pass in 0..=options.repeats.max(1) {
         let out = passes_dir.join(format!("batch{pass}"));
         let cpu_before = cpu_seconds();
-        let report = propose_all(&refs, &out, config, &captioner, Source::Propose, false)?;
+        let report = propose_all(&refs, &out, &processor, Source::Propose, false)?;
         if pass > 0 {
             batch_cpu.push(cpu_seconds() - cpu_before);
             runs.push(report);
@@ -198,7 +206,7 @@ fn watch_pass(
     config.daemon.state = base.join("state");
     config.daemon.settle_ms = options.settle_ms;
     config.daemon.metrics_addr.clear();
-    let folders = daemon::Folders::prepare(&config.daemon, None)?;
+    let folders = Folders::prepare(&config.daemon, &Role::Watcher)?;
     let scratch = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BenchError::Scratch { path, source }
@@ -239,7 +247,7 @@ fn watch_pass(
         link(input, &name.unwrap_or_default())?;
     }
     let limit = Duration::from_secs(600);
-    let ledger = daemon::ledger::Ledger::open_read_only(&state)?;
+    let ledger = Ledger::open_read_only(&state)?;
     loop {
         if ledger.finished()? as usize >= inputs.len() {
             break;

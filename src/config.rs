@@ -194,6 +194,7 @@ pub struct CaptionConfig {
     pub mode: CaptionMode,
     pub clip_text_model: PathBuf,
     pub clip_tokenizer: PathBuf,
+    pub tower_anchors: PathBuf,
     pub vocabulary: PathBuf,
     pub visual_stream: String,
     pub verbs: usize,
@@ -304,30 +305,44 @@ pub struct SynthConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        Config::load(None, &[]).expect("the embedded default configuration is valid")
+        Config::load(&[], &[]).expect("the embedded default configuration is valid")
     }
 }
 
 impl Config {
-    /// Defaults, then the optional user file, then `section.key=value` overrides.
-    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+    /// Defaults, then each file in order (only the keys it sets change what came before),
+    /// then `section.key=value` overrides.
+    pub fn load(files: &[PathBuf], overrides: &[String]) -> Result<Config, ConfigError> {
         let mut tree = parse_toml(DEFAULT_TOML, "built-in defaults")?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let user = parse_toml(&text, &path.display().to_string())?;
-            merge(&mut tree, user);
+        for path in files {
+            merge(&mut tree, read_toml(path)?);
         }
         for item in overrides {
             apply_override(&mut tree, item)?;
         }
+        let origin = files
+            .last()
+            .map_or("overrides".into(), |p| p.display().to_string());
+        Config::from_tree(tree, &origin)
+    }
+
+    /// This configuration with `file`'s keys set over it, as a further `--config` would (a
+    /// synthetic world's caption.toml, for the drivers that make a world themselves).
+    pub fn merged_with(&self, file: &Path) -> Result<Config, ConfigError> {
+        let mut tree = toml::Table::try_from(self).map_err(|e| ConfigError::Parse {
+            origin: "the running configuration".into(),
+            message: e.to_string(),
+        })?;
+        merge(&mut tree, read_toml(file)?);
+        Config::from_tree(tree, &file.display().to_string())
+    }
+
+    fn from_tree(tree: toml::Table, origin: &str) -> Result<Config, ConfigError> {
         let config: Config =
             toml::Value::Table(tree)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: file.map_or("overrides".into(), |p| p.display().to_string()),
+                    origin: origin.to_string(),
                     message: e.to_string(),
                 })?;
         config.validate()?;
@@ -441,6 +456,14 @@ impl Config {
     }
 }
 
+fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_toml(&text, &path.display().to_string())
+}
+
 fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
         origin: origin.to_string(),
@@ -497,7 +520,7 @@ mod tests {
     #[test]
     fn defaults_load_and_overrides_apply() {
         let config = Config::load(
-            None,
+            &[],
             &[
                 "events.k=7".into(),
                 "proposals.sampler=diversity".into(),
@@ -513,11 +536,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_reported() {
-        let unknown = Config::load(None, &["events.kk=3".into()]).unwrap_err();
+        let unknown = Config::load(&[], &["events.kk=3".into()]).unwrap_err();
         assert!(unknown.to_string().contains("no such key"), "{unknown}");
-        let bad = Config::load(None, &["events.smoothing_window=4".into()]).unwrap_err();
+        let bad = Config::load(&[], &["events.smoothing_window=4".into()]).unwrap_err();
         assert!(bad.to_string().contains("odd"), "{bad}");
-        let typo = Config::load(None, &["proposals.sampler=random".into()]).unwrap_err();
+        let typo = Config::load(&[], &["proposals.sampler=random".into()]).unwrap_err();
         assert!(typo.to_string().contains("random"), "{typo}");
     }
 
@@ -526,8 +549,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[events]\nk = 3\n").unwrap();
-        let config = Config::load(Some(&path), &[]).unwrap();
+        let config = Config::load(std::slice::from_ref(&path), &[]).unwrap();
         assert_eq!(config.events.k, 3);
         assert_eq!(config.events.trials, 6);
+        // A later file changes what an earlier one set, and only that.
+        let later = dir.path().join("later.toml");
+        std::fs::write(&later, "[events]\ntrials = 2\n").unwrap();
+        let config = Config::load(&[path, later], &[]).unwrap();
+        assert_eq!((config.events.k, config.events.trials), (3, 2));
     }
 }

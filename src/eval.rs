@@ -5,20 +5,19 @@ use crate::batch::collect_videos;
 use crate::caption::vocab::Vocabulary;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
 use crate::config::Config;
-use crate::dataset::{moment_detr, read_annotations, DatasetError, Moment};
+use crate::dataset::{moment_detr, read_annotations, read_moments, DatasetError, Moment};
 use crate::ground::{proposal_spans, Grounder};
 use crate::ingest::{read_video, Durations, VideoRef};
-use crate::pipeline::VideoProposals;
+use crate::processor::VideoProposals;
 use crate::rng::{hash_str, Rng};
 use crate::similarity::dot;
-use crate::train::{read_moments, TrainError};
+use crate::span::{iou, IOU_THRESHOLDS};
+use crate::train::TrainError;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-
-pub const IOU_THRESHOLDS: [f64; 3] = [0.3, 0.5, 0.7];
 
 #[derive(Debug, Error)]
 pub enum EvalError {
@@ -35,16 +34,6 @@ pub enum EvalError {
     },
     #[error("{path}: {message}")]
     Proposals { path: PathBuf, message: String },
-}
-
-pub fn iou(a: [f64; 2], b: [f64; 2]) -> f64 {
-    let inter = (a[1].min(b[1]) - a[0].max(b[0])).max(0.0);
-    let union = a[1].max(b[1]) - a[0].min(b[0]);
-    if union <= 0.0 {
-        0.0
-    } else {
-        inter / union
-    }
 }
 
 /// Recall of one method over a set of queries.
@@ -515,13 +504,6 @@ pub fn format_table(tables: &[RecallTable]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iou_of_known_pairs() {
-        assert_eq!(iou([0.0, 10.0], [0.0, 10.0]), 1.0);
-        assert_eq!(iou([0.0, 10.0], [5.0, 15.0]), 5.0 / 15.0);
-        assert_eq!(iou([0.0, 1.0], [2.0, 3.0]), 0.0);
-    }
 
     #[test]
     fn recall_counts_top1_top5_and_all() {

@@ -115,6 +115,16 @@ pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The metadata that decides whether a file is new, changed or settled: the link itself, or
+/// what it points to when symlinks are followed (the link itself again if that is missing).
+pub fn probe(path: &Path, follow_symlinks: bool) -> std::io::Result<std::fs::Metadata> {
+    let meta = path.symlink_metadata()?;
+    if follow_symlinks && meta.file_type().is_symlink() {
+        return Ok(std::fs::metadata(path).unwrap_or(meta));
+    }
+    Ok(meta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

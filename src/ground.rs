@@ -5,9 +5,9 @@
 
 use crate::caption::text::TextEncoder;
 use crate::config::Config;
-use crate::eval::iou;
 use crate::ingest::Video;
-use crate::pipeline::{analyse, StageTimes};
+use crate::processor::{analyse, StageTimes};
+use crate::span::iou;
 use crate::train::{
     projection_matrix, query::QueryBank, video_steps, ModelCard, Network, Pair, TrainError,
     VideoBank, WEIGHTS_FILE,

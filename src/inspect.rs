@@ -2,7 +2,7 @@
 //! so a user can see why a boundary is where it is.
 
 use crate::ingest::Video;
-use crate::pipeline::Analysis;
+use crate::processor::Analysis;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,16 @@
 //! momentminer: temporal event proposals and pseudo-queries for video moment retrieval, mined
 //! from unlabelled video features (the PSVL recipe).
 //!
-//! Data flows one way through one module per stage:
-//! [`ingest`] → [`sample`] → [`similarity`] → [`events`] → [`proposals`], composed by
-//! [`pipeline`]; [`batch`] runs it over many files, [`eval`] measures it, [`synth`] makes a
-//! world with known answers, [`inspect`] draws why a boundary is where it is. [`daemon`] is
-//! the long-running service: a watched inbox, a ledger, durable outputs and dataset shards.
+//! One module per pipeline stage, plain functions over plain data:
+//! [`ingest`] → [`sample`] → [`similarity`] → [`events`] → [`proposals`] → [`caption`].
+//! [`processor`] is the one way from a video file to its captioned proposals; every driver
+//! calls it and only the writing differs: the batch commands ([`batch`], [`bench`]), and the
+//! long-running [`service`] layer with its two front-ends, the inbox watcher ([`daemon`]) and
+//! the Redis consumer ([`queue`]). Beside the path: [`dataset`] (annotation and dataset
+//! formats), [`train`], [`ground`] and [`eval`] (the grounding model and the metrics, with
+//! [`span`] below them), [`synth`] (a world with known answers, which hands the product its
+//! text tower and vocabulary as files), [`inspect`] (pictures). Imports flow one way:
+//! `scripts/import-cycles.py` fails CI on any circle.
 
 pub mod batch;
 pub mod bench;
@@ -15,15 +20,18 @@ pub mod daemon;
 pub mod dataset;
 pub mod eval;
 pub mod events;
+pub mod failure;
 pub mod fsio;
 pub mod ground;
 pub mod ingest;
 pub mod inspect;
-pub mod pipeline;
+pub mod processor;
 pub mod proposals;
 pub mod queue;
 pub mod rng;
 pub mod sample;
+pub mod service;
 pub mod similarity;
+pub mod span;
 pub mod synth;
 pub mod train;

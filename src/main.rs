@@ -1,10 +1,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use momentminer::batch::{collect_videos, propose_all, BatchReport, Source};
+use momentminer::batch::{collect_videos, propose_all, BatchReport};
 use momentminer::bench::{self, BenchOptions};
 use momentminer::config::Config;
 use momentminer::ingest::{read_video, Durations};
-use momentminer::pipeline::{analyse, StageTimes};
+use momentminer::processor::{analyse, Source, StageTimes, VideoProcessor};
 use momentminer::{caption, daemon, eval, ground, inspect, queue, synth, train};
 use std::path::{Path, PathBuf};
 
@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 )]
 struct Cli {
     /// Configuration file (TOML); only the keys it sets change the built-in defaults.
+    /// Repeatable: later files change what earlier ones set (e.g. a daemon's file, then a
+    /// synthetic world's caption.toml).
     #[arg(long, global = true)]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     /// Override one configuration key, e.g. --set events.k=6 (repeatable).
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
@@ -236,7 +238,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(cli: Cli) -> Result<std::process::ExitCode> {
-    let mut config = Config::load(cli.config.as_deref(), &cli.overrides)?;
+    let mut config = Config::load(&cli.config, &cli.overrides)?;
     match cli.command {
         Command::Propose {
             inputs,
@@ -286,11 +288,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             config.synth.dim = dim.unwrap_or(config.synth.dim);
             let truth = synth::generate(&out, &config.synth)?;
             println!(
-                "synthetic world: {} videos, {} events, features in {}, ground truth in {}",
+                "synthetic world: {} videos, {} events, features in {}, ground truth in {}; caption with --config {}",
                 config.synth.videos,
                 truth.len(),
                 out.join("features").display(),
-                out.join("gt.jsonl").display()
+                out.join("gt.jsonl").display(),
+                out.join(synth::CAPTION_SETTINGS).display()
             );
         }
         Command::EvalProposals { gt, proposals } => print_evaluation(&gt, &proposals, &config)?,
@@ -300,6 +303,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             test_videos,
         } => {
             let truth = synth::generate(&out, &config.synth)?;
+            // Caption as a user would: with the settings file the world writes beside itself.
+            config = config.merged_with(&out.join(synth::CAPTION_SETTINGS))?;
             println!(
                 "1/6 synthetic world: {} videos, {} planted events in {}",
                 config.synth.videos,
@@ -372,7 +377,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
         Command::Watch => {
             let (file, overrides) = (cli.config.clone(), cli.overrides.clone());
-            let reload = Box::new(move || Config::load(file.as_deref(), &overrides));
+            let reload = Box::new(move || Config::load(&file, &overrides));
             daemon::run(config, reload)?;
         }
         Command::Status { json, queue: None } => {
@@ -407,7 +412,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Worker { queue, name } => {
             config.queue.url = queue.unwrap_or(config.queue.url);
             config.queue.consumer = name.unwrap_or(config.queue.consumer);
-            queue::worker::run(config)?;
+            queue::consumer::run(config)?;
         }
         Command::EncodeText { sentences } => {
             let encoder = caption::text::TextEncoder::load(&config.caption)?;
@@ -505,7 +510,7 @@ fn load_video(
 ) -> Result<momentminer::ingest::Video> {
     let (videos, failures) = collect_videos(&[file.to_path_buf()]);
     if let Some(f) = failures.first() {
-        bail!("{}: {}", f.input, f.message);
+        bail!("{f}");
     }
     let chosen = match video {
         Some(id) => videos.iter().find(|v| v.id() == id),
@@ -630,10 +635,10 @@ fn propose_paths(
     config: &Config,
     source: Source,
 ) -> Result<BatchReport> {
-    let captioner = caption::Captioner::load(config)?;
+    let processor = VideoProcessor::new(config.clone(), caption::Captioner::load(config)?)?;
     let (videos, mut failures) = collect_videos(inputs);
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut report = propose_all(&videos, out, config, &captioner, source, show_progress)?;
+    let mut report = propose_all(&videos, out, &processor, source, show_progress)?;
     failures.append(&mut report.failures);
     report.failures = failures;
     println!(
@@ -653,7 +658,7 @@ fn propose_paths(
     if !report.failures.is_empty() {
         println!("{} inputs failed:", report.failures.len());
         for f in &report.failures {
-            println!("  {}: {}", f.input, f.message);
+            println!("  {f}");
         }
     }
     Ok(report)

@@ -596,7 +596,79 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<Vec<GroundTruth>, Sy
     }
     let gt_path = out.join("gt.jsonl");
     write_atomic(&gt_path, lines.as_bytes(), Durability::Full).map_err(fail(&gt_path))?;
+    write_caption_settings(out, config)?;
     Ok(truth)
+}
+
+/// The file beside a world that names its text tower and vocabulary (`[caption]` settings);
+/// pass it with `--config` to every command that captions or reads queries.
+pub const CAPTION_SETTINGS: &str = "caption.toml";
+
+/// Words of everyday indoor video that no event of the world shows: in the vocabulary, so a
+/// captioner can be wrong.
+const DISTRACTORS: [&str; 20] = [
+    "sit", "stand", "walk", "run", "laugh", "sneeze", "dress", "smile", "play", "turn", "bed",
+    "sofa", "shelf", "light", "camera", "dog", "car", "closet", "glass", "vacuum",
+];
+
+/// Writes what the product needs to caption this world, as it would for real features: the
+/// world's text tower as anchors (`tower/words.txt` and `tower/prototypes.npy`, each word's
+/// prototype in the stream captions are scored against), the vocabulary (`vocabulary.json`:
+/// the world's words and the distractors) and [`CAPTION_SETTINGS`] naming both.
+fn write_caption_settings(out: &Path, config: &SynthConfig) -> Result<(), SynthError> {
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SynthError::Write { path, source }
+    };
+    let tower = out.join("tower");
+    std::fs::create_dir_all(&tower).map_err(fail(&tower))?;
+    let (verbs, nouns) = words();
+    let anchors: Vec<&str> = verbs.iter().chain(&nouns).copied().collect();
+    let (seed, dim) = caption_space(config);
+    let prototypes = Features {
+        frames: anchors.len(),
+        dim,
+        data: anchors
+            .iter()
+            .flat_map(|w| word_prototype(seed, dim, w))
+            .collect(),
+    };
+    let mut bytes = Vec::new();
+    npy::write(&mut bytes, &prototypes).map_err(fail(&tower))?;
+    let files = [
+        (tower.join("words.txt"), anchors.join("\n").into_bytes()),
+        (tower.join("prototypes.npy"), bytes),
+    ];
+    for (path, bytes) in &files {
+        write_atomic(path, bytes, Durability::None).map_err(fail(path))?;
+    }
+    let (distractor_verbs, distractor_nouns) = DISTRACTORS.split_at(10);
+    let vocabulary = serde_json::json!({
+        "verbs": verbs.iter().chain(distractor_verbs).collect::<Vec<_>>(),
+        "nouns": nouns.iter().chain(distractor_nouns).collect::<Vec<_>>(),
+    });
+    let vocabulary_path = out.join("vocabulary.json");
+    write_atomic(
+        &vocabulary_path,
+        vocabulary.to_string().as_bytes(),
+        Durability::None,
+    )
+    .map_err(fail(&vocabulary_path))?;
+    let absolute = |path: &Path| path.canonicalize().map_err(fail(path));
+    let mut caption = toml::Table::new();
+    for (key, path) in [("tower_anchors", &tower), ("vocabulary", &vocabulary_path)] {
+        let value = absolute(path)?.to_string_lossy().into_owned();
+        caption.insert(key.into(), toml::Value::String(value));
+    }
+    let mut settings = toml::Table::new();
+    settings.insert("caption".into(), toml::Value::Table(caption));
+    let text = format!(
+        "# This synthetic world's text tower and vocabulary. Pass this file with --config to\n\
+         # every command that captions or reads queries (propose, caption, train, eval, watch).\n{}",
+        toml::to_string(&settings).unwrap_or_default()
+    );
+    let settings_path = out.join(CAPTION_SETTINGS);
+    write_atomic(&settings_path, text.as_bytes(), Durability::None).map_err(fail(&settings_path))
 }
 
 #[cfg(test)]

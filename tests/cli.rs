@@ -35,15 +35,9 @@ fn proposals_beat_sliding_windows_on_the_synthetic_world() {
         "synth.clip_dim=64",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    // The world's own text tower: the same seed and width as the corpus.
-    let world = [
-        "--set",
-        "synth.dim=256",
-        "--set",
-        "synth.seed=3",
-        "--set",
-        "synth.clip_dim=64",
-    ];
+    // The world's own text tower and vocabulary, as the settings file beside it names them.
+    let settings = dir.path().join("caption.toml");
+    let world = ["--config", p(&settings)];
     let out = momentminer(
         &[
             &[
@@ -397,8 +391,21 @@ fn configuration_mistakes_are_clear_errors() {
 fn captioning_mistakes_are_clear_errors_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/univtg/vid.npz");
-    let run = |settings: &[&str]| {
-        let mut args = vec![
+    // A world without an appearance stream: its tower reads its 1024-d stream.
+    let world = dir.path().join("world");
+    let out = momentminer(&[
+        "synth",
+        "--out",
+        p(&world),
+        "--videos",
+        "1",
+        "--set",
+        "synth.clip_dim=0",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let world_settings = world.join("caption.toml");
+    let run = |args: &[&str]| {
+        let mut all = vec![
             "propose",
             p(&real),
             "--out",
@@ -406,43 +413,59 @@ fn captioning_mistakes_are_clear_errors_before_any_work() {
             "--set",
             "ingest.features_per_second=0.5",
         ];
-        for s in settings {
-            args.extend(["--set", s]);
-        }
-        let out = momentminer(&args);
+        all.extend(args);
+        let out = momentminer(&all);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(!dir.path().join("proposals/vid.json").exists());
         text(&out)
     };
-    // 512-d CLIP features against the tower of a synthetic world without an appearance
-    // stream, whose tower reads its 1024-d stream.
-    let report = run(&["synth.clip_dim=0"]);
+    // Nothing says which tower scores the words: the error names what to set.
+    let report = run(&[]);
+    assert!(
+        report.contains("caption.clip_text_model") && report.contains("caption.tower_anchors"),
+        "{report}"
+    );
+    // 512-d CLIP features against that world's 1024-d tower.
+    let report = run(&["--config", p(&world_settings)]);
     assert!(
         report.contains("vid.npz") && report.contains("512 dimensions") && report.contains("1024"),
         "{report}"
     );
-    let report = run(&["caption.visual_stream=siglip"]);
+    let report = run(&[
+        "--config",
+        p(&world_settings),
+        "--set",
+        "caption.visual_stream=siglip",
+    ]);
     assert!(
         report.contains("\"siglip\"") && report.contains("caption.visual_stream"),
         "{report}"
     );
     let empty = dir.path().join("empty-vocab.json");
     std::fs::write(&empty, r#"{"verbs": [], "nouns": []}"#).unwrap();
-    let report = run(&[&format!("caption.vocabulary={}", p(&empty))]);
+    let empty_vocabulary = format!("caption.vocabulary={}", p(&empty));
+    let report = run(&["--config", p(&world_settings), "--set", &empty_vocabulary]);
     assert!(
         report.contains("empty-vocab.json") && report.contains("at least one verb"),
         "{report}"
     );
     let vocabulary = dir.path().join("vocab.json");
     std::fs::write(&vocabulary, r#"{"verbs": ["open"], "nouns": ["door"]}"#).unwrap();
+    let vocabulary = format!("caption.vocabulary={}", p(&vocabulary));
     let report = run(&[
-        &format!("caption.vocabulary={}", p(&vocabulary)),
+        "--set",
+        &vocabulary,
+        "--set",
         "caption.clip_text_model=/nonexistent/text.onnx",
+        "--set",
         "caption.clip_tokenizer=models/fixtures/clip/tokenizer.json",
     ]);
     assert!(report.contains("/nonexistent/text.onnx"), "{report}");
-    let report = run(&["caption.clip_text_model=models/fixtures/clip/hf_text.onnx"]);
-    assert!(report.contains("caption.vocabulary must name"), "{report}");
+    let report = run(&[
+        "--set",
+        "caption.clip_text_model=models/fixtures/clip/hf_text.onnx",
+    ]);
+    assert!(report.contains("caption.vocabulary is not set"), "{report}");
 }
 
 #[test]

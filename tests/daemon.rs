@@ -62,6 +62,17 @@ impl Service {
         self.path("config.toml")
     }
 
+    /// Adds a synthetic world's caption settings (its text tower and vocabulary) to the config,
+    /// as a user adds those of their own CLIP export.
+    fn caption_with(&self, world: &Path) {
+        let settings = std::fs::read_to_string(world.join("caption.toml")).unwrap();
+        let mut config = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.config())
+            .unwrap();
+        writeln!(config, "\n{settings}").unwrap();
+    }
+
     fn start(&mut self) {
         self.start_with(&[]);
     }
@@ -254,13 +265,13 @@ fn a_burst_of_2000_files_is_done_once_each() {
 
 #[test]
 fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
-    let world =
-        "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nclip_dim = 32\nvideos = 40\n";
+    let world = "[synth]\ndim = 64\nclip_dim = 32\nvideos = 40\n";
     let mut service = Service::with_sections(150, "", world);
     let corpus = service.path("world");
     let config = service.config();
     let out = momentminer(&["synth", "--out", p(&corpus), "--config", p(&config)]);
     assert!(out.status.success(), "{}", text(&out));
+    service.caption_with(&corpus);
     service.start();
     move_all(&corpus.join("features"), &service.inbox());
     let status = service.wait_finished(40, Duration::from_secs(120));
@@ -301,8 +312,7 @@ fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
 
 #[test]
 fn the_daemon_retrains_in_the_background_and_swaps_the_model_in() {
-    let sections =
-        "[caption]\nmode = \"vocabulary\"\n\n[synth]\ndim = 64\nclip_dim = 32\nvideos = 30\n\n\
+    let sections = "[synth]\ndim = 64\nclip_dim = 32\nvideos = 30\n\n\
                     [train]\nsteps = 32\nprojection = 32\nhidden = 32\nbatch = 32\nepochs = 2\n\
                     validation_share = 0.2\nretrain_after_videos = 20\n";
     let mut service = Service::with_sections(150, "", sections);
@@ -315,6 +325,7 @@ fn the_daemon_retrains_in_the_background_and_swaps_the_model_in() {
         p(&service.config()),
     ]);
     assert!(out.status.success(), "{}", text(&out));
+    service.caption_with(&corpus);
     service.start();
     move_all(&corpus.join("features"), &service.inbox());
     service.wait_finished(30, Duration::from_secs(120));

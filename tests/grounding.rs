@@ -33,8 +33,10 @@ fn run(args: &[&str]) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
-/// `train` on `dataset` over `features` into `out`, with `settings` (`key=value`).
+/// `train` on `dataset` over `features` into `out`, with the world's caption settings
+/// (`caption`, its caption.toml) and `settings` (`key=value`).
 fn train_args<'a>(
+    caption: &'a Path,
     dataset: &'a Path,
     features: &'a Path,
     out: &'a Path,
@@ -42,6 +44,8 @@ fn train_args<'a>(
 ) -> Vec<&'a str> {
     let mut args = vec![
         "train",
+        "--config",
+        p(caption),
         "--dataset",
         p(dataset),
         "--features",
@@ -79,12 +83,21 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         "--videos",
         "8",
     ]);
-    must(&["propose", p(&world.join("features")), "--out", p(&world)]);
+    let caption = world.join("caption.toml");
+    must(&[
+        "propose",
+        p(&world.join("features")),
+        "--out",
+        p(&world),
+        "--config",
+        p(&caption),
+    ]);
 
     // One epoch, then a second run that goes on from it instead of starting again.
     let dataset = world.join("dataset");
     let features = world.join("features");
     let report = must(&train_args(
+        &caption,
         &dataset,
         &features,
         &model,
@@ -92,6 +105,7 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     ));
     assert!(report.contains("epoch   1"), "{report}");
     let report = must(&train_args(
+        &caption,
         &dataset,
         &features,
         &model,
@@ -118,6 +132,7 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     // Training is deterministic: the same seed gives the same weights.
     let again = dir.path().join("m2");
     must(&train_args(
+        &caption,
         &dataset,
         &features,
         &again,
@@ -131,6 +146,7 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     // train.checkpoint = "last" keeps the last epoch, whatever the validation says.
     let last = dir.path().join("m3");
     must(&train_args(
+        &caption,
         &dataset,
         &features,
         &last,
@@ -143,6 +159,8 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     let video = test.join("features/synth_01000.npz");
     let report = must(&[
         "ground",
+        "--config",
+        p(&caption),
         "--model",
         p(&model),
         "--features",
@@ -173,6 +191,8 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     let per_query = dir.path().join("per-query.jsonl");
     let report = must(&[
         "eval",
+        "--config",
+        p(&caption),
         "--model",
         p(&model),
         "--annotations",
@@ -196,7 +216,15 @@ fn grounding_mistakes_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let world = dir.path().join("w");
     must(&["synth", "--out", p(&world)]);
-    must(&["propose", p(&world.join("features")), "--out", p(&world)]);
+    let caption = world.join("caption.toml");
+    must(&[
+        "propose",
+        p(&world.join("features")),
+        "--out",
+        p(&world),
+        "--config",
+        p(&caption),
+    ]);
     let features = world.join("features");
     let fail = |args: &[&str]| {
         let (ok, report) = run(args);
@@ -210,7 +238,7 @@ fn grounding_mistakes_are_clear_errors() {
         std::fs::copy(features.join(name), few.join(name)).unwrap();
     }
     let (dataset, scratch) = (world.join("dataset"), dir.path().join("m"));
-    let report = fail(&train_args(&dataset, &few, &scratch, &[]));
+    let report = fail(&train_args(&caption, &dataset, &few, &scratch, &[]));
     assert!(
         report.contains("23 of 24 videos have no feature file"),
         "{report}"
@@ -218,7 +246,7 @@ fn grounding_mistakes_are_clear_errors() {
     // An empty dataset.
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    let report = fail(&train_args(&empty, &features, &scratch, &[]));
+    let report = fail(&train_args(&caption, &empty, &features, &scratch, &[]));
     assert!(
         report.contains("empty.jsonl") && report.contains("no pairs"),
         "{report}"
@@ -227,11 +255,19 @@ fn grounding_mistakes_are_clear_errors() {
     // A trained model, then what cannot be asked of it.
     let model = dir.path().join("model");
     let truth = world.join("gt.jsonl");
-    must(&train_args(&truth, &features, &model, &["train.epochs=1"]));
+    must(&train_args(
+        &caption,
+        &truth,
+        &features,
+        &model,
+        &["train.epochs=1"],
+    ));
     let long = "word ".repeat(40);
     let video = features.join("synth_00001.npz");
     let report = fail(&[
         "ground",
+        "--config",
+        p(&caption),
         "--model",
         p(&model),
         "--features",
@@ -244,6 +280,8 @@ fn grounding_mistakes_are_clear_errors() {
     must(&["synth", "--out", p(&other), "--videos", "1", "--dim", "48"]);
     let report = fail(&[
         "ground",
+        "--config",
+        p(&caption),
         "--model",
         p(&model),
         "--features",
@@ -267,6 +305,8 @@ fn grounding_mistakes_are_clear_errors() {
     .unwrap();
     let report = fail(&[
         "ground",
+        "--config",
+        p(&caption),
         "--model",
         p(&model),
         "--features",

@@ -1,25 +1,27 @@
 //! Caption: every proposal gets a pseudo-query, the second half of the PSVL recipe. The
 //! [`Captioner`] scores a vocabulary of verbs and nouns ([`vocab`]) against the proposal's mean
-//! visual embedding with a CLIP-style [`TextTower`] (an exported CLIP text tower, or the
-//! synthetic world's, [`world`]), or, language-free, keeps that embedding as the query. Text
+//! visual embedding with a CLIP-style [`TextTower`] (an exported CLIP text tower, or one
+//! fitted to the visual space by anchor words, [`anchored`]), or, language-free, keeps that
+//! embedding as the query. Text
 //! encoders run through ONNX Runtime, a shared library loaded when first needed ([`runtime`]);
 //! [`text`] also gives all-MiniLM-L6-v2's token and sentence embeddings, which the grounding
 //! model reads queries and pseudo-queries with.
 
+pub mod anchored;
 pub mod runtime;
 pub mod text;
 pub mod vocab;
-pub mod world;
 
 use crate::config::{CaptionMode, Config, PairSelection};
+use crate::failure::Reason;
 use crate::ingest::{Features, Video};
+use anchored::AnchoredTower;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use text::{unit, TextEncoder};
 use thiserror::Error;
 use vocab::{ScoredVocabulary, Vocabulary, WordChoice};
-use world::WorldTower;
 
 /// A proposal's pseudo-query, as its result file and the datasets carry it. Empty fields are
 /// left out of the JSON, so uncaptioned results read and write as before.
@@ -49,22 +51,28 @@ fn is_false(flag: &bool) -> bool {
 
 /// The CLIP-style text tower: text into the visual stream's embedding space.
 pub enum TextTower {
+    /// An exported CLIP text tower (`caption.clip_text_model`).
     Clip(TextEncoder),
-    World(WorldTower),
+    /// The query encoder fitted to anchor words (`caption.tower_anchors`).
+    Anchored(AnchoredTower),
 }
 
 impl TextTower {
-    /// `caption.clip_text_model`, or the synthetic world's tower when that is empty.
+    /// `caption.clip_text_model`, else `caption.tower_anchors`; an error naming both when
+    /// neither is set.
     pub fn open(config: &Config) -> Result<TextTower, CaptionError> {
         let caption = &config.caption;
-        if caption.clip_text_model.as_os_str().is_empty() {
-            return Ok(TextTower::World(WorldTower::load(config)?));
+        if !caption.clip_text_model.as_os_str().is_empty() {
+            return Ok(TextTower::Clip(TextEncoder::open(
+                &caption.clip_text_model,
+                &caption.clip_tokenizer,
+                caption,
+            )?));
         }
-        Ok(TextTower::Clip(TextEncoder::open(
-            &caption.clip_text_model,
-            &caption.clip_tokenizer,
-            caption,
-        )?))
+        if !caption.tower_anchors.as_os_str().is_empty() {
+            return Ok(TextTower::Anchored(AnchoredTower::load(caption)?));
+        }
+        Err(CaptionError::NoTower)
     }
 
     /// Unit-length embeddings of `texts`.
@@ -75,7 +83,7 @@ impl TextTower {
                 .into_iter()
                 .map(|e| e.pooled)
                 .collect()),
-            TextTower::World(tower) => tower.embed(texts),
+            TextTower::Anchored(tower) => tower.embed(texts),
         }
     }
 }
@@ -83,8 +91,8 @@ impl TextTower {
 /// Names the text tower's weights for caches of its embeddings, without loading it.
 fn tower_key(config: &Config) -> Result<String, CaptionError> {
     let caption = &config.caption;
-    let world = caption.clip_text_model.as_os_str().is_empty();
-    let (model, tokenizer) = if world {
+    let anchored = caption.clip_text_model.as_os_str().is_empty();
+    let (model, tokenizer) = if anchored {
         (&caption.text_model, &caption.text_tokenizer)
     } else {
         (&caption.clip_text_model, &caption.clip_tokenizer)
@@ -96,45 +104,29 @@ fn tower_key(config: &Config) -> Result<String, CaptionError> {
         });
     }
     let key = text::model_key(model)?;
-    Ok(if world {
-        let (seed, dim) = crate::synth::caption_space(&config.synth);
-        format!("world:{seed}:{dim}:{key}")
-    } else {
-        key
-    })
-}
-
-/// The synthetic world's vocabulary: its own words, plus distractors (words of everyday
-/// indoor video that no event of the world shows), so a captioner can be wrong.
-pub fn world_vocabulary() -> Vocabulary {
-    const VERBS: [&str; 10] = [
-        "sit", "stand", "walk", "run", "laugh", "sneeze", "dress", "smile", "play", "turn",
-    ];
-    const NOUNS: [&str; 10] = [
-        "bed", "sofa", "shelf", "light", "camera", "dog", "car", "closet", "glass", "vacuum",
-    ];
-    let (verbs, nouns) = crate::synth::words();
-    Vocabulary {
-        verbs: verbs.into_iter().chain(VERBS).map(String::from).collect(),
-        nouns: nouns.into_iter().chain(NOUNS).map(String::from).collect(),
-        template: None,
+    if !anchored {
+        return Ok(key);
     }
+    if caption.tower_anchors.as_os_str().is_empty() {
+        return Err(CaptionError::NoTower);
+    }
+    let anchors = [anchored::WORDS_FILE, anchored::PROTOTYPES_FILE]
+        .iter()
+        .map(|name| text::model_key(&caption.tower_anchors.join(name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(format!("anchored:{}:{key}", anchors.join(":")))
 }
 
-/// `caption.vocabulary`, or the synthetic world's when that is empty (only with the world's
-/// text tower: a real CLIP needs a vocabulary chosen for its videos).
+/// `caption.vocabulary`: the words pseudo-queries are made of.
 pub fn configured_vocabulary(config: &Config) -> Result<Vocabulary, CaptionError> {
     let caption = &config.caption;
-    if !caption.vocabulary.as_os_str().is_empty() {
-        return Vocabulary::load(&caption.vocabulary);
-    }
-    if !caption.clip_text_model.as_os_str().is_empty() {
+    if caption.vocabulary.as_os_str().is_empty() {
         return Err(CaptionError::Vocabulary {
             path: caption.vocabulary.clone(),
-            message: "caption.clip_text_model is set, so caption.vocabulary must name the vocabulary to score with it".into(),
+            message: "caption.vocabulary is not set: name the vocabulary to score (a synthetic world's is in the caption.toml `momentminer synth` writes beside it: pass --config WORLD/caption.toml), or set caption.mode = \"language_free\" or \"off\"".into(),
         });
     }
-    Ok(world_vocabulary())
+    Vocabulary::load(&caption.vocabulary)
 }
 
 /// Turns proposals into pseudo-queries; loaded once at start-up, shared by every worker.
@@ -165,7 +157,7 @@ impl Captioner {
                     words = scored.len(),
                     dim = scored.dim(),
                     tower = if caption.clip_text_model.as_os_str().is_empty() {
-                        "synthetic world"
+                        "anchored"
                     } else {
                         "clip"
                     },
@@ -348,7 +340,11 @@ pub enum CaptionError {
     },
     #[error("vocabulary {path}: {message}")]
     Vocabulary { path: PathBuf, message: String },
-    #[error("visual features have {visual} dimensions but the text tower gives {text}: the visual stream (caption.visual_stream) and the text tower must come from one CLIP-style model (for the synthetic world's tower, synth.clip_dim, or synth.dim when that is 0); or set caption.mode = \"language_free\" or \"off\"")]
+    #[error("tower anchors {path}: {message}")]
+    Anchors { path: PathBuf, message: String },
+    #[error("no text tower to score the vocabulary with: set caption.clip_text_model (an exported CLIP text tower) or caption.tower_anchors (a synthetic world's is in the caption.toml `momentminer synth` writes beside it: pass --config WORLD/caption.toml), or set caption.mode = \"language_free\" or \"off\"")]
+    NoTower,
+    #[error("visual features have {visual} dimensions but the text tower gives {text}: the visual stream (caption.visual_stream) and the text tower must come from one CLIP-style model (a synthetic world's tower is as wide as its clip stream, or its only stream); or set caption.mode = \"language_free\" or \"off\"")]
     Dimensions { visual: usize, text: usize },
     #[error("text encoder {path}: {message}")]
     Inference { path: PathBuf, message: String },
@@ -357,19 +353,13 @@ pub enum CaptionError {
 }
 
 impl CaptionError {
-    /// A stable reason code for quarantine records.
-    pub fn code(&self) -> &'static str {
+    /// The stable reason code for quarantine records.
+    pub fn code(&self) -> Reason {
         match self {
-            CaptionError::Dimensions { .. } => "caption_dimension",
-            CaptionError::Stream { .. } => "caption_stream",
-            _ => "caption",
+            CaptionError::Dimensions { .. } => Reason::CaptionDimension,
+            CaptionError::Stream { .. } => Reason::CaptionStream,
+            _ => Reason::Caption,
         }
-    }
-
-    /// Whether a quarantine `reason` is one of [`CaptionError::code`]'s: the file failed what
-    /// the caption settings asked of it, and other settings may take it.
-    pub fn is_code(reason: &str) -> bool {
-        reason.starts_with("caption")
     }
 }
 

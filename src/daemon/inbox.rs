@@ -5,7 +5,7 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 
-pub enum Event {
+pub enum Change {
     Paths(Vec<PathBuf>),
     /// Events were lost (queue overflow, watch error): the whole inbox must be looked at.
     Rescan(String),
@@ -19,37 +19,27 @@ pub struct Inbox {
 impl Inbox {
     pub fn watch(
         inbox: &Path,
-        mut deliver: impl FnMut(Event) + Send + 'static,
+        mut deliver: impl FnMut(Change) + Send + 'static,
     ) -> notify::Result<Inbox> {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let event = match event {
                     Ok(event) if event.need_rescan() => {
-                        Event::Rescan("the kernel's event queue overflowed".into())
+                        Change::Rescan("the kernel's event queue overflowed".into())
                     }
                     Ok(event) => match event.kind {
                         EventKind::Create(_)
                         | EventKind::Modify(_)
                         | EventKind::Access(AccessKind::Close(AccessMode::Write))
                         | EventKind::Any
-                        | EventKind::Other => Event::Paths(event.paths),
+                        | EventKind::Other => Change::Paths(event.paths),
                         EventKind::Access(_) | EventKind::Remove(_) => return,
                     },
-                    Err(e) => Event::Rescan(format!("watch error: {e}")),
+                    Err(e) => Change::Rescan(format!("watch error: {e}")),
                 };
                 deliver(event);
             })?;
         watcher.watch(inbox, RecursiveMode::Recursive)?;
         Ok(Inbox { _watcher: watcher })
     }
-}
-
-/// The metadata that decides whether a file is new, changed or settled: the link itself, or
-/// what it points to when symlinks are followed (the link itself again if that is missing).
-pub fn probe(path: &Path, follow_symlinks: bool) -> std::io::Result<std::fs::Metadata> {
-    let meta = path.symlink_metadata()?;
-    if follow_symlinks && meta.file_type().is_symlink() {
-        return Ok(std::fs::metadata(path).unwrap_or(meta));
-    }
-    Ok(meta)
 }

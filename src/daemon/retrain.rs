@@ -11,10 +11,10 @@
 //! output/models/current        "v0002"
 //! ```
 
-use super::ledger::Ledger;
 use crate::config::{CaptionMode, Config};
 use crate::dataset::{dataset_paths, write_files};
 use crate::fsio::{write_atomic, Durability};
+use crate::service::ledger::Ledger;
 use crate::train::ModelCard;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `momentminer status`: what the ledger says, read while the daemon runs (or after).
 
-use super::ledger::{format_time, now_ms, Ledger, LedgerError, State};
+use crate::service::ledger::{Ledger, LedgerError};
+use crate::service::record::{format_time, now_ms, State};
 use serde::Serialize;
 use std::fmt;
 use std::path::Path;
@@ -107,7 +108,7 @@ pub fn read(state_dir: &Path, models: &Path) -> Result<Status, LedgerError> {
     let (running, pid) = holder(state_dir);
     Ok(Status {
         ledger: state_dir
-            .join(super::ledger::FILE_NAME)
+            .join(crate::service::ledger::FILE_NAME)
             .display()
             .to_string(),
         running,
@@ -137,7 +138,7 @@ fn holder(state_dir: &Path) -> (bool, Option<String>) {
         .ok()
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty());
-    (super::holds_lock(&path), pid)
+    (crate::service::holds_lock(&path), pid)
 }
 
 impl fmt::Display for Status {

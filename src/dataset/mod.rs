@@ -7,7 +7,7 @@ pub mod moment_detr;
 pub mod psvl;
 
 use crate::fsio::{write_atomic, Durability};
-use crate::pipeline::VideoProposals;
+use crate::processor::VideoProposals;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -122,6 +122,53 @@ impl DatasetError {
             message: message.into(),
         }
     }
+}
+
+/// Reads pairs from an annotation or dataset file, or from a folder of our dataset files (the
+/// Moment-DETR files when there are any, since the other formats repeat them). Times become
+/// fractions of the video's duration, from the file or else from the video's features.
+pub fn read_moments(path: &Path) -> Result<Vec<Moment>, DatasetError> {
+    if !path.is_dir() {
+        return read_annotations(path);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| DatasetError::new(path, None, format!("cannot list: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let named = |prefix: &str, ext: &str| -> Vec<PathBuf> {
+        files
+            .iter()
+            .filter(|f| {
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
+                name.starts_with(prefix) && name.ends_with(ext)
+            })
+            .cloned()
+            .collect()
+    };
+    let chosen = [
+        named("moment_detr", ".jsonl"),
+        named("psvl", ".json"),
+        named("charades", ".txt"),
+    ]
+    .into_iter()
+    .find(|list| !list.is_empty())
+    .ok_or_else(|| {
+        DatasetError::new(
+            path,
+            None,
+            "no dataset files (moment_detr*.jsonl, psvl*.json or charades*.txt)".to_string(),
+        )
+    })?;
+    let mut moments = Vec::new();
+    for file in chosen {
+        moments.extend(read_annotations(&file)?);
+    }
+    Ok(moments)
 }
 
 /// Reads an annotation file, recognising its format by extension and shape:

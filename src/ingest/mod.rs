@@ -10,6 +10,7 @@ pub mod npz;
 mod sidecar;
 
 use crate::config::{IngestConfig, NonFinitePolicy};
+use crate::failure::Reason;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -102,27 +103,27 @@ pub enum Problem {
 
 impl Problem {
     /// A stable, machine-readable name for the kind of problem (quarantine records, metrics).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Reason {
         match self {
-            Problem::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated",
-            Problem::Io(_) => "io",
-            Problem::BadMagic => "bad_magic",
-            Problem::BadHeader(_) => "bad_header",
-            Problem::Truncated { .. } => "truncated",
-            Problem::UnsupportedDtype(_) => "unsupported_dtype",
-            Problem::Rank { .. } => "bad_rank",
-            Problem::TooLarge { .. } => "too_large",
-            Problem::NoFrames => "no_frames",
-            Problem::NoDims => "no_dims",
-            Problem::NonFinite { .. } => "non_finite",
-            Problem::Archive(_) => "bad_archive",
-            Problem::MissingStream { .. } => "missing_stream",
-            Problem::Hdf5(_) => "hdf5",
-            Problem::MissingDuration { .. } => "missing_duration",
-            Problem::BadDuration(_) => "bad_duration",
-            Problem::BadSidecar { .. } => "bad_sidecar",
-            Problem::BadVideoId(_) => "bad_video_id",
-            Problem::UnsupportedType => "unsupported_type",
+            Problem::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Reason::Truncated,
+            Problem::Io(_) => Reason::Io,
+            Problem::BadMagic => Reason::BadMagic,
+            Problem::BadHeader(_) => Reason::BadHeader,
+            Problem::Truncated { .. } => Reason::Truncated,
+            Problem::UnsupportedDtype(_) => Reason::UnsupportedDtype,
+            Problem::Rank { .. } => Reason::BadRank,
+            Problem::TooLarge { .. } => Reason::TooLarge,
+            Problem::NoFrames => Reason::NoFrames,
+            Problem::NoDims => Reason::NoDims,
+            Problem::NonFinite { .. } => Reason::NonFinite,
+            Problem::Archive(_) => Reason::BadArchive,
+            Problem::MissingStream { .. } => Reason::MissingStream,
+            Problem::Hdf5(_) => Reason::Hdf5,
+            Problem::MissingDuration { .. } => Reason::MissingDuration,
+            Problem::BadDuration(_) => Reason::BadDuration,
+            Problem::BadSidecar { .. } => Reason::BadSidecar,
+            Problem::BadVideoId(_) => Reason::BadVideoId,
+            Problem::UnsupportedType => Reason::UnsupportedType,
         }
     }
 }

@@ -4,10 +4,10 @@
 //! two workers both finished (a message taken over from a worker that was only slow) is kept
 //! once; qids are numbered afresh, since each ledger numbered its own.
 
-use crate::daemon::ledger::{Ledger, LedgerError, FILE_NAME};
-use crate::daemon::shards::{write_shard, ShardError};
 use crate::dataset::{PseudoLabel, FORMATS};
 use crate::fsio::sync_dir;
+use crate::service::ledger::{Ledger, LedgerError, FILE_NAME};
+use crate::service::shards::{write_shard, ShardError};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -131,7 +131,7 @@ fn remove_stale(out: &Path, written: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::ledger::fixtures::done;
+    use crate::service::ledger::fixtures::done;
 
     fn record(dir: &Path, input: &str, vids: &[(&str, usize)]) {
         std::fs::create_dir_all(dir).unwrap();

@@ -5,127 +5,39 @@
 //! committed, so every input is done at least once and, outputs being idempotent, effectively
 //! once.
 
+mod connection;
+pub mod consumer;
 pub mod merge;
-pub mod worker;
 
 use crate::config::QueueConfig;
 use crate::ingest::{walk, FileKind};
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply};
 use serde::Serialize;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 use thiserror::Error;
 
+/// Why a queue command failed.
 #[derive(Debug, Error)]
 pub enum QueueError {
-    #[error("Redis at {url}: {source}")]
-    Redis {
-        url: String,
-        source: redis::RedisError,
-    },
+    /// Redis refused or could not be reached.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// An input to enqueue cannot be resolved or listed.
     #[error("cannot enqueue {path}: {message}")]
-    Input { path: PathBuf, message: String },
+    Input {
+        /// The input.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The consumer's service layer cannot start.
     #[error(transparent)]
-    Daemon(#[from] crate::daemon::DaemonError),
-    #[error(transparent)]
-    Ledger(#[from] crate::daemon::ledger::LedgerError),
+    Service(#[from] crate::service::ServiceError),
 }
 
-/// A connection that comes back: any failed command drops it, and the next command reconnects
-/// (callers space their retries with [`Backoff`]).
-pub struct Redis {
-    client: redis::Client,
-    url: String,
-    connection: Option<redis::Connection>,
-}
-
-impl Redis {
-    pub fn open(url: &str) -> Result<Redis, QueueError> {
-        let client = redis::Client::open(url).map_err(|source| QueueError::Redis {
-            url: url.to_string(),
-            source,
-        })?;
-        Ok(Redis {
-            client,
-            url: url.to_string(),
-            connection: None,
-        })
-    }
-
-    pub fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, QueueError> {
-        self.with(|con| cmd.query(con))
-    }
-
-    pub fn pipeline<T: redis::FromRedisValue>(
-        &mut self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, QueueError> {
-        self.with(|con| pipe.query(con))
-    }
-
-    fn with<T>(
-        &mut self,
-        run: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, QueueError> {
-        let fail = |source| QueueError::Redis {
-            url: self.url.clone(),
-            source,
-        };
-        let con = match self.connection.as_mut() {
-            Some(con) => con,
-            None => self.connection.insert(
-                self.client
-                    .get_connection_with_timeout(Duration::from_secs(5))
-                    .map_err(fail)?,
-            ),
-        };
-        run(con).map_err(|source| {
-            if source.is_io_error()
-                || source.is_connection_dropped()
-                || source.is_unrecoverable_error()
-            {
-                self.connection = None;
-            }
-            fail(source)
-        })
-    }
-}
-
-/// Exponential backoff between reconnection attempts.
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    current: Duration,
-    next: Option<Instant>,
-}
-
-impl Backoff {
-    pub fn new(config: &QueueConfig) -> Backoff {
-        let base = Duration::from_millis(config.reconnect_base_ms);
-        Backoff {
-            base,
-            max: Duration::from_millis(config.reconnect_max_ms),
-            current: base,
-            next: None,
-        }
-    }
-
-    /// Whether an attempt may be made now.
-    pub fn ready(&self) -> bool {
-        self.next.is_none_or(|t| Instant::now() >= t)
-    }
-
-    pub fn failed(&mut self) {
-        self.next = Some(Instant::now() + self.current);
-        self.current = (self.current * 2).min(self.max);
-    }
-
-    pub fn succeeded(&mut self) {
-        self.current = self.base;
-        self.next = None;
-    }
-}
+pub use connection::{path_arg, Backoff, Redis, RedisError};
 
 /// Adds one message `{path}` per feature file under `inputs` (folders are walked); returns how
 /// many. Paths are made absolute, since workers elsewhere read them.
@@ -152,23 +64,9 @@ pub fn enqueue(config: &QueueConfig, inputs: &[PathBuf]) -> Result<usize, QueueE
     }
     let mut redis = Redis::open(&config.url)?;
     for chunk in files.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for file in chunk {
-            pipe.cmd("XADD")
-                .arg(&config.stream)
-                .arg("*")
-                .arg("path")
-                .arg(path_arg(file))
-                .ignore();
-        }
-        redis.pipeline::<()>(&pipe)?;
+        redis.add_paths(&config.stream, chunk)?;
     }
     Ok(files.len())
-}
-
-pub(crate) fn path_arg(path: &Path) -> &[u8] {
-    use std::os::unix::ffi::OsStrExt;
-    path.as_os_str().as_bytes()
 }
 
 /// What `momentminer status --queue` prints.
@@ -202,10 +100,8 @@ pub fn status(config: &QueueConfig) -> Result<QueueStatus, QueueError> {
             match redis.query(redis::cmd("XINFO").arg("GROUPS").arg(&config.stream)) {
                 Ok(groups) => groups,
                 // No stream yet: nothing was ever enqueued.
-                Err(QueueError::Redis { source, .. }) if source.code() == Some("ERR") => {
-                    StreamInfoGroupsReply::default()
-                }
-                Err(e) => return Err(e),
+                Err(e) if e.source.code() == Some("ERR") => StreamInfoGroupsReply::default(),
+                Err(e) => return Err(e.into()),
             };
         let group = groups.groups.into_iter().find(|g| g.name == config.group);
         let read = group.as_ref().and_then(|g| g.entries_read).unwrap_or(0);

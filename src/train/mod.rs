@@ -15,12 +15,12 @@ use crate::batch::collect_videos;
 use crate::caption::text::TextEncoder;
 use crate::caption::CaptionError;
 use crate::config::{Checkpoint, Config, TrainConfig};
-use crate::dataset::{read_annotations, DatasetError, Moment};
-use crate::eval::IOU_THRESHOLDS;
+use crate::dataset::{read_moments, DatasetError, Moment};
 use crate::fsio::{write_atomic, Durability};
 use crate::ingest::{read_video, Durations, Features, IngestError, Video, VideoRef};
 use crate::rng::{hash_str, Rng};
 use crate::sample::sample;
+use crate::span::{iou, IOU_THRESHOLDS};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use model::{Dropout, GroundingModel, Prediction, QUERY_DIM};
@@ -80,52 +80,6 @@ pub struct Pair {
     pub end: f64,
 }
 
-/// Reads pairs from an annotation or dataset file, or from a folder of our dataset files (the
-/// Moment-DETR files when there are any, since the other formats repeat them). Times become
-/// fractions of the video's duration, from the file or else from the video's features.
-pub fn read_moments(path: &Path) -> Result<Vec<Moment>, TrainError> {
-    if !path.is_dir() {
-        return Ok(read_annotations(path)?);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| DatasetError::new(path, None, format!("cannot list: {e}")))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    let named = |prefix: &str, ext: &str| -> Vec<PathBuf> {
-        files
-            .iter()
-            .filter(|f| {
-                let name = f
-                    .file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default();
-                name.starts_with(prefix) && name.ends_with(ext)
-            })
-            .cloned()
-            .collect()
-    };
-    let chosen = [
-        named("moment_detr", ".jsonl"),
-        named("psvl", ".json"),
-        named("charades", ".txt"),
-    ]
-    .into_iter()
-    .find(|list| !list.is_empty())
-    .ok_or_else(|| {
-        TrainError::Data(format!(
-            "{}: no dataset files (moment_detr*.jsonl, psvl*.json or charades*.txt)",
-            path.display()
-        ))
-    })?;
-    let mut moments = Vec::new();
-    for file in chosen {
-        moments.extend(read_annotations(&file)?);
-    }
-    Ok(moments)
-}
-
 /// Every video's model input, prepared once: `steps × projection` floats.
 pub struct VideoBank {
     pub steps: HashMap<String, Arc<Vec<f32>>>,
@@ -173,7 +127,7 @@ impl VideoBank {
     ) -> Result<VideoBank, TrainError> {
         let (refs, failures) = collect_videos(features);
         if let Some(f) = failures.first() {
-            tracing::warn!(input = %f.input, "skipped: {}", f.message);
+            tracing::warn!(input = %f.input, "skipped: {}", f.failure);
         }
         let by_id: HashMap<String, &VideoRef> = refs.iter().map(|r| (r.id(), r)).collect();
         let mut missing: Vec<&String> = vids.iter().filter(|v| !by_id.contains_key(*v)).collect();
@@ -974,7 +928,7 @@ fn validate(
             let loss = model::loss(prediction, &batch.targets, &batch.inside, 0.0)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
             for (pair, (start, end)) in chunk.iter().zip(ordered_spans(prediction)?) {
-                let iou = crate::eval::iou([start, end], [pair.start, pair.end]);
+                let iou = iou([start, end], [pair.start, pair.end]);
                 iou_sum += iou;
                 for (hit, threshold) in hits.iter_mut().zip(IOU_THRESHOLDS) {
                     *hit += usize::from(iou >= threshold);

@@ -3,34 +3,33 @@
 //! dataset shards are rewritten from it. The daemon and the queue worker both record through
 //! this, so a result is committed the same way however its input arrived.
 
-use super::ledger::{Change, Ledger, State};
+use super::job::{Outcome, Results};
+use super::ledger::{Change, Ledger};
 use super::metrics::Metrics;
-use super::worker::{FileStat, Outcome, Results};
+use super::record::{FileStat, InputRecord, State};
 use super::{shards, Folders};
 use crate::config::DaemonConfig;
 use crate::fsio::{sync_dir, sync_filesystem, Staged};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a finished outcome leaves the input as, for the caller's own bookkeeping.
-#[derive(Debug)]
-pub struct Recorded {
-    pub state: State,
-    pub stat: Option<FileStat>,
-    pub hash: Option<String>,
-    pub attempts: u32,
-    pub outputs: Vec<PathBuf>,
-    pub vids: Vec<String>,
-    /// Why it was quarantined.
-    pub reason: Option<String>,
+/// How soon a commit or a shard flush should happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// When the group is due (`commit_ms`, `commit_max`; `shard_flush_ms`).
+    WhenDue,
+    /// Nothing more will join the group soon: commit it now rather than make it wait.
+    Idle,
+    /// Now, whatever is due (at shutdown).
+    Now,
 }
 
 /// How [`Recorder::finish`] took an outcome.
 #[derive(Debug)]
 pub enum Finish {
-    /// The input reached a final state, recorded for the next commit.
-    Recorded(Recorded),
+    /// The input reached a final state, recorded for the next commit; what the input is now.
+    Recorded(InputRecord),
     /// Same content as before: only its stat changed (recorded too).
     Touched(FileStat),
     /// Not finished (changed while read, vanished, to be retried): the caller decides.
@@ -90,22 +89,23 @@ impl Recorder {
                         quarantined,
                         outputs,
                         staged,
+                        times,
                     },
             } => {
                 self.wrote(staged);
+                self.metrics.record_stage_times(&times);
                 self.metrics.record_done(videos.len(), quarantined.len());
                 for record in &quarantined {
-                    tracing::warn!(input = %path.display(), vid = record.vid.as_deref().unwrap_or(""), reason = record.reason, "{}", record.message);
+                    tracing::warn!(input = %path.display(), vid = record.vid.as_deref().unwrap_or(""), reason = %record.reason, "{}", record.message);
                 }
                 tracing::debug!(input = %path.display(), videos = videos.len(), "done");
-                let recorded = Recorded {
-                    state: State::Done,
+                let recorded = InputRecord {
+                    state: Some(State::Done),
                     stat: Some(stat),
                     hash: Some(hash.clone()),
-                    attempts: 0,
                     outputs: outputs.clone(),
                     vids: videos.iter().map(|v| v.vid.clone()).collect(),
-                    reason: None,
+                    ..InputRecord::default()
                 };
                 self.record(Change::Done {
                     path: path_buf,
@@ -124,17 +124,17 @@ impl Recorder {
                 record,
                 outputs,
             } => {
-                tracing::warn!(input = %path.display(), reason = record.reason, stage = record.stage, "quarantined: {}", record.message);
+                tracing::warn!(input = %path.display(), reason = %record.reason, stage = %record.stage, "quarantined: {}", record.message);
                 self.metrics.record_quarantined();
                 self.wrote(Vec::new());
-                let recorded = Recorded {
-                    state: State::Quarantined,
+                let recorded = InputRecord {
+                    state: Some(State::Quarantined),
                     stat,
                     hash: hash.clone(),
                     attempts: record.attempts,
                     outputs: outputs.clone(),
-                    vids: Vec::new(),
-                    reason: Some(record.reason.to_string()),
+                    reason: Some(record.reason),
+                    ..InputRecord::default()
                 };
                 self.record(Change::Quarantined {
                     path: path_buf,
@@ -147,14 +147,11 @@ impl Recorder {
             }
             Outcome::Enqueued { stat, hash } => {
                 tracing::debug!(input = %path.display(), "enqueued");
-                let recorded = Recorded {
-                    state: State::Enqueued,
+                let recorded = InputRecord {
+                    state: Some(State::Enqueued),
                     stat: Some(stat),
                     hash: Some(hash.clone()),
-                    attempts: 0,
-                    outputs: Vec::new(),
-                    vids: Vec::new(),
-                    reason: None,
+                    ..InputRecord::default()
                 };
                 self.record(Change::Enqueued {
                     path: path_buf,
@@ -188,10 +185,11 @@ impl Recorder {
             .map(|since| since + Duration::from_millis(settings.commit_ms))
     }
 
-    /// Commits the waiting group when it is due (`idle`: nothing more will join it soon) or
-    /// `force`d. Returns whether everything recorded so far is now committed. A failure keeps
-    /// the group for a retry a second later; its outputs stay valid.
-    pub fn commit(&mut self, settings: &DaemonConfig, force: bool, idle: bool) -> bool {
+    /// Commits the waiting group as `urgency` asks. Returns whether everything recorded so far
+    /// is now committed. A failure keeps the group for a retry a second later; its outputs
+    /// stay valid.
+    pub fn commit(&mut self, settings: &DaemonConfig, urgency: Urgency) -> bool {
+        let force = urgency == Urgency::Now;
         let Some(since) = self.pending_since else {
             return true;
         };
@@ -199,7 +197,7 @@ impl Recorder {
         if self.blocked_until.is_some_and(|t| now < t && !force) {
             return false;
         }
-        let due = idle
+        let due = urgency == Urgency::Idle
             || self.pending.len() >= settings.commit_max
             || now.duration_since(since) >= Duration::from_millis(settings.commit_ms);
         if !(force || due) {
@@ -262,8 +260,9 @@ impl Recorder {
     }
 
     /// Rewrites the shards the last commits changed, at most every `shard_flush_ms` unless
-    /// `force`d.
-    pub fn flush_shards(&mut self, settings: &DaemonConfig, force: bool) {
+    /// `urgency` is [`Urgency::Now`].
+    pub fn flush_shards(&mut self, settings: &DaemonConfig, urgency: Urgency) {
+        let force = urgency == Urgency::Now;
         let every = Duration::from_millis(settings.shard_flush_ms);
         if !self.shards_dirty || (!force && self.last_shard_flush.elapsed() < every) {
             return;

@@ -1,17 +1,121 @@
-//! The proposal path for one video, stage after stage: sample → similarity → events →
-//! proposals. The CLI, the benchmark and the daemon all call this, so a result never depends on
-//! how the file arrived.
+//! One video from file to captioned proposals: read → sample → similarity → events →
+//! proposals → caption. [`VideoProcessor::process`] is the only way through; the batch commands
+//! (`propose`, `caption`, `bench`), the inbox watcher and the queue consumer all call it and
+//! differ only in how they write, so a result never depends on how the file arrived.
+//! [`analyse`] is the stage chain without reading and captioning, for `inspect` and `ground`.
 
 use crate::caption::{Caption, CaptionError, Captioner};
 use crate::config::Config;
 use crate::events::{atomic_events, AtomicEvents};
-use crate::ingest::{Features, Video};
+use crate::failure::{Failure, Stage};
+use crate::ingest::{read_video, Durations, Features, IngestError, Video, VideoRef};
 use crate::proposals::{propose, Proposal};
 use crate::rng::hash_str;
 use crate::sample::sample;
 use crate::similarity::{cosine_ssm, Ssm};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Where a video's proposals come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Found now: the whole proposal path.
+    Propose,
+    /// Read from an earlier run's `proposals/` folder, to be captioned again (another
+    /// vocabulary, text tower or mode) without finding them again.
+    Recaption(&'a Path),
+}
+
+/// A video's captioned proposals and what each stage cost.
+#[derive(Debug)]
+pub struct Processed {
+    /// What `proposals/<vid>.json` holds.
+    pub proposals: VideoProposals,
+    /// Time per stage; `write` is left to the caller, who writes.
+    pub times: StageTimes,
+}
+
+/// Everything that turns a video reference into its result, loaded once and shared by every
+/// worker thread: the configuration, the durations file and the captioner.
+pub struct VideoProcessor {
+    config: Config,
+    durations: Durations,
+    captioner: Captioner,
+}
+
+impl VideoProcessor {
+    /// Loads `ingest.durations_file`; the captioner is loaded by the caller, who knows whether
+    /// it captions at all (a watcher that only enqueues does not).
+    pub fn new(config: Config, captioner: Captioner) -> Result<VideoProcessor, IngestError> {
+        Ok(VideoProcessor {
+            durations: Durations::load(&config.ingest.durations_file)?,
+            config,
+            captioner,
+        })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Reads one video: features, streams and duration.
+    pub fn read(&self, video: &VideoRef) -> Result<Video, IngestError> {
+        read_video(video, &self.config.ingest, &self.durations)
+    }
+
+    /// Whether the captioner can caption `video`'s features at all: a tower that does not fit
+    /// the features fails every video alike, which a batch says once, up front.
+    pub fn check_captions_fit(&self, video: &Video) -> Result<(), CaptionError> {
+        self.captioner.visual_features(video).map(|_| ())
+    }
+
+    /// The video's proposals with their pseudo-queries, best first.
+    pub fn process(&self, video: &VideoRef, source: Source) -> Result<Processed, Failure> {
+        let mut times = StageTimes::default();
+        let loaded = timed(&mut times.read, || self.read(video)).map_err(|e| ingest_failure(&e))?;
+        let mut proposals = match source {
+            Source::Propose => {
+                VideoProposals::new(&loaded, &analyse(&loaded, &self.config, &mut times))
+            }
+            Source::Recaption(earlier) => read_earlier(earlier, &loaded.id)?,
+        };
+        timed(&mut times.caption, || {
+            proposals.caption(&loaded, &self.captioner)
+        })
+        .map_err(|e| Failure::permanent(e.code(), Stage::Caption, e.to_string()))?;
+        Ok(Processed { proposals, times })
+    }
+}
+
+/// `earlier/<vid>.json`, as an earlier run wrote it.
+fn read_earlier(earlier: &Path, vid: &str) -> Result<VideoProposals, Failure> {
+    let path = earlier.join(format!("{vid}.json"));
+    let fail = |message: String| {
+        Failure::permanent(
+            crate::failure::Reason::EarlierProposals,
+            Stage::Read,
+            format!("proposals {}: {message}", path.display()),
+        )
+    };
+    let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))
+}
+
+/// A reading failure with its reason code; the message names the HDF5 key when the problem is
+/// confined to one entry of a many-video file.
+pub fn ingest_failure(e: &IngestError) -> Failure {
+    Failure {
+        reason: e.problem.code(),
+        stage: Stage::Read,
+        message: match &e.key {
+            Some(key) => format!("[{key}] {}", e.problem),
+            None => e.problem.to_string(),
+        },
+        transient: e.is_transient(),
+    }
+}
 
 /// Time spent per stage, summed over however many videos.
 #[derive(Debug, Default, Clone, Copy)]

@@ -1,35 +1,21 @@
-//! `momentminer worker`: one consumer of the group. It reads messages (first the ones it held
-//! before a restart, then new ones), takes over messages that a dead worker left idle
-//! (XAUTOCLAIM), runs each input through the daemon's [`crate::daemon::worker::run`], records
-//! the results with the daemon's group commit, and acknowledges (XACK) only what is committed.
-//! A message delivered `max_attempts` times without success goes to the dead-letter stream
-//! with its last error.
+//! `momentminer worker`: one consumer of the group, the second front-end of the
+//! [`crate::service`] layer. It reads messages (first the ones it held before a restart, then
+//! new ones), takes over messages that a dead consumer left idle (XAUTOCLAIM), runs each input
+//! as a [`job`] on the service's pool, records the results with the service's group commit,
+//! and acknowledges (XACK) only what is committed. A message delivered `max_attempts` times
+//! without success goes to the dead-letter stream with its last error.
 
-use super::{path_arg, Backoff, QueueError, Redis};
-use crate::config::{Config, RunConfig};
-use crate::daemon::ledger::Ledger;
-use crate::daemon::recorder::{Finish, Recorder};
-use crate::daemon::worker::{self, Context, Job, Outcome, Owners, Previous};
-use crate::daemon::{self, metrics::Metrics, Folders};
+use super::{path_arg, Backoff, QueueError, Redis, RedisError};
+use crate::config::Config;
+use crate::service::job::{self, Outcome};
+use crate::service::record::InputRecord;
+use crate::service::recorder::{Finish, Urgency};
+use crate::service::{self, notify_systemd, Event, Finished, Role, Service};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
-
-enum Event {
-    Signal(i32),
-    Finished(Box<Finished>),
-}
-
-struct Finished {
-    id: String,
-    path: PathBuf,
-    outcome: Outcome,
-    deliveries: usize,
-    ready_at: Instant,
-}
 
 /// The consumer name: `queue.consumer`, or this machine's host name.
 pub fn consumer_name(config: &Config) -> String {
@@ -43,19 +29,14 @@ pub fn consumer_name(config: &Config) -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
-struct Worker {
-    config: Config,
-    consumer: String,
+struct Consumer {
+    service: Service,
+    name: String,
     redis: Redis,
     backoff: Backoff,
-    recorder: Recorder,
-    ctx: Arc<Context>,
-    pool: rayon::ThreadPool,
-    tx: std::sync::mpsc::Sender<Event>,
-    /// What this worker's ledger knows of each input, for change detection.
-    previous: HashMap<PathBuf, Previous>,
+    /// What this consumer's ledger knows of each input, for change detection.
+    known: HashMap<PathBuf, InputRecord>,
     in_flight: HashMap<String, PathBuf>,
-    max_in_flight: usize,
     /// Messages whose results wait for the next commit, then to be acknowledged.
     awaiting_commit: Vec<String>,
     to_ack: Vec<String>,
@@ -65,94 +46,56 @@ struct Worker {
     stopping: Option<Instant>,
 }
 
+/// Runs until SIGTERM/SIGINT, then drains: in-flight messages are finished (or left pending for
+/// another consumer after the shutdown timeout) and everything finished is committed and
+/// acknowledged.
 pub fn run(config: Config) -> Result<(), QueueError> {
-    let (tx, rx) = channel();
-    let signals = {
-        let tx = tx.clone();
-        daemon::listen_for_signals(move |signal| tx.send(Event::Signal(signal)).is_ok())?
-    };
     let mut config = config;
-    // A worker processes what it reads; enqueueing is the watcher's job.
+    // A consumer processes what it reads; enqueueing is the watcher's job.
     config.daemon.enqueue = false;
-    let consumer = consumer_name(&config);
-    let folders = Folders::prepare(&config.daemon, Some(&consumer))?;
-    let _lock = daemon::lock_state(&folders.state)?;
-    let ledger = Ledger::open(&folders.state)?;
-    // The output and quarantine folders are shared: only our own folders hold our leftovers.
-    for dir in [&folders.staging, &folders.dataset] {
-        daemon::remove_temporaries(dir);
-    }
-    let mut owners = HashMap::new();
-    let mut previous = HashMap::new();
-    for row in ledger.inputs()? {
-        for vid in &row.vids {
-            owners.insert(vid.clone(), row.path.clone());
-        }
-        previous.insert(
-            row.path,
-            Previous {
-                hash: row.hash,
-                outputs: row.outputs,
-                vids: row.vids,
-            },
-        );
-    }
-    let owners = Arc::new(Owners::new(owners));
-    let workers = RunConfig::worker_count(config.daemon.workers);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .thread_name(|i| format!("momentminer-worker-{i}"))
-        .build()
-        .map_err(daemon::DaemonError::from)?;
-    let ctx = Arc::new(daemon::context(&config, &folders, &owners)?);
-    let metrics = Arc::new(Metrics::default());
-    let recorder = Recorder::new(ledger, folders, metrics);
-    let mut worker = Worker {
-        redis: Redis::open(&config.queue.url)?,
-        backoff: Backoff::new(&config.queue),
-        max_in_flight: match config.queue.in_flight {
-            0 => 4 * workers,
-            n => n,
-        },
-        consumer,
-        recorder,
-        ctx,
-        pool,
-        tx,
-        previous,
+    let name = consumer_name(&config);
+    let redis = Redis::open(&config.queue.url)?;
+    let backoff = Backoff::new(&config.queue);
+    let (mut service, events) = service::open(config, Role::Consumer { name: name.clone() })?;
+    let known = std::mem::take(&mut service.inputs).into_iter().collect();
+    tracing::info!(
+        consumer = %name,
+        stream = %service.config.queue.stream,
+        group = %service.config.queue.group,
+        workers = service.workers,
+        "worker started"
+    );
+    let mut consumer = Consumer {
+        service,
+        name,
+        redis,
+        backoff,
+        known,
         in_flight: HashMap::new(),
         awaiting_commit: Vec::new(),
         to_ack: Vec::new(),
         own_pending_first: true,
         last_claim: Instant::now(),
         stopping: None,
-        config,
     };
-    tracing::info!(
-        consumer = %worker.consumer,
-        stream = %worker.config.queue.stream,
-        group = %worker.config.queue.group,
-        workers,
-        "worker started"
-    );
-    daemon::notify_systemd(&[sd_notify::NotifyState::Ready]);
-    worker.serve(&rx);
-    signals.close();
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    consumer.serve(&events);
     Ok(())
 }
 
-impl Worker {
-    fn serve(&mut self, rx: &std::sync::mpsc::Receiver<Event>) {
+impl Consumer {
+    fn serve(&mut self, rx: &Receiver<Event>) {
         let mut group_ready = false;
         loop {
             for event in rx.try_iter() {
                 self.handle(event);
             }
-            let idle = self.in_flight.is_empty();
-            if self.recorder.commit(&self.config.daemon, false, idle) {
-                self.to_ack.append(&mut self.awaiting_commit);
-            }
-            self.recorder.flush_shards(&self.config.daemon, false);
+            let urgency = if self.in_flight.is_empty() {
+                Urgency::Idle
+            } else {
+                Urgency::WhenDue
+            };
+            self.commit(urgency);
             if !self.to_ack.is_empty() && self.backoff.ready() {
                 self.acknowledge();
             }
@@ -162,7 +105,10 @@ impl Worker {
                     break;
                 }
             }
-            let room = self.max_in_flight.saturating_sub(self.in_flight.len());
+            let room = self
+                .service
+                .max_in_flight
+                .saturating_sub(self.in_flight.len());
             if self.stopping.is_none() && room > 0 && self.backoff.ready() {
                 if !group_ready {
                     group_ready = self.create_group();
@@ -178,10 +124,7 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        if self.recorder.commit(&self.config.daemon, true, true) {
-            self.to_ack.append(&mut self.awaiting_commit);
-        }
-        self.recorder.flush_shards(&self.config.daemon, true);
+        self.commit(Urgency::Now);
         if !self.to_ack.is_empty() {
             self.acknowledge();
         }
@@ -191,8 +134,23 @@ impl Worker {
                 "stopping with messages in progress; they stay pending and another worker takes them over"
             );
         }
-        daemon::notify_systemd(&[sd_notify::NotifyState::Stopping]);
-        tracing::info!(consumer = %self.consumer, "worker stopped");
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!(consumer = %self.name, "worker stopped");
+    }
+
+    /// Commits finished results as `urgency` asks; what is committed may be acknowledged.
+    fn commit(&mut self, urgency: Urgency) {
+        let service = &mut self.service;
+        if service.recorder.commit(&service.config.daemon, urgency) {
+            self.to_ack.append(&mut self.awaiting_commit);
+        }
+        let shards = match urgency {
+            Urgency::Now => Urgency::Now,
+            _ => Urgency::WhenDue,
+        };
+        service
+            .recorder
+            .flush_shards(&service.config.daemon, shards);
     }
 
     fn handle(&mut self, event: Event) {
@@ -201,7 +159,7 @@ impl Worker {
                 tracing::info!("SIGHUP: a worker re-reads its configuration only at a restart");
             }
             Event::Signal(_) => {
-                let timeout = Duration::from_secs(self.config.daemon.shutdown_timeout_s);
+                let timeout = Duration::from_secs(self.service.config.daemon.shutdown_timeout_s);
                 match self.stopping {
                     None => {
                         tracing::info!(in_flight = self.in_flight.len(), "stopping: draining");
@@ -211,17 +169,19 @@ impl Worker {
                 }
             }
             Event::Finished(finished) => self.finished(*finished),
+            // Only the inbox watcher sees paths change.
+            Event::Paths(_) | Event::Rescan(_) => {}
         }
     }
 
     /// Redis errors are logged once per failure and retried after the backoff.
-    fn redis_failed(&mut self, what: &str, e: QueueError) {
+    fn redis_failed(&mut self, what: &str, e: RedisError) {
         tracing::warn!("{what}: {e}; retrying");
         self.backoff.failed();
     }
 
     fn create_group(&mut self) -> bool {
-        let q = &self.config.queue;
+        let q = &self.service.config.queue;
         let created = self.redis.query::<()>(
             redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -232,7 +192,7 @@ impl Worker {
         );
         match created {
             Ok(()) => true,
-            Err(QueueError::Redis { source, .. }) if source.code() == Some("BUSYGROUP") => true,
+            Err(e) if e.source.code() == Some("BUSYGROUP") => true,
             Err(e) => {
                 self.redis_failed("cannot create the consumer group", e);
                 false
@@ -242,7 +202,7 @@ impl Worker {
 
     /// Takes over idle messages now and then, else reads own pending or new messages.
     fn fetch(&mut self, room: usize) {
-        let q = self.config.queue.clone();
+        let q = self.service.config.queue.clone();
         let claim_every = Duration::from_millis(q.claim_idle_ms / 2).max(Duration::from_millis(50));
         if self.last_claim.elapsed() >= claim_every {
             self.last_claim = Instant::now();
@@ -250,13 +210,13 @@ impl Worker {
                 redis::cmd("XAUTOCLAIM")
                     .arg(&q.stream)
                     .arg(&q.group)
-                    .arg(&self.consumer)
+                    .arg(&self.name)
                     .arg(q.claim_idle_ms)
                     .arg("0-0")
                     .arg("COUNT")
                     // A dead worker's messages are taken over in one go (at most doubling the
                     // messages in progress here), not a free slot at a time.
-                    .arg(self.max_in_flight),
+                    .arg(self.service.max_in_flight),
             );
             match claimed {
                 Ok(reply) => {
@@ -280,7 +240,7 @@ impl Worker {
             redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(&q.group)
-                .arg(&self.consumer)
+                .arg(&self.name)
                 .arg("COUNT")
                 .arg(room)
                 .arg("BLOCK")
@@ -340,7 +300,7 @@ impl Worker {
                 );
                 continue;
             };
-            if deliveries > self.config.queue.max_attempts as usize {
+            if deliveries > self.service.config.queue.max_attempts as usize {
                 let error = self.last_error(&message.id);
                 self.dead_letter(&message.id, Some(&path), deliveries - 1, &error);
                 continue;
@@ -350,7 +310,7 @@ impl Worker {
     }
 
     fn deliveries(&mut self, id: &str) -> usize {
-        let q = &self.config.queue;
+        let q = &self.service.config.queue;
         let reply: Result<StreamPendingCountReply, _> = self.redis.query(
             redis::cmd("XPENDING")
                 .arg(&q.stream)
@@ -366,7 +326,7 @@ impl Worker {
     }
 
     fn errors_key(&self) -> String {
-        format!("{}:errors", self.config.queue.stream)
+        format!("{}:errors", self.service.config.queue.stream)
     }
 
     fn last_error(&mut self, id: &str) -> String {
@@ -379,7 +339,7 @@ impl Worker {
     }
 
     fn dead_letter(&mut self, id: &str, path: Option<&PathBuf>, attempts: usize, error: &str) {
-        let q = self.config.queue.clone();
+        let q = self.service.config.queue.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("XADD")
@@ -394,7 +354,7 @@ impl Worker {
             .arg("attempts")
             .arg(attempts)
             .arg("consumer")
-            .arg(&self.consumer)
+            .arg(&self.name)
             .ignore()
             .cmd("XACK")
             .arg(&q.stream)
@@ -412,8 +372,8 @@ impl Worker {
     }
 
     fn dispatch(&mut self, id: String, path: PathBuf, deliveries: usize) {
-        let job = Job {
-            previous: self.previous.get(&path).cloned().unwrap_or_default(),
+        let job = job::Job {
+            previous: self.known.get(&path).cloned().unwrap_or_default(),
             path: path.clone(),
             attempts: deliveries.saturating_sub(1) as u32,
             // Redis counts the attempts here: transient failures are never quarantined by the
@@ -421,37 +381,29 @@ impl Worker {
             retry_attempts: u32::MAX,
         };
         self.in_flight.insert(id.clone(), path);
-        let (ctx, tx) = (self.ctx.clone(), self.tx.clone());
-        let ready_at = Instant::now();
-        self.pool.spawn(move || {
-            let outcome = worker::run(&job, &ctx);
-            let _ = tx.send(Event::Finished(Box::new(Finished {
-                id,
-                path: job.path,
-                outcome,
-                deliveries,
-                ready_at,
-            })));
-        });
+        self.service.spawn(job, Instant::now(), Some(id), job::run);
     }
 
     fn finished(&mut self, done: Finished) {
-        self.in_flight.remove(&done.id);
-        let path = done.path;
-        match self.recorder.finish(&path, done.outcome, done.ready_at) {
-            Finish::Recorded(recorded) => {
-                self.previous.insert(
-                    path,
-                    Previous {
-                        hash: recorded.hash,
-                        outputs: recorded.outputs,
-                        vids: recorded.vids,
-                    },
-                );
+        let Finished {
+            job,
+            outcome,
+            ready_at,
+            message,
+        } = done;
+        let Some(id) = message else {
+            return;
+        };
+        self.in_flight.remove(&id);
+        let deliveries = job.attempts + 1;
+        let path = job.path;
+        match self.service.recorder.finish(&path, outcome, ready_at) {
+            Finish::Recorded(record) => {
+                self.known.insert(path, record);
             }
             Finish::Touched(_) => {}
             // Not acknowledged: the message stays pending and is delivered again after
-            // `claim_idle_ms`, to this worker or another, until `max_attempts`.
+            // `claim_idle_ms`, to this consumer or another, until `max_attempts`.
             Finish::Unfinished(outcome) => {
                 let error = match outcome {
                     Outcome::Retry { record } => record.message,
@@ -460,22 +412,22 @@ impl Worker {
                     }
                     _ => "the file changed while it was read".into(),
                 };
-                tracing::warn!(id = %done.id, input = %path.display(), deliveries = done.deliveries, "will be retried: {error}");
+                tracing::warn!(id = %id, input = %path.display(), deliveries, "will be retried: {error}");
                 let key = self.errors_key();
                 if let Err(e) = self
                     .redis
-                    .query::<()>(redis::cmd("HSET").arg(key).arg(&done.id).arg(&error))
+                    .query::<()>(redis::cmd("HSET").arg(key).arg(&id).arg(&error))
                 {
                     self.redis_failed("cannot record an error", e);
                 }
                 return;
             }
         }
-        self.awaiting_commit.push(done.id);
+        self.awaiting_commit.push(id);
     }
 
     fn acknowledge(&mut self) {
-        let q = &self.config.queue;
+        let q = &self.service.config.queue;
         let mut pipe = redis::pipe();
         pipe.cmd("XACK")
             .arg(&q.stream)

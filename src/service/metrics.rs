@@ -1,7 +1,8 @@
 //! Counters and gauges of the running daemon, served as Prometheus text on `/metrics`, and
 //! `/healthz` (200 while the main loop turns and the ledger accepts commits, else 503).
 
-use super::ledger::State;
+use super::record::State;
+use crate::processor::StageTimes;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -28,6 +29,8 @@ pub struct Metrics {
     working: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len() + 1],
     processing_us: AtomicU64,
+    /// Microseconds spent per stage, in [`StageTimes::named`]'s order.
+    stage_us: [AtomicU64; 7],
 }
 
 impl Default for Metrics {
@@ -49,6 +52,7 @@ impl Default for Metrics {
             working: AtomicU64::new(0),
             buckets: Default::default(),
             processing_us: AtomicU64::new(0),
+            stage_us: Default::default(),
         }
     }
 }
@@ -97,6 +101,13 @@ impl Metrics {
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.processing_us
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// Adds the time a finished input spent in each stage.
+    pub fn record_stage_times(&self, times: &StageTimes) {
+        for (slot, (_, spent)) in self.stage_us.iter().zip(times.named()) {
+            slot.fetch_add(spent.as_micros() as u64, Relaxed);
+        }
     }
 
     /// Inputs per ledger state (in the order of [`State::ALL`]), files settling, and inputs
@@ -178,6 +189,18 @@ impl Metrics {
             .map(|(s, v)| (format!("{{state=\"{}\"}}", s.as_str()), get(v)))
             .collect::<Vec<_>>();
         metric("inputs", "gauge", "Known inputs per ledger state.", &states);
+        let stages = StageTimes::default()
+            .named()
+            .iter()
+            .zip(&self.stage_us)
+            .map(|((stage, _), us)| (format!("{{stage=\"{stage}\"}}"), get(us) / 1e6))
+            .collect::<Vec<_>>();
+        metric(
+            "stage_seconds_total",
+            "counter",
+            "Time workers spent per stage of the proposal path.",
+            &stages,
+        );
         metric(
             "settling_files",
             "gauge",

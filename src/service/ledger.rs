@@ -6,7 +6,8 @@
 //! operators can open it with the `sqlite3` shell, and because one transaction covers the input
 //! rows, the labels and the shard bookkeeping together.
 
-use super::worker::{FileStat, QuarantineRecord, VideoResult};
+use super::record::{now_ms, FileStat, InputRecord, QuarantineRecord, State, VideoResult};
+use crate::failure::Reason;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -29,70 +30,6 @@ pub enum LedgerError {
     Version { path: PathBuf, found: i64 },
     #[error("no ledger at {0}: has `momentminer watch` run with this state folder?")]
     Missing(PathBuf),
-}
-
-/// Where an input stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum State {
-    /// Found complete and handed to a worker; not finished when the daemon last committed.
-    Queued,
-    /// Failed in a way that may pass (I/O); tried again after a backoff.
-    Retry,
-    Done,
-    Quarantined,
-    /// Handed to the Redis queue for workers (`daemon.enqueue`).
-    Enqueued,
-}
-
-impl State {
-    pub const ALL: [State; 5] = [
-        State::Queued,
-        State::Retry,
-        State::Done,
-        State::Quarantined,
-        State::Enqueued,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::Retry => "retry",
-            State::Done => "done",
-            State::Quarantined => "quarantined",
-            State::Enqueued => "enqueued",
-        }
-    }
-
-    fn parse(text: &str) -> State {
-        match text {
-            "retry" => State::Retry,
-            "done" => State::Done,
-            "quarantined" => State::Quarantined,
-            "enqueued" => State::Enqueued,
-            _ => State::Queued,
-        }
-    }
-
-    /// Finished: nothing more happens to the input unless it changes.
-    pub fn is_final(self) -> bool {
-        matches!(self, State::Done | State::Quarantined | State::Enqueued)
-    }
-}
-
-/// What the daemon remembers about an input between runs.
-#[derive(Debug, Clone)]
-pub struct InputRow {
-    pub path: PathBuf,
-    pub stat: Option<FileStat>,
-    pub hash: Option<String>,
-    pub state: State,
-    pub attempts: u32,
-    pub next_attempt_ms: Option<i64>,
-    /// Files this input produced (proposals and quarantine records), absolute.
-    pub outputs: Vec<PathBuf>,
-    pub vids: Vec<String>,
-    /// The reason code of its last failure, if any.
-    pub reason: Option<String>,
 }
 
 /// One change to record, produced by the daemon's main loop.
@@ -154,35 +91,6 @@ pub type LabelRow = crate::dataset::PseudoLabel;
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// RFC 3339 UTC time of a Unix time in milliseconds (`2026-11-27T04:05:06.789Z`).
-pub fn format_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
 }
 
 fn path_bytes(path: &Path) -> &[u8] {
@@ -304,7 +212,7 @@ impl Ledger {
     }
 
     /// Every input row, with the videos it owns.
-    pub fn inputs(&self) -> Result<Vec<InputRow>, LedgerError> {
+    pub fn inputs(&self) -> Result<Vec<(PathBuf, InputRecord)>, LedgerError> {
         let fail = self.fail();
         let mut vids: HashMap<i64, Vec<String>> = HashMap::new();
         let mut stmt = self
@@ -343,26 +251,27 @@ impl Ledger {
                 };
                 let outputs: Vec<String> =
                     serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default();
+                let reason: Option<String> = r.get(10)?;
                 Ok((
                     id,
-                    InputRow {
-                        path: path_of(r.get(1)?),
+                    path_of(r.get(1)?),
+                    InputRecord {
                         stat,
                         hash: r.get(5)?,
-                        state: State::parse(&r.get::<_, String>(6)?),
+                        state: Some(State::parse(&r.get::<_, String>(6)?)),
                         attempts: r.get(7)?,
                         next_attempt_ms: r.get(8)?,
                         outputs: outputs.into_iter().map(PathBuf::from).collect(),
                         vids: Vec::new(),
-                        reason: r.get(10)?,
+                        reason: reason.as_deref().and_then(Reason::from_code),
                     },
                 ))
             })
             .map_err(&fail)?;
         rows.map(|row| {
-            let (id, mut input) = row.map_err(&fail)?;
+            let (id, path, mut input) = row.map_err(&fail)?;
             input.vids = vids.remove(&id).unwrap_or_default();
-            Ok(input)
+            Ok((path, input))
         })
         .collect()
     }
@@ -640,7 +549,13 @@ fn record(
             tx.execute(
                 "UPDATE inputs SET attempts = ?2, next_attempt_ms = ?3, reason = ?4, error = ?5
                  WHERE id = ?1",
-                params![id, attempts, next_attempt_ms, record.reason, record.message],
+                params![
+                    id,
+                    attempts,
+                    next_attempt_ms,
+                    record.reason.code(),
+                    record.message
+                ],
             )?;
         }
         Change::Quarantined {
@@ -660,7 +575,7 @@ fn record(
                 params![
                     id,
                     record.attempts,
-                    record.reason,
+                    record.reason.code(),
                     record.message,
                     paths_json(outputs)
                 ],
@@ -680,7 +595,7 @@ fn record(
             release_results(tx, id)?;
             let (reason, error) = match quarantined.first() {
                 Some(first) => (
-                    Some(first.reason),
+                    Some(first.reason.code()),
                     Some(format!(
                         "{} of {} videos quarantined; first: {}",
                         quarantined.len(),
@@ -745,7 +660,7 @@ fn record(
 pub(crate) mod fixtures {
     use super::*;
     use crate::caption::Caption;
-    use crate::pipeline::ScoredSpan;
+    use crate::processor::ScoredSpan;
 
     /// A finished input holding `(vid, proposal count)` videos; proposal i spans [i, 10 + i].
     pub(crate) fn done(path: &str, vids: &[(&str, usize)]) -> Change {
@@ -827,13 +742,13 @@ mod tests {
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();
         let mut rows = ledger.inputs().unwrap();
-        rows.sort_by(|x, y| x.path.cmp(&y.path));
+        rows.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].path, Path::new("/in/a.npy"));
-        assert_eq!(rows[0].state, State::Done);
-        assert_eq!(rows[0].hash.as_deref(), Some("hash-of-/in/a.npy"));
-        assert_eq!(rows[1].vids.len(), 2);
-        assert_eq!(rows[1].outputs.len(), 2);
+        assert_eq!(rows[0].0, Path::new("/in/a.npy"));
+        assert_eq!(rows[0].1.state, Some(State::Done));
+        assert_eq!(rows[0].1.hash.as_deref(), Some("hash-of-/in/a.npy"));
+        assert_eq!(rows[1].1.vids.len(), 2);
+        assert_eq!(rows[1].1.outputs.len(), 2);
         // a (3 labels) and b1, b2 fill shard 1 past 2 videos; a's redo goes to shard 2.
         let stale = ledger.stale_shards().unwrap();
         assert_eq!(stale.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 2]);
@@ -893,12 +808,5 @@ mod tests {
             Ledger::open(dir.path()),
             Err(LedgerError::Version { found: 3, .. })
         ));
-    }
-
-    #[test]
-    fn times_format_as_rfc3339() {
-        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(format_time(1_795_752_306_789), "2026-11-27T04:05:06.789Z");
     }
 }

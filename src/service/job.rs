@@ -1,62 +1,20 @@
-//! One input file, start to finish, on a worker thread: checks, content hash, the proposal path
-//! for each video it holds, durable outputs or a quarantine record. The main loop only records
-//! the [`Outcome`] in the ledger.
+//! One input file, start to finish, on a worker thread: checks, content hash, then the
+//! [`VideoProcessor`] for each video it holds, durable outputs or a quarantine record. The
+//! front-end's main loop only records the [`Outcome`] in the ledger. [`examine`] and
+//! [`process`] are separate so a front-end may hand an examined file elsewhere (the inbox
+//! watcher enqueues it for the Redis consumers) instead of processing it.
 
-use super::inbox::probe;
-use super::ledger::{format_time, now_ms};
-use crate::caption::Captioner;
-use crate::config::Config;
+use super::record::{FileStat, InputRecord, QuarantineRecord, VideoResult};
+use super::Folders;
 use crate::config::GroupDurability;
-use crate::fsio::{stage, Staged};
-use crate::ingest::{check_video_id, list_videos, read_video, Durations, FileKind, IngestError};
-use crate::pipeline::{analyse, ScoredSpan, StageTimes, VideoProposals};
-use serde::Serialize;
+use crate::failure::{Failure, Reason, Stage};
+use crate::fsio::{probe, stage, Staged};
+use crate::ingest::{check_video_id, list_videos, FileKind, VideoRef};
+use crate::processor::{ingest_failure, Processed, Source, StageTimes, VideoProcessor};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// What identifies a file's version without reading it: a change in any of these makes the
-/// daemon look again (and hash the content to tell a touch from a real change).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStat {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub inode: u64,
-}
-
-impl FileStat {
-    pub fn of(meta: &std::fs::Metadata) -> FileStat {
-        FileStat {
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            inode: meta.ino(),
-        }
-    }
-}
-
-/// The machine-readable record of why an input (or one video of it) was not processed; written
-/// to `quarantine/<vid>.error.json` and kept in the ledger.
-#[derive(Debug, Clone, Serialize)]
-pub struct QuarantineRecord {
-    pub input: String,
-    pub vid: Option<String>,
-    /// A stable code: `bad_magic`, `truncated`, `symlink`, `duplicate_video_id`, ...
-    pub reason: &'static str,
-    /// Where it failed: `check`, `read`, `write`.
-    pub stage: &'static str,
-    pub message: String,
-    pub time: String,
-    pub attempts: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct VideoResult {
-    pub vid: String,
-    pub duration: f64,
-    pub proposals: Vec<ScoredSpan>,
-}
 
 /// What became of a job.
 #[derive(Debug)]
@@ -90,20 +48,15 @@ pub enum Outcome {
     },
 }
 
-/// What the ledger knew about the input before this job.
-#[derive(Debug, Clone, Default)]
-pub struct Previous {
-    pub hash: Option<String>,
-    pub outputs: Vec<PathBuf>,
-    pub vids: Vec<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// The input file.
     pub path: PathBuf,
-    pub previous: Previous,
+    /// What the ledger knew of the input before this job: its hash, outputs and video ids.
+    pub previous: InputRecord,
     /// Tries so far, this one excluded.
     pub attempts: u32,
+    /// Tries after which a failure that may pass is quarantined all the same.
     pub retry_attempts: u32,
 }
 
@@ -141,106 +94,76 @@ impl Owners {
     }
 }
 
-/// Everything a worker reads; replaced as a whole when SIGHUP reloads the configuration.
+/// Everything a job reads; replaced as a whole when SIGHUP reloads the configuration.
 pub struct Context {
-    pub config: Config,
-    pub durations: Durations,
-    pub proposals_dir: PathBuf,
-    pub quarantine_dir: PathBuf,
-    /// Where results wait under temporary names; this process's own.
-    pub staging_dir: PathBuf,
+    /// The way from a video to its result.
+    pub processor: VideoProcessor,
+    /// Where results and records go.
+    pub folders: Folders,
+    /// Which input owns which video id.
     pub owners: Arc<Owners>,
-    pub captioner: Arc<Captioner>,
-    /// With `daemon.enqueue`, settled files go to this queue instead of the stages.
-    pub enqueue: Option<std::sync::Mutex<crate::queue::Redis>>,
 }
 
-struct Failure {
-    reason: &'static str,
-    stage: &'static str,
-    message: String,
-    transient: bool,
+/// A file that passed the checks and whose content is new.
+#[derive(Debug, Clone)]
+pub struct Examined {
+    /// Its stat when it was hashed.
+    pub stat: FileStat,
+    /// Its content hash, sidecar included.
+    pub hash: String,
 }
 
-impl Failure {
-    fn permanent(reason: &'static str, stage: &'static str, message: String) -> Failure {
-        Failure {
-            reason,
-            stage,
-            message,
-            transient: false,
-        }
-    }
-
-    fn io(stage: &'static str, message: String) -> Failure {
-        Failure {
-            reason: "io",
-            stage,
-            message,
-            transient: true,
-        }
-    }
-
-    fn ingest(e: &IngestError) -> Failure {
-        Failure {
-            reason: e.problem.code(),
-            stage: "read",
-            message: match &e.key {
-                Some(key) => format!("[{key}] {}", e.problem),
-                None => e.problem.to_string(),
-            },
-            transient: e.is_transient(),
-        }
-    }
-}
-
+/// Examines the file and, if its content is new, processes it.
 pub fn run(job: &Job, ctx: &Context) -> Outcome {
-    let follow = ctx.config.daemon.follow_symlinks;
+    match examine(job, ctx) {
+        Ok(examined) => process(job, ctx, examined),
+        Err(outcome) => *outcome,
+    }
+}
+
+/// Checks the file and hashes it; an outcome instead when there is nothing to process (gone,
+/// refused, unchanged).
+pub fn examine(job: &Job, ctx: &Context) -> Result<Examined, Box<Outcome>> {
+    let follow = ctx.processor.config().daemon.follow_symlinks;
     let meta = match probe(&job.path, follow) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Outcome::Vanished,
-        Err(e) => return fail(job, ctx, None, None, Failure::io("check", e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Box::new(Outcome::Vanished))
+        }
+        Err(e) => {
+            return Err(Box::new(fail(
+                job,
+                ctx,
+                None,
+                None,
+                Failure::io(Stage::Check, e.to_string()),
+            )))
+        }
     };
     let stat = FileStat::of(&meta);
     if let Err(failure) = check(&job.path, &meta, follow) {
-        return fail(job, ctx, Some(stat), None, failure);
+        return Err(Box::new(fail(job, ctx, Some(stat), None, failure)));
     }
-    let hash = match content_hash(&job.path) {
-        Ok(hash) => hash,
-        Err(e) => {
-            return fail(
-                job,
-                ctx,
-                Some(stat),
-                None,
-                Failure::io("read", e.to_string()),
-            )
-        }
-    };
+    let hash = content_hash(&job.path).map_err(|e| {
+        Box::new(fail(
+            job,
+            ctx,
+            Some(stat),
+            None,
+            Failure::io(Stage::Read, e.to_string()),
+        ))
+    })?;
     if job.previous.hash.as_deref() == Some(hash.as_str()) {
-        return Outcome::Unchanged { stat };
+        return Err(Box::new(Outcome::Unchanged { stat }));
     }
-    if let Some(queue) = &ctx.enqueue {
-        let mut redis = queue.lock().unwrap_or_else(|e| e.into_inner());
-        let added = redis.query::<String>(
-            redis::cmd("XADD")
-                .arg(&ctx.config.queue.stream)
-                .arg("*")
-                .arg("path")
-                .arg(crate::queue::path_arg(&job.path)),
-        );
-        return match added {
-            Ok(_) => Outcome::Enqueued { stat, hash },
-            Err(e) => fail(
-                job,
-                ctx,
-                Some(stat),
-                Some(hash),
-                Failure::io("enqueue", e.to_string()),
-            ),
-        };
-    }
-    let result = process(job, ctx);
+    Ok(Examined { stat, hash })
+}
+
+/// Processes every video of an examined file and writes its results.
+pub fn process(job: &Job, ctx: &Context, examined: Examined) -> Outcome {
+    let Examined { stat, hash } = examined;
+    let follow = ctx.processor.config().daemon.follow_symlinks;
+    let result = process_videos(job, ctx);
     // A writer that was still at work makes whatever was read worthless.
     if probe(&job.path, follow).map(|m| FileStat::of(&m)).ok() != Some(stat) {
         return Outcome::Changed;
@@ -272,7 +195,7 @@ pub fn run(job: &Job, ctx: &Context) -> Outcome {
                     ctx,
                     Some(stat),
                     Some(hash),
-                    Failure::permanent("no_videos", "read", "holds no videos".into()),
+                    Failure::permanent(Reason::NoVideos, Stage::Read, "holds no videos"),
                 ),
             }
         }
@@ -289,37 +212,37 @@ fn check(path: &Path, meta: &std::fs::Metadata, follow_symlinks: bool) -> Result
             .unwrap_or_else(|_| "?".into());
         return Err(if follow_symlinks {
             Failure::permanent(
-                "dangling_symlink",
-                "check",
+                Reason::DanglingSymlink,
+                Stage::Check,
                 format!("symlink to {target}, which does not exist"),
             )
         } else {
             Failure::permanent(
-                "symlink",
-                "check",
+                Reason::Symlink,
+                Stage::Check,
                 format!("is a symlink to {target}; set daemon.follow_symlinks = true to read what it points to"),
             )
         });
     }
     if !meta.is_file() {
         return Err(Failure::permanent(
-            "not_regular_file",
-            "check",
-            "is not a regular file (a FIFO, socket or device)".into(),
+            Reason::NotRegularFile,
+            Stage::Check,
+            "is not a regular file (a FIFO, socket or device)",
         ));
     }
     if FileKind::of(path).is_none() {
         return Err(Failure::permanent(
-            "unsupported_type",
-            "check",
-            "unsupported file type (expected .npy, .npz, .h5 or .hdf5)".into(),
+            Reason::UnsupportedType,
+            Stage::Check,
+            "unsupported file type (expected .npy, .npz, .h5 or .hdf5)",
         ));
     }
     if meta.len() == 0 {
         return Err(Failure::permanent(
-            "empty_file",
-            "check",
-            "is empty (0 bytes)".into(),
+            Reason::EmptyFile,
+            Stage::Check,
+            "is empty (0 bytes)",
         ));
     }
     Ok(())
@@ -365,10 +288,12 @@ pub struct Results {
     pub outputs: Vec<PathBuf>,
     /// Results still under temporary names (`daemon.durability = "group"`).
     pub staged: Vec<Staged>,
+    /// Time per stage, summed over its videos.
+    pub times: StageTimes,
 }
 
-fn process(job: &Job, ctx: &Context) -> Result<Results, Failure> {
-    let refs = list_videos(&job.path).map_err(|e| Failure::ingest(&e))?;
+fn process_videos(job: &Job, ctx: &Context) -> Result<Results, Failure> {
+    let refs = list_videos(&job.path).map_err(|e| ingest_failure(&e))?;
     let mut done = Results::default();
     for video in &refs {
         let vid = video.id();
@@ -377,8 +302,8 @@ fn process(job: &Job, ctx: &Context) -> Result<Results, Failure> {
             .claim(&vid, &job.path)
             .map_err(|owner| {
                 Failure::permanent(
-                    "duplicate_video_id",
-                    "check",
+                    Reason::DuplicateVideoId,
+                    Stage::Check,
                     format!(
                         "video id '{vid}' is already produced by {}",
                         owner.display()
@@ -386,7 +311,8 @@ fn process(job: &Job, ctx: &Context) -> Result<Results, Failure> {
                 )
             })
             .and_then(|()| {
-                propose(video, ctx).inspect_err(|_| ctx.owners.release(&vid, &job.path))
+                process_video(video, ctx, &mut done.times)
+                    .inspect_err(|_| ctx.owners.release(&vid, &job.path))
             });
         match outcome {
             Ok((result, output)) => {
@@ -417,23 +343,25 @@ enum Written {
     Staged(Staged),
 }
 
-fn propose(
-    video: &crate::ingest::VideoRef,
+/// Processes one video and writes its result: staged for the next group commit, or durable
+/// at once (`daemon.durability`).
+fn process_video(
+    video: &VideoRef,
     ctx: &Context,
+    times: &mut StageTimes,
 ) -> Result<(VideoResult, Written), Failure> {
-    let loaded =
-        read_video(video, &ctx.config.ingest, &ctx.durations).map_err(|e| Failure::ingest(&e))?;
-    let analysis = analyse(&loaded, &ctx.config, &mut StageTimes::default());
-    let mut result = VideoProposals::new(&loaded, &analysis);
-    result
-        .caption(&loaded, &ctx.captioner)
-        .map_err(|e| Failure::permanent(e.code(), "caption", e.to_string()))?;
-    let target = ctx.proposals_dir.join(format!("{}.json", loaded.id));
+    let Processed {
+        proposals: result,
+        times: spent,
+    } = ctx.processor.process(video, Source::Propose)?;
+    *times += spent;
+    let write_started = std::time::Instant::now();
+    let target = ctx.folders.proposals.join(format!("{}.json", result.vid));
     let bytes = serde_json::to_vec(&result)
-        .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
-    let written = match ctx.config.daemon.durability {
+        .map_err(|e| Failure::permanent(Reason::Serialise, Stage::Write, e.to_string()))?;
+    let written = match ctx.processor.config().daemon.durability {
         GroupDurability::Group => Written::Staged(
-            stage(&ctx.staging_dir, &target, &bytes, false)
+            stage(&ctx.folders.staging, &target, &bytes, false)
                 .map_err(|e| cannot_write(&target, e))?,
         ),
         GroupDurability::File => {
@@ -441,6 +369,7 @@ fn propose(
             Written::Published(target)
         }
     };
+    times.write += write_started.elapsed();
     Ok((
         VideoResult {
             vid: result.vid,
@@ -457,15 +386,7 @@ fn quarantine_record(
     failure: Failure,
     attempts: u32,
 ) -> QuarantineRecord {
-    QuarantineRecord {
-        input: job.path.display().to_string(),
-        vid,
-        reason: failure.reason,
-        stage: failure.stage,
-        message: failure.message,
-        time: format_time(now_ms()),
-        attempts,
-    }
+    QuarantineRecord::new(job.path.display().to_string(), vid, failure, attempts)
 }
 
 /// `quarantine/<vid>.error.json`; inputs whose name gives no usable id get a name made from
@@ -499,12 +420,12 @@ fn quarantine_path(dir: &Path, input: &Path, vid: Option<&str>) -> PathBuf {
 
 fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Failure> {
     let target = quarantine_path(
-        &ctx.quarantine_dir,
+        &ctx.folders.quarantine,
         Path::new(&record.input),
         record.vid.as_deref(),
     );
     let bytes = serde_json::to_vec_pretty(record)
-        .map_err(|e| Failure::permanent("serialise", "write", e.to_string()))?;
+        .map_err(|e| Failure::permanent(Reason::Serialise, Stage::Write, e.to_string()))?;
     write_now(ctx, &target, &bytes)?;
     Ok(target)
 }
@@ -512,17 +433,20 @@ fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Fai
 /// Writes a file durably at once: fsynced under a temporary name in this process's staging
 /// folder (where a crash's leftovers are found and removed), then renamed into place.
 fn write_now(ctx: &Context, target: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    stage(&ctx.staging_dir, target, bytes, true)
+    stage(&ctx.folders.staging, target, bytes, true)
         .and_then(|staged| staged.publish())
         .map_err(|e| cannot_write(target, e))
 }
 
 fn cannot_write(target: &Path, e: std::io::Error) -> Failure {
-    Failure::io("write", format!("cannot write {}: {e}", target.display()))
+    Failure::io(
+        Stage::Write,
+        format!("cannot write {}: {e}", target.display()),
+    )
 }
 
 /// A failed job: retried while attempts remain and the failure may pass, else quarantined.
-fn fail(
+pub fn fail(
     job: &Job,
     ctx: &Context,
     stat: Option<FileStat>,
@@ -570,7 +494,8 @@ fn fail(
 fn forget_previous(job: &Job, ctx: &Context, outputs: &[PathBuf], videos: &[VideoResult]) {
     let kept: HashSet<&PathBuf> = outputs.iter().collect();
     for old in &job.previous.outputs {
-        let ours = old.starts_with(&ctx.proposals_dir) || old.starts_with(&ctx.quarantine_dir);
+        let ours =
+            old.starts_with(&ctx.folders.proposals) || old.starts_with(&ctx.folders.quarantine);
         if ours && !kept.contains(old) {
             if let Err(e) = std::fs::remove_file(old) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -1,0 +1,30 @@
+//! Temporal spans as the field judges them: intersection over union, and the IoU thresholds
+//! recall is reported at. Below [`crate::eval`], [`crate::ground`] and [`crate::train`], which
+//! all measure spans the same way.
+
+/// The IoU thresholds R@n is reported at (the field's 0.3, 0.5 and 0.7).
+pub const IOU_THRESHOLDS: [f64; 3] = [0.3, 0.5, 0.7];
+
+/// Temporal intersection over union of two `[start, end]` spans; 0 for empty unions.
+pub fn iou(a: [f64; 2], b: [f64; 2]) -> f64 {
+    let inter = (a[1].min(b[1]) - a[0].max(b[0])).max(0.0);
+    let union = a[1].max(b[1]) - a[0].min(b[0]);
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_of_nested_disjoint_and_empty_spans() {
+        assert!((iou([0.0, 10.0], [0.0, 5.0]) - 0.5).abs() < 1e-12);
+        assert_eq!(iou([0.0, 1.0], [2.0, 3.0]), 0.0);
+        assert_eq!(iou([1.0, 1.0], [1.0, 1.0]), 0.0);
+        assert!((iou([2.0, 6.0], [4.0, 8.0]) - 1.0 / 3.0).abs() < 1e-12);
+    }
+}
