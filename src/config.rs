@@ -21,8 +21,13 @@ pub enum ConfigError {
     BadOverride(String),
     #[error("override '{0}': no such key in the configuration")]
     UnknownKey(String),
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    #[error("invalid configuration: {key} {rule}")]
+    Invalid {
+        /// The key whose value is wrong.
+        key: &'static str,
+        /// What its value must be.
+        rule: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -349,108 +354,210 @@ impl Config {
         Ok(config)
     }
 
+    /// Every value checked on its own, so an error names the one key that is wrong.
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 18] = [
-            (self.sample.steps >= 2, "sample.steps must be at least 2"),
-            (self.events.k >= 1, "events.k must be at least 1"),
-            (self.events.trials >= 1, "events.trials must be at least 1"),
+        let (e, p, d, c, t, y, q) = (
+            &self.events,
+            &self.proposals,
+            &self.daemon,
+            &self.caption,
+            &self.train,
+            &self.synth,
+            &self.queue,
+        );
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        let checks: &[(&str, bool, &str)] = &[
+            ("sample.steps", self.sample.steps >= 2, "must be at least 2"),
+            ("events.k", e.k >= 1, "must be at least 1"),
+            ("events.trials", e.trials >= 1, "must be at least 1"),
+            ("events.max_iter", e.max_iter >= 1, "must be at least 1"),
+            ("events.tol", e.tol >= 0.0, "must be non-negative"),
             (
-                self.events.max_iter >= 1,
-                "events.max_iter must be at least 1",
+                "events.smoothing_window",
+                e.smoothing_window % 2 == 1,
+                "must be odd",
             ),
-            (self.events.tol >= 0.0, "events.tol must be non-negative"),
+            ("proposals.cap", p.cap >= 1, "must be at least 1"),
             (
-                self.events.smoothing_window % 2 == 1,
-                "events.smoothing_window must be odd",
-            ),
-            (self.proposals.cap >= 1, "proposals.cap must be at least 1"),
-            (
-                (0.0..=1.0).contains(&self.proposals.min_length)
-                    && self.proposals.min_length <= self.proposals.max_length
-                    && self.proposals.max_length <= 1.0,
-                "proposals.min_length <= proposals.max_length must lie in [0, 1]",
+                "proposals.min_length",
+                unit(p.min_length),
+                "must lie in [0, 1]",
             ),
             (
-                self.proposals.rerank_iou > 0.0 && self.proposals.rerank_iou <= 1.0,
-                "proposals.rerank_iou must lie in (0, 1]",
+                "proposals.max_length",
+                unit(p.max_length),
+                "must lie in [0, 1]",
             ),
             (
+                "proposals.min_length",
+                p.min_length <= p.max_length,
+                "must be at most proposals.max_length",
+            ),
+            (
+                "proposals.rerank_iou",
+                p.rerank_iou > 0.0 && p.rerank_iou <= 1.0,
+                "must lie in (0, 1]",
+            ),
+            (
+                "ingest.features_per_second",
                 self.ingest.features_per_second >= 0.0,
-                "ingest.features_per_second must be non-negative",
+                "must be non-negative",
             ),
             (
-                self.ingest.max_frames >= 1 && self.ingest.max_dim >= 1,
-                "ingest.max_frames and ingest.max_dim must be at least 1",
+                "ingest.max_frames",
+                self.ingest.max_frames >= 1,
+                "must be at least 1",
             ),
             (
-                self.daemon.commit_max >= 1 && self.daemon.shard_videos >= 1,
-                "daemon.commit_max and daemon.shard_videos must be at least 1",
+                "ingest.max_dim",
+                self.ingest.max_dim >= 1,
+                "must be at least 1",
+            ),
+            ("daemon.commit_max", d.commit_max >= 1, "must be at least 1"),
+            (
+                "daemon.shard_videos",
+                d.shard_videos >= 1,
+                "must be at least 1",
             ),
             (
-                self.daemon.retry_attempts >= 1
-                    && self.daemon.retry_base_ms <= self.daemon.retry_max_ms,
-                "daemon.retry_attempts must be at least 1 and retry_base_ms <= retry_max_ms",
+                "daemon.retry_attempts",
+                d.retry_attempts >= 1,
+                "must be at least 1",
             ),
             (
-                self.queue.max_attempts >= 1
-                    && self.queue.reconnect_base_ms >= 1
-                    && self.queue.reconnect_base_ms <= self.queue.reconnect_max_ms,
-                "queue.max_attempts and queue.reconnect_base_ms must be at least 1, \
-                 and reconnect_base_ms <= reconnect_max_ms",
+                "daemon.retry_base_ms",
+                d.retry_base_ms <= d.retry_max_ms,
+                "must be at most daemon.retry_max_ms",
             ),
             (
-                self.caption.max_query_tokens >= 2
-                    && self.caption.threads >= 1
-                    && self.caption.verbs + self.caption.nouns >= 1,
-                "caption.max_query_tokens must be at least 2, caption.threads at least 1, \
-                 and caption.verbs + caption.nouns at least 1",
+                "queue.max_attempts",
+                q.max_attempts >= 1,
+                "must be at least 1",
             ),
             (
-                self.train.steps >= 2
-                    && self.train.projection >= 1
-                    && self.train.hidden >= 1
-                    && self.train.heads >= 1
-                    && self.train.hidden % self.train.heads == 0
-                    && self.train.max_query_words >= 1
-                    && self.train.word_keep > 0.0
-                    && self.train.word_keep <= 1.0
-                    && self.train.batch >= 1
-                    && self.train.epochs >= 1
-                    && self.train.learning_rate > 0.0
-                    && (0.0..1.0).contains(&self.train.dropout)
-                    && (0.0..1.0).contains(&self.train.validation_share)
-                    && self.train.top_k >= 1,
-                "train: steps >= 2, projection, hidden, heads, batch, epochs and top_k >= 1, \
-                 hidden divisible by heads, max_query_words >= 1, word_keep in (0, 1], \
-                 learning_rate > 0, \
-                 dropout and validation_share in [0, 1)",
+                "queue.reconnect_base_ms",
+                q.reconnect_base_ms >= 1,
+                "must be at least 1",
             ),
             (
-                self.synth.frames_min >= 8 && self.synth.frames_min <= self.synth.frames_max,
-                "synth.frames_min must be at least 8 and at most synth.frames_max",
+                "queue.reconnect_base_ms",
+                q.reconnect_base_ms <= q.reconnect_max_ms,
+                "must be at most queue.reconnect_max_ms",
             ),
             (
-                self.synth.events_min >= 1
-                    && self.synth.events_min <= self.synth.events_max
-                    && self.synth.event_length_min > 0.0
-                    && self.synth.event_length_min <= self.synth.event_length_max
-                    && (0.0..1.0).contains(&self.synth.background_share)
-                    && self.synth.dim >= 1
-                    && self.synth.seconds_per_frame > 0.0
-                    && (0.0..=1.0).contains(&self.synth.shared_objects)
-                    && self.synth.clip_verb >= 0.0
-                    && self.synth.clip_objects >= 0.0
-                    && self.synth.clip_linger >= 0.0
-                    && self.synth.clip_clutter >= 0.0
-                    && (0.0..=1.0).contains(&self.synth.clip_incidental),
-                "synth: events_min <= events_max, 0 < event_length_min <= event_length_max, \
-                 background_share in [0, 1), dim >= 1, seconds_per_frame > 0, shared_objects \
-                 and clip_incidental in [0, 1], clip_verb, clip_objects, clip_linger and \
-                 clip_clutter >= 0",
+                "caption.max_query_tokens",
+                c.max_query_tokens >= 2,
+                "must be at least 2",
+            ),
+            ("caption.threads", c.threads >= 1, "must be at least 1"),
+            (
+                "caption.nouns",
+                c.verbs + c.nouns >= 1,
+                "and caption.verbs must add up to at least 1",
+            ),
+            ("train.steps", t.steps >= 2, "must be at least 2"),
+            ("train.projection", t.projection >= 1, "must be at least 1"),
+            ("train.hidden", t.hidden >= 1, "must be at least 1"),
+            ("train.heads", t.heads >= 1, "must be at least 1"),
+            (
+                "train.hidden",
+                t.heads == 0 || t.hidden % t.heads == 0,
+                "must be divisible by train.heads",
+            ),
+            (
+                "train.max_query_words",
+                t.max_query_words >= 1,
+                "must be at least 1",
+            ),
+            (
+                "train.word_keep",
+                t.word_keep > 0.0 && t.word_keep <= 1.0,
+                "must lie in (0, 1]",
+            ),
+            ("train.batch", t.batch >= 1, "must be at least 1"),
+            ("train.epochs", t.epochs >= 1, "must be at least 1"),
+            (
+                "train.learning_rate",
+                t.learning_rate > 0.0,
+                "must be positive",
+            ),
+            (
+                "train.dropout",
+                (0.0..1.0).contains(&t.dropout),
+                "must lie in [0, 1)",
+            ),
+            (
+                "train.validation_share",
+                (0.0..1.0).contains(&t.validation_share),
+                "must lie in [0, 1)",
+            ),
+            ("train.top_k", t.top_k >= 1, "must be at least 1"),
+            ("synth.frames_min", y.frames_min >= 8, "must be at least 8"),
+            (
+                "synth.frames_min",
+                y.frames_min <= y.frames_max,
+                "must be at most synth.frames_max",
+            ),
+            ("synth.events_min", y.events_min >= 1, "must be at least 1"),
+            (
+                "synth.events_min",
+                y.events_min <= y.events_max,
+                "must be at most synth.events_max",
+            ),
+            (
+                "synth.event_length_min",
+                y.event_length_min > 0.0,
+                "must be positive",
+            ),
+            (
+                "synth.event_length_min",
+                y.event_length_min <= y.event_length_max,
+                "must be at most synth.event_length_max",
+            ),
+            (
+                "synth.background_share",
+                (0.0..1.0).contains(&y.background_share),
+                "must lie in [0, 1)",
+            ),
+            ("synth.dim", y.dim >= 1, "must be at least 1"),
+            (
+                "synth.seconds_per_frame",
+                y.seconds_per_frame > 0.0,
+                "must be positive",
+            ),
+            (
+                "synth.shared_objects",
+                unit(y.shared_objects),
+                "must lie in [0, 1]",
+            ),
+            (
+                "synth.clip_verb",
+                y.clip_verb >= 0.0,
+                "must be non-negative",
+            ),
+            (
+                "synth.clip_objects",
+                y.clip_objects >= 0.0,
+                "must be non-negative",
+            ),
+            (
+                "synth.clip_linger",
+                y.clip_linger >= 0.0,
+                "must be non-negative",
+            ),
+            (
+                "synth.clip_clutter",
+                y.clip_clutter >= 0.0,
+                "must be non-negative",
+            ),
+            (
+                "synth.clip_incidental",
+                unit(y.clip_incidental),
+                "must lie in [0, 1]",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(ConfigError::Invalid((*message).to_string())),
+        match checks.iter().find(|(_, ok, _)| !ok) {
+            Some(&(key, _, rule)) => Err(ConfigError::Invalid { key, rule }),
             None => Ok(()),
         }
     }
@@ -540,6 +647,19 @@ mod tests {
         assert!(unknown.to_string().contains("no such key"), "{unknown}");
         let bad = Config::load(&[], &["events.smoothing_window=4".into()]).unwrap_err();
         assert!(bad.to_string().contains("odd"), "{bad}");
+        // Each check names the one key that is wrong.
+        let heads = Config::load(&[], &["train.heads=3".into()]).unwrap_err();
+        assert_eq!(
+            heads.to_string(),
+            "invalid configuration: train.hidden must be divisible by train.heads"
+        );
+        let retry = Config::load(&[], &["daemon.retry_base_ms=999999999".into()]).unwrap_err();
+        assert!(
+            retry
+                .to_string()
+                .contains("daemon.retry_base_ms must be at most"),
+            "{retry}"
+        );
         let typo = Config::load(&[], &["proposals.sampler=random".into()]).unwrap_err();
         assert!(typo.to_string().contains("random"), "{typo}");
     }

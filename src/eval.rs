@@ -369,8 +369,7 @@ pub fn grounding_report(
     } else {
         None
     };
-    let durations = Durations::load(&config.ingest.durations_file)
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let durations = Durations::load(&config.ingest.durations_file).map_err(TrainError::from)?;
     let top_k = config.train.top_k.max(5);
     type Ranked = Vec<(usize, [Vec<[f64; 2]>; 3])>;
     let answered: Vec<Ranked> = by_vid

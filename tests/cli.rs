@@ -465,6 +465,16 @@ fn captioning_mistakes_are_clear_errors_before_any_work() {
         "--set",
         "caption.clip_text_model=models/fixtures/clip/hf_text.onnx",
     ]);
+    assert!(
+        report.contains("caption.clip_tokenizer is not set"),
+        "{report}"
+    );
+    let report = run(&[
+        "--set",
+        "caption.clip_text_model=models/fixtures/clip/hf_text.onnx",
+        "--set",
+        "caption.clip_tokenizer=models/fixtures/clip/tokenizer.json",
+    ]);
     assert!(report.contains("caption.vocabulary is not set"), "{report}");
 }
 

@@ -5,14 +5,15 @@
 mod common;
 
 use common::{
-    check_results, files_in, good_npy, make_inputs, malformed_cases, momentminer, move_all, p, text,
+    check_results, done_or, files_in, good_npy, make_inputs, malformed_cases, momentminer,
+    move_all, p, text, wait_exit, wait_until,
 };
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Service {
     dir: tempfile::TempDir,
@@ -97,15 +98,12 @@ impl Service {
             .expect("the daemon starts");
         self.child = Some(child);
         // Ready once it holds the state lock (its signal handlers are installed before that).
-        let started = Instant::now();
-        while !self.running() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the daemon did not start:\n{}",
-                std::fs::read_to_string(self.log_path(self.runs)).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_secs(30), || {
+            done_or(self.running(), || {
+                let log = std::fs::read_to_string(self.log_path(self.runs)).unwrap_or_default();
+                format!("the daemon did not start:\n{log}")
+            })
+        });
     }
 
     fn running(&self) -> bool {
@@ -116,6 +114,14 @@ impl Service {
 
     fn log_path(&self, run: usize) -> PathBuf {
         self.path(&format!("daemon-{run}.log"))
+    }
+
+    /// How often run `run` logged that it reloaded its configuration.
+    fn reloads(&self, run: usize) -> usize {
+        self.log(run)
+            .iter()
+            .filter(|l| l["fields"]["message"] == "configuration reloaded")
+            .count()
     }
 
     /// The JSON log lines of one run.
@@ -143,17 +149,7 @@ impl Service {
     fn terminate(&mut self, limit: Duration) -> ExitStatus {
         self.signal(libc::SIGTERM);
         let mut child = self.child.take().expect("running");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if started.elapsed() > limit {
-                child.kill().unwrap();
-                panic!("the daemon did not exit within {limit:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut child, limit, "the daemon, after SIGTERM,")
     }
 
     fn status(&self) -> Value {
@@ -164,8 +160,7 @@ impl Service {
 
     /// Waits until the ledger shows `finished` inputs done or quarantined and nothing waiting.
     fn wait_finished(&mut self, finished: u64, limit: Duration) -> Value {
-        let started = Instant::now();
-        loop {
+        wait_until(limit, || {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().unwrap() {
                     panic!(
@@ -174,19 +169,28 @@ impl Service {
                     );
                 }
             }
-            if self.path("state/ledger.sqlite").exists() {
-                let status = self.status();
-                let c = counts(&status);
-                if c["done"] + c["quarantined"] == finished && c["queued"] + c["retry"] == 0 {
-                    return status;
-                }
-                assert!(
-                    started.elapsed() < limit,
-                    "not finished within {limit:?}: {c:?}"
-                );
+            if !self.path("state/ledger.sqlite").exists() {
+                return Err("no ledger yet".into());
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            let status = self.status();
+            let c = counts(&status);
+            if c["done"] + c["quarantined"] == finished && c["queued"] + c["retry"] == 0 {
+                Ok(status)
+            } else {
+                Err(format!("{c:?}"))
+            }
+        })
+    }
+
+    /// Waits until the running daemon has rescanned its inbox at start-up and says nothing is
+    /// waiting: whatever it would redo would be settling by then.
+    fn wait_idle_after_start_up(&self) {
+        wait_until(Duration::from_secs(30), || {
+            let status = self.status();
+            let activity = &status["activity"];
+            let idle = activity["rescans"].as_u64() >= Some(1) && activity["waiting"] == 0;
+            done_or(idle, || format!("{status}"))
+        });
     }
 
     fn proposal_files(&self) -> Vec<PathBuf> {
@@ -254,7 +258,7 @@ fn a_burst_of_2000_files_is_done_once_each() {
     assert_eq!(processed_in_run(&service, 1), 2000);
     // A restart finds everything already done.
     service.start();
-    std::thread::sleep(Duration::from_millis(1500));
+    service.wait_idle_after_start_up();
     assert!(service.terminate(Duration::from_secs(30)).success());
     assert_eq!(
         processed_in_run(&service, 2),
@@ -330,16 +334,13 @@ fn the_daemon_retrains_in_the_background_and_swaps_the_model_in() {
     move_all(&corpus.join("features"), &service.inbox());
     service.wait_finished(30, Duration::from_secs(120));
     let current = service.path("out/models/current");
-    let started = Instant::now();
-    while !current.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "no model version appeared:\n{}",
-            std::fs::read_to_string(service.path("out/models/.work/v0001/train.log"))
-                .unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(Duration::from_secs(180), || {
+        done_or(current.exists(), || {
+            let log = service.path("out/models/.work/v0001/train.log");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            format!("no model version appeared:\n{log}")
+        })
+    });
     let version = std::fs::read_to_string(&current).unwrap();
     assert_eq!(version, "v0001");
     assert!(service.path("out/models/v0001/model.safetensors").exists());
@@ -397,11 +398,10 @@ fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
         // Around a quarter, a half and three quarters of the way, give or take a tenth.
         let tenth = total as u64 / 10;
         let target = (total as u64 * k / 4 + next() % (2 * tenth).max(1)).saturating_sub(tenth);
-        let started = Instant::now();
-        while counts(&service.status())["done"] < target {
-            assert!(started.elapsed() < Duration::from_secs(300), "no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(Duration::from_secs(300), || {
+            let done = counts(&service.status())["done"];
+            done_or(done >= target, || format!("{done} done"))
+        });
         service.kill9();
         let done = counts(&service.status())["done"];
         eprintln!("killed at {done} of {total} done (aimed at {target})");
@@ -416,7 +416,7 @@ fn kill_9_at_random_instants_loses_and_duplicates_nothing() {
     assert!(service.terminate(Duration::from_secs(30)).success());
     service.check_outputs(&vids);
     service.start();
-    std::thread::sleep(Duration::from_millis(1000));
+    service.wait_idle_after_start_up();
     assert!(service.terminate(Duration::from_secs(30)).success());
     assert_eq!(processed_in_run(&service, service.runs), 0);
 }
@@ -554,16 +554,22 @@ fn changed_inputs_are_redone_and_touched_ones_are_not() {
     std::fs::write(inbox.join("a.npy"), good_npy(120, 16, 7)).unwrap();
     std::fs::write(inbox.join("b.npy"), good_npy(60, 16, 2)).unwrap();
     std::fs::write(inbox.join("c.npy"), good_npy(60, 16, 3)).unwrap();
-    let started = Instant::now();
-    loop {
+    // The touched file is examined too, and found unchanged.
+    let unchanged = |service: &Service| {
+        service.log(1).iter().any(|l| {
+            l["fields"]["message"] == "content unchanged"
+                && l["fields"]["input"]
+                    .as_str()
+                    .is_some_and(|i| i.ends_with("c.npy"))
+        })
+    };
+    wait_until(Duration::from_secs(60), || {
         let c = counts(&service.status());
-        if c["done"] == 3 && service.path("out/proposals/b.json").exists() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{c:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(600));
+        let b = service.path("out/proposals/b.json").exists();
+        done_or(c["done"] == 3 && b && unchanged(&service), || {
+            format!("{c:?}, b.json written: {b}")
+        })
+    });
     assert!(service.terminate(Duration::from_secs(30)).success());
     assert_ne!(
         std::fs::read(service.path("out/proposals/a.json")).unwrap(),
@@ -600,7 +606,12 @@ fn sigterm_during_work_exits_0_with_nothing_half_written() {
     let vids = make_inputs(&staging, 600, 0, 256);
     service.start();
     move_all(&staging, &service.inbox());
-    std::thread::sleep(Duration::from_millis(500));
+    // Stopped once work is under way.
+    wait_until(Duration::from_secs(60), || {
+        done_or(!service.proposal_files().is_empty(), || {
+            "no result yet".into()
+        })
+    });
     let status = service.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     // Whatever was finished is committed: the ledger and the result files agree.
@@ -637,15 +648,10 @@ fn caption_quarantines_are_taken_again_under_new_caption_settings() {
         std::fs::write(service.config(), config).unwrap();
     };
     let wait_done = |service: &mut Service, done: u64| {
-        let started = Instant::now();
-        while counts(&service.status())["done"] != done {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{}",
-                service.status()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(Duration::from_secs(60), || {
+            let status = service.status();
+            done_or(counts(&status)["done"] == done, || format!("{status}"))
+        });
     };
     service.start();
     std::fs::write(service.inbox().join("a.npy"), good_npy(120, 16, 1)).unwrap();
@@ -666,20 +672,12 @@ fn caption_quarantines_are_taken_again_under_new_caption_settings() {
     set_broken(&service, true);
     service.signal(libc::SIGHUP);
     let reloaded = |service: &Service, times: usize| {
-        let started = Instant::now();
-        while service
-            .log(2)
-            .iter()
-            .filter(|l| l["fields"]["message"] == "configuration reloaded")
-            .count()
-            < times
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "SIGHUP ignored"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(Duration::from_secs(30), || {
+            let reloads = service.reloads(2);
+            done_or(reloads >= times, || {
+                format!("{reloads} reloads: SIGHUP ignored?")
+            })
+        });
     };
     reloaded(&service, 1);
     std::fs::write(service.inbox().join("b.npy"), good_npy(120, 16, 2)).unwrap();
@@ -707,18 +705,9 @@ fn sighup_reloads_the_configuration() {
     config.push_str("\n[proposals]\ncap = 2\n");
     std::fs::write(service.config(), config).unwrap();
     service.signal(libc::SIGHUP);
-    let started = Instant::now();
-    while !service
-        .log(1)
-        .iter()
-        .any(|l| l["fields"]["message"] == "configuration reloaded")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "SIGHUP ignored"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(30), || {
+        done_or(service.reloads(1) == 1, || "SIGHUP ignored".into())
+    });
     std::fs::write(service.inbox().join("after.npy"), good_npy(120, 16, 1)).unwrap();
     service.wait_finished(2, Duration::from_secs(60));
     assert!(service.terminate(Duration::from_secs(30)).success());
@@ -739,12 +728,8 @@ fn sighup_reloads_the_configuration() {
 
 #[test]
 fn systemd_readiness_watchdog_metrics_and_one_instance_per_state_folder() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut service = Service::new(150, &format!("metrics_addr = \"127.0.0.1:{port}\""));
+    // Port 0: the kernel picks a free port, which `status` then reports; nothing can race.
+    let mut service = Service::new(150, "metrics_addr = \"127.0.0.1:0\"");
     let socket_path = service.path("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket
@@ -762,9 +747,10 @@ fn systemd_readiness_watchdog_metrics_and_one_instance_per_state_folder() {
         received.push('\n');
     }
     std::fs::write(service.inbox().join("m.npy"), good_npy(60, 16, 1)).unwrap();
-    service.wait_finished(1, Duration::from_secs(60));
+    let status = service.wait_finished(1, Duration::from_secs(60));
+    let addr = status["metrics_addr"].as_str().unwrap().to_string();
     let get = |target: &str| {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
         write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut response = String::new();
         std::io::Read::read_to_string(&mut stream, &mut response).unwrap();

@@ -1,10 +1,12 @@
-//! Scale-out through a real redis-server on 127.0.0.1 (each test starts its own, with AOF,
-//! on a free port, and stops it): several worker processes of the real binary, one killed,
-//! Redis itself restarted, a poison message.
+//! Scale-out through a real redis-server (each test starts its own, with AOF, on a Unix socket
+//! in its own folder, so no two tests can race for a port, and stops it): several worker
+//! processes of the real binary, one killed, Redis itself restarted, a poison message.
 
 mod common;
 
-use common::{check_results, files_in, make_inputs, momentminer, p, text};
+use common::{
+    check_results, done_or, files_in, make_inputs, momentminer, p, text, wait_exit, wait_until,
+};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,20 +14,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct RedisServer {
-    port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl RedisServer {
     fn start(dir: &Path) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut server = RedisServer {
-            port,
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -36,7 +31,7 @@ impl RedisServer {
     fn launch(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", "0", "--unixsocket", p(&self.socket())])
             .args([
                 "--save",
                 "",
@@ -53,28 +48,29 @@ impl RedisServer {
                 "redis-server is not installed: run scripts/setup.sh (apt install redis-server)",
             );
         self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_secs(20), || {
+            let up = std::os::unix::net::UnixStream::connect(self.socket()).is_ok();
+            done_or(up, || "redis-server did not start".into())
+        });
     }
 
-    /// SIGKILL and start again on the same port and data folder: only the AOF survives.
+    /// SIGKILL and start again on the same socket and data folder: only the AOF survives.
     fn crash_and_restart(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // A dead server's socket file would answer nothing but still exist.
+        std::fs::remove_file(self.socket()).ok();
         self.launch();
     }
 
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis+unix://{}", p(&self.socket()))
     }
 }
 
@@ -167,17 +163,7 @@ impl Cluster {
             );
         }
         for (name, mut child) in self.workers.drain(..) {
-            let started = Instant::now();
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "{name} did not stop"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            };
+            let status = wait_exit(&mut child, Duration::from_secs(30), &name);
             assert!(status.success(), "{name} exited with {status}");
         }
     }
@@ -204,35 +190,31 @@ impl Cluster {
 
     /// Waits until at least `count` results exist (work is under way).
     fn wait_results(&self, count: usize) {
-        let started = Instant::now();
-        while self.results() < count {
-            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(Duration::from_secs(120), || {
+            let results = self.results();
+            done_or(results >= count, || format!("{results} results"))
+        });
     }
 
     /// Waits until `expected` results exist and nothing is pending or undelivered.
     fn wait_drained(&mut self, expected: usize, limit: Duration) -> Value {
-        let started = Instant::now();
-        loop {
+        wait_until(limit, || {
             for (name, child) in &mut self.workers {
                 if let Some(status) = child.try_wait().unwrap() {
                     panic!("worker {name} exited early ({status})");
                 }
             }
-            if self.results() >= expected {
-                let status = self.queue_status();
-                if status["pending"] == 0 && status["lag"] == 0 {
-                    return status;
-                }
+            let results = self.results();
+            if results < expected {
+                return Err(format!("{results} results"));
             }
-            assert!(
-                started.elapsed() < limit,
-                "not drained within {limit:?}: {} results",
-                self.results()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            let status = self.queue_status();
+            if status["pending"] == 0 && status["lag"] == 0 {
+                Ok(status)
+            } else {
+                Err(format!("{status:#}"))
+            }
+        })
     }
 
     fn merge_and_check(&self, vids: &HashSet<String>) {
@@ -306,7 +288,7 @@ fn a_killed_workers_messages_are_taken_over_by_the_others() {
     cluster.kill9("w1");
     let killed = Instant::now();
     // The others take over what w1 held once it has been idle for claim_idle_ms.
-    loop {
+    wait_until(Duration::from_secs(60), || {
         let status = cluster.queue_status();
         let held = status["consumers"]
             .as_array()
@@ -314,14 +296,8 @@ fn a_killed_workers_messages_are_taken_over_by_the_others() {
             .iter()
             .find(|c| c["name"] == "w1")
             .map_or(0, |c| c["pending"].as_u64().unwrap());
-        if held == 0 {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "w1's messages stay pending"
-        );
-    }
+        done_or(held == 0, || format!("w1's {held} messages stay pending"))
+    });
     eprintln!("w1's messages taken over within {:?}", killed.elapsed());
     cluster.wait_drained(1200, Duration::from_secs(300));
     cluster.stop_all();
@@ -362,20 +338,17 @@ fn a_poison_message_ends_in_the_dead_letters_with_its_error() {
     std::fs::remove_file(&doomed).unwrap();
     cluster.start_worker("w1");
     cluster.start_worker("w2");
-    let started = Instant::now();
-    loop {
+    wait_until(Duration::from_secs(60), || {
         let status = cluster.queue_status();
-        if status["dead_letters"] == 1 && status["pending"] == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{status:#}");
-    }
+        let dead = status["dead_letters"] == 1 && status["pending"] == 0;
+        done_or(dead, || format!("{status:#}"))
+    });
     cluster.wait_drained(5, Duration::from_secs(60));
     cluster.stop_all();
     let out = Command::new("redis-cli")
         .args([
-            "-p",
-            &cluster.redis.port.to_string(),
+            "-s",
+            p(&cluster.redis.socket()),
             "XRANGE",
             "momentminer:dead",
             "-",

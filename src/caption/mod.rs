@@ -97,6 +97,15 @@ fn tower_key(config: &Config) -> Result<String, CaptionError> {
     } else {
         (&caption.clip_text_model, &caption.clip_tokenizer)
     };
+    if tokenizer.as_os_str().is_empty() {
+        return Err(CaptionError::NotSet {
+            key: if anchored {
+                "caption.text_tokenizer"
+            } else {
+                "caption.clip_tokenizer"
+            },
+        });
+    }
     if !tokenizer.is_file() {
         return Err(CaptionError::Tokenizer {
             path: tokenizer.clone(),
@@ -121,10 +130,7 @@ fn tower_key(config: &Config) -> Result<String, CaptionError> {
 pub fn configured_vocabulary(config: &Config) -> Result<Vocabulary, CaptionError> {
     let caption = &config.caption;
     if caption.vocabulary.as_os_str().is_empty() {
-        return Err(CaptionError::Vocabulary {
-            path: caption.vocabulary.clone(),
-            message: "caption.vocabulary is not set: name the vocabulary to score (a synthetic world's is in the caption.toml `momentminer synth` writes beside it: pass --config WORLD/caption.toml), or set caption.mode = \"language_free\" or \"off\"".into(),
-        });
+        return Err(CaptionError::NoVocabulary);
     }
     Vocabulary::load(&caption.vocabulary)
 }
@@ -147,8 +153,8 @@ impl Captioner {
         let caption = &config.caption;
         let vocabulary = match caption.mode {
             CaptionMode::Vocabulary => {
-                let vocabulary = configured_vocabulary(config)?;
                 let key = tower_key(config)?;
+                let vocabulary = configured_vocabulary(config)?;
                 let scored =
                     ScoredVocabulary::build(vocabulary, &key, &caption.cache_dir, |words| {
                         TextTower::open(config)?.embed(words)
@@ -340,6 +346,10 @@ pub enum CaptionError {
     },
     #[error("vocabulary {path}: {message}")]
     Vocabulary { path: PathBuf, message: String },
+    #[error("caption.vocabulary is not set: name the vocabulary to score (a synthetic world's is in the caption.toml `momentminer synth` writes beside it: pass --config WORLD/caption.toml), or set caption.mode = \"language_free\" or \"off\"")]
+    NoVocabulary,
+    #[error("{key} is not set: name the tokenizer.json of the text tower it goes with")]
+    NotSet { key: &'static str },
     #[error("tower anchors {path}: {message}")]
     Anchors { path: PathBuf, message: String },
     #[error("no text tower to score the vocabulary with: set caption.clip_text_model (an exported CLIP text tower) or caption.tower_anchors (a synthetic world's is in the caption.toml `momentminer synth` writes beside it: pass --config WORLD/caption.toml), or set caption.mode = \"language_free\" or \"off\"")]

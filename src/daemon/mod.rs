@@ -26,6 +26,7 @@ use crate::service::record::{now_ms, FileStat, InputRecord, State};
 use crate::service::recorder::{Finish, Urgency};
 use crate::service::{self, notify_systemd, Event, Finished, Role, Service, ServiceError};
 use inbox::Inbox;
+use status::{Activity, ACTIVITY_KEY};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,10 @@ struct Daemon {
     last_watchdog: Instant,
     last_status: Instant,
     retrainer: retrain::Retrainer,
+    /// Rescans of the inbox finished since start-up.
+    rescans: u64,
+    /// The activity last written to the ledger for `status`.
+    published: Option<Activity>,
 }
 
 /// Runs until SIGTERM/SIGINT. Returns once in-flight work is finished (or the shutdown timeout
@@ -166,6 +171,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         last_watchdog: now,
         last_status: now,
         retrainer,
+        rescans: 0,
+        published: None,
     };
     daemon.rescan("start-up");
     daemon.retry_caption_quarantines("start-up");
@@ -358,6 +365,7 @@ impl Daemon {
         for file in files {
             self.observe(&file, false);
         }
+        self.rescans += 1;
         self.next_rescan = Instant::now() + Duration::from_secs(self.settings().rescan_s.max(1));
         tracing::debug!(
             why,
@@ -680,6 +688,24 @@ impl Daemon {
             self.settling.len() + self.ready.len() + self.in_flight
         );
         notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
+        self.publish_activity();
+    }
+
+    /// Tells `status` what this process is doing, when that changed.
+    fn publish_activity(&mut self) {
+        let activity = Activity {
+            pid: std::process::id(),
+            rescans: self.rescans,
+            waiting: (self.settling.len() + self.ready.len() + self.in_flight) as u64,
+        };
+        if self.published == Some(activity) {
+            return;
+        }
+        let json = serde_json::to_string(&activity).unwrap_or_default();
+        match self.service.recorder.ledger().set_meta(ACTIVITY_KEY, &json) {
+            Ok(()) => self.published = Some(activity),
+            Err(e) => tracing::warn!("cannot publish the daemon's activity: {e}"),
+        }
     }
 }
 

@@ -28,7 +28,26 @@ pub struct Status {
     pub recent_problems: Vec<Problem>,
     /// Grounding model versions the daemon trained, oldest first.
     pub models: Vec<super::retrain::Version>,
+    /// Where the running daemon serves /metrics and /healthz, if it does.
+    pub metrics_addr: Option<String>,
+    /// What the running daemon is doing, as of its last second: rescans of the inbox finished
+    /// since it started, and files settling, ready or being processed.
+    pub activity: Option<Activity>,
 }
+
+/// What the running watcher is doing; published once a second while it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Activity {
+    /// The process it describes.
+    pub pid: u32,
+    /// Rescans of the inbox finished since it started (the start-up rescan is the first).
+    pub rescans: u64,
+    /// Files settling, ready or being processed.
+    pub waiting: u64,
+}
+
+/// The ledger meta key [`Activity`] is kept under.
+pub const ACTIVITY_KEY: &str = "activity";
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
@@ -106,6 +125,12 @@ pub fn read(state_dir: &Path, models: &Path) -> Result<Status, LedgerError> {
         })
         .map_err(fail)?;
     let (running, pid) = holder(state_dir);
+    // Only what the process holding the lock now published: a stopped daemon's is stale.
+    let activity = ledger
+        .meta(ACTIVITY_KEY)?
+        .and_then(|json| serde_json::from_str::<Activity>(&json).ok())
+        .filter(|a| running && pid.as_deref() == Some(a.pid.to_string().as_str()));
+    let metrics_addr = ledger.meta("metrics_addr")?.filter(|_| running);
     Ok(Status {
         ledger: state_dir
             .join(crate::service::ledger::FILE_NAME)
@@ -128,6 +153,8 @@ pub fn read(state_dir: &Path, models: &Path) -> Result<Status, LedgerError> {
         latency_p99_ms: quantile(0.99),
         recent_problems,
         models: super::retrain::versions(models),
+        metrics_addr,
+        activity,
     })
 }
 

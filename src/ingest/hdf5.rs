@@ -6,8 +6,11 @@ use super::{npy::squeeze_to_matrix, Features, Limits, Problem};
 use hdf5::LocationType;
 use std::path::Path;
 
-fn problem(e: hdf5::Error) -> Problem {
-    Problem::Hdf5(e.to_string())
+fn problem(source: hdf5::Error) -> Problem {
+    Problem::Hdf5 {
+        what: String::new(),
+        source,
+    }
 }
 
 /// The video ids (top-level members) of a file.
@@ -22,7 +25,10 @@ pub fn read(path: &Path, key: &str, dataset: &str, limits: &Limits) -> Result<Fe
         LocationType::Dataset => file.dataset(key),
         _ => file.group(key).and_then(|g| g.dataset(dataset)),
     }
-    .map_err(|e| Problem::Hdf5(format!("'{key}/{dataset}': {e}")))?;
+    .map_err(|source| Problem::Hdf5 {
+        what: format!(" '{key}/{dataset}'"),
+        source,
+    })?;
     let shape = data.shape();
     let (frames, dim) = squeeze_to_matrix(&shape)?;
     limits.check(frames, dim)?;

@@ -87,8 +87,16 @@ pub enum Problem {
         wanted: String,
         available: Vec<String>,
     },
-    #[error("HDF5: {0}")]
-    Hdf5(String),
+    /// The HDF5 library refused the file (or the entry `what` names).
+    #[cfg(feature = "hdf5")]
+    #[error("HDF5{what}: {source}")]
+    Hdf5 {
+        /// The entry, where one entry failed: " 'key/dataset'".
+        what: String,
+        /// What the library said.
+        #[source]
+        source: ::hdf5::Error,
+    },
     #[error("no duration: no sidecar {sidecar}, not in ingest.durations_file, and ingest.features_per_second is 0")]
     MissingDuration { sidecar: PathBuf },
     #[error("bad duration {0} seconds in the sidecar or durations file (must be finite and > 0)")]
@@ -118,7 +126,8 @@ impl Problem {
             Problem::NonFinite { .. } => Reason::NonFinite,
             Problem::Archive(_) => Reason::BadArchive,
             Problem::MissingStream { .. } => Reason::MissingStream,
-            Problem::Hdf5(_) => Reason::Hdf5,
+            #[cfg(feature = "hdf5")]
+            Problem::Hdf5 { .. } => Reason::Hdf5,
             Problem::MissingDuration { .. } => Reason::MissingDuration,
             Problem::BadDuration(_) => Reason::BadDuration,
             Problem::BadSidecar { .. } => Reason::BadSidecar,
@@ -151,7 +160,8 @@ impl IngestError {
     pub fn is_transient(&self) -> bool {
         match &self.problem {
             Problem::Io(e) => e.kind() != std::io::ErrorKind::UnexpectedEof,
-            Problem::Hdf5(message) => message.contains("lock"),
+            #[cfg(feature = "hdf5")]
+            Problem::Hdf5 { source, .. } => source.to_string().contains("lock"),
             _ => false,
         }
     }

@@ -290,6 +290,8 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
     recorder
         .ledger()
         .set_meta("started", &format_time(now_ms()))?;
+    let served = metrics_addr.map(|a| a.to_string()).unwrap_or_default();
+    recorder.ledger().set_meta("metrics_addr", &served)?;
     let max_in_flight = max_in_flight(&config, &role, workers);
     Ok((
         Service {

@@ -48,6 +48,8 @@ pub enum TrainError {
     Caption(#[from] CaptionError),
     #[error("{0}")]
     Data(String),
+    #[error(transparent)]
+    Durations(#[from] IngestError),
     #[error("query of {words} words is longer than train.max_query_words = {max}: {query:?}")]
     QueryTooLong {
         query: String,
@@ -151,8 +153,7 @@ impl VideoBank {
                 if missing.len() > 5 { ", …" } else { "" }
             )));
         }
-        let durations = Durations::load(&config.ingest.durations_file)
-            .map_err(|e: IngestError| TrainError::Data(e.to_string()))?;
+        let durations = Durations::load(&config.ingest.durations_file)?;
         let matrices: std::sync::Mutex<HashMap<usize, Arc<Vec<f32>>>> = Default::default();
         let loaded: Vec<(String, f64, usize, Vec<f32>)> = vids
             .par_iter()

@@ -5,7 +5,8 @@
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
 
 pub fn momentminer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_momentminer"))
@@ -13,6 +14,52 @@ pub fn momentminer(args: &[&str]) -> Output {
         .env("RUST_LOG", "error")
         .output()
         .expect("the binary runs")
+}
+
+/// Polls `check` until it gives a value, backing off from 5 ms to 200 ms between tries; after
+/// `limit`, fails the test with what `check` last said was missing. Tests wait on conditions
+/// through this, never on a fixed time.
+pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(why) if started.elapsed() >= limit => panic!("not within {limit:?}: {why}"),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// `check`'s verdict as [`wait_until`] takes it: done, or what is missing.
+pub fn done_or(done: bool, missing: impl FnOnce() -> String) -> Result<(), String> {
+    if done {
+        Ok(())
+    } else {
+        Err(missing())
+    }
+}
+
+/// The exit status of `child`, which must come within `limit`; killed (and the test failed)
+/// otherwise, so no process outlives its test.
+pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() >= limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
 }
 
 pub fn text(output: &Output) -> String {
