@@ -94,7 +94,14 @@ def graph():
     files = []
     for root, _, names in os.walk(SRC):
         files += [os.path.join(root, n) for n in names if n.endswith(".rs")]
-    modules = {module_of(f): f for f in files if not f.endswith("main.rs")}
+    # The binary's own modules (`mod cli;` in main.rs) sit above the library, not in it.
+    main = strip(open(os.path.join(SRC, "main.rs"), encoding="utf-8").read())
+    binary = {(name,) for name in re.findall(r"(?m)^\s*mod\s+(\w+)\s*;", main)}
+    modules = {
+        module_of(f): f
+        for f in files
+        if not f.endswith("main.rs") and module_of(f) not in binary
+    }
     edges = {m: set() for m in modules}
     for m, f in modules.items():
         text = strip(open(f, encoding="utf-8").read())

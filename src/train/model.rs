@@ -10,14 +10,16 @@
 //!
 //! Shapes: B queries, U distinct videos among them, N video steps, L query tokens, H hidden.
 
-use super::Batch;
+use super::data::{Batch, Pair, VideoBank};
+use super::error::TrainError;
+use super::query::{QueryBank, QUERY_DIM};
 use crate::config::TrainConfig;
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarMap;
 use candle_nn::{linear, Linear, VarBuilder};
+use std::path::Path;
 
-/// Width of MiniLM's token vectors.
-pub const QUERY_DIM: usize = 384;
 const LN_EPS: f64 = 1e-5;
 
 type Result<T> = candle_core::Result<T>;
@@ -440,4 +442,84 @@ pub fn initialise(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
         var.set(&Tensor::from_vec(values, dims, &Device::Cpu)?.to_dtype(DType::F32)?)?;
     }
     Ok(())
+}
+/// The model and the parameters it reads.
+pub struct Network {
+    pub varmap: VarMap,
+    pub model: GroundingModel,
+}
+
+impl Network {
+    pub fn new(config: &TrainConfig) -> std::result::Result<Network, TrainError> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = GroundingModel::new(config, vb)?;
+        initialise(&varmap, config.seed)?;
+        Ok(Network { varmap, model })
+    }
+
+    /// Weights from a safetensors file.
+    pub fn load(config: &TrainConfig, weights: &Path) -> std::result::Result<Network, TrainError> {
+        let mut network = Network::new(config)?;
+        network
+            .varmap
+            .load(weights)
+            .map_err(|e| TrainError::Model {
+                path: weights.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(network)
+    }
+
+    /// Predictions for `pairs`, batched, without dropout.
+    pub fn predict(
+        &self,
+        pairs: &[&Pair],
+        videos: &VideoBank,
+        queries: &QueryBank,
+        config: &TrainConfig,
+    ) -> std::result::Result<Vec<(f64, f64, Vec<f32>)>, TrainError> {
+        let mut out = Vec::with_capacity(pairs.len());
+        self.each_batch(pairs, videos, queries, config, |_, _, prediction| {
+            let attention = prediction.attention.to_vec2::<f32>()?;
+            for ((start, end), weights) in ordered_spans(prediction)?.into_iter().zip(attention) {
+                out.push((start, end, weights));
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Runs the model without dropout over `pairs`, batch by batch, handing each batch's pairs,
+    /// tensors and prediction to `visit`.
+    pub(crate) fn each_batch(
+        &self,
+        pairs: &[&Pair],
+        videos: &VideoBank,
+        queries: &QueryBank,
+        config: &TrainConfig,
+        mut visit: impl FnMut(&[&Pair], &Batch, &Prediction) -> std::result::Result<(), TrainError>,
+    ) -> std::result::Result<(), TrainError> {
+        for chunk in pairs.chunks(config.batch.max(1)) {
+            let batch = Batch::new(chunk, videos, queries, config, None)?;
+            let prediction = self.model.forward(&batch, &mut Dropout::off())?;
+            visit(chunk, &batch, &prediction)?;
+        }
+        Ok(())
+    }
+}
+
+/// The predicted spans as (start, end) with start ≤ end: the head does not order them.
+pub(crate) fn ordered_spans(
+    prediction: &Prediction,
+) -> std::result::Result<Vec<(f64, f64)>, TrainError> {
+    Ok(prediction
+        .spans
+        .to_vec2::<f32>()?
+        .into_iter()
+        .map(|span| {
+            let (a, b) = (f64::from(span[0]), f64::from(span[1]));
+            (a.min(b), a.max(b))
+        })
+        .collect())
 }

@@ -7,10 +7,13 @@
 //! captioner's vocabulary, kept in the model card), and words outside the lexicon are left out,
 //! so at test time the model reads the same kind of input it was trained on.
 
-use super::TrainError;
+use super::error::TrainError;
 use crate::caption::text::TextEncoder;
 use crate::rng::Rng;
 use std::collections::{HashMap, HashSet};
+
+/// Width of MiniLM's token vectors.
+pub const QUERY_DIM: usize = 384;
 
 /// The words of `text` the model reads: lower-cased, each mapped onto the lexicon word it is
 /// an inflection of, those outside the lexicon dropped. With an empty lexicon, or when no word

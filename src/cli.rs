@@ -1,0 +1,210 @@
+//! The command line: every subcommand and option, parsed by clap.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use momentminer::bench::BenchOptions;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "momentminer",
+    version,
+    about = "Mines temporal event proposals for video moment retrieval from unlabelled video features"
+)]
+pub(crate) struct Cli {
+    /// Configuration file (TOML); only the keys it sets change the built-in defaults.
+    /// Repeatable: later files change what earlier ones set (e.g. a daemon's file, then a
+    /// synthetic world's caption.toml).
+    #[arg(long, global = true)]
+    pub(crate) config: Vec<PathBuf>,
+    /// Override one configuration key, e.g. --set events.k=6 (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub(crate) overrides: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Propose temporal events for feature files and folders and caption them (caption.mode);
+    /// writes OUT/proposals/<vid>.json and the dataset: OUT/dataset/psvl.json,
+    /// moment_detr.jsonl and charades.txt.
+    Propose {
+        /// Feature files (.npy, .npz, .h5/.hdf5) and folders, searched recursively.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output folder; results go to OUT/proposals/<vid>.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Exit non-zero when any input fails.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Caption the proposals of an earlier `propose` run again (another vocabulary, text tower
+    /// or caption.mode) without finding them again; writes OUT/proposals/<vid>.json and
+    /// OUT/dataset/.
+    Caption {
+        /// The feature files and folders the proposals were found on.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The earlier run's output folder (or its proposals/ folder).
+        #[arg(long)]
+        proposals: PathBuf,
+        /// Output folder (may be the earlier run's: its results are replaced one by one).
+        #[arg(long)]
+        out: PathBuf,
+        /// Exit non-zero when any input fails.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Draw one video's similarity matrix, atomic events and top proposals to a PNG.
+    Inspect {
+        /// A feature file.
+        file: PathBuf,
+        /// Where the picture is written.
+        #[arg(long)]
+        png: PathBuf,
+        /// Which video of a many-video (HDF5) file; the first if omitted.
+        #[arg(long)]
+        video: Option<String>,
+    },
+    /// Generate the synthetic world: features, duration sidecars and ground truth (gt.jsonl).
+    /// Flags override the [synth] section of the configuration.
+    Synth {
+        /// Output folder: OUT/features/<vid>.npy + <vid>.json, and OUT/gt.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        videos: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        dim: Option<usize>,
+        /// Index of the first video: a later range of the same world (a test set).
+        #[arg(long)]
+        first_index: Option<usize>,
+    },
+    /// Recall of ranked proposals against ground truth, with sliding-window and random baselines.
+    EvalProposals {
+        /// Annotations: Charades-STA .txt, Moment-DETR .jsonl (e.g. synth's gt.jsonl),
+        /// ActivityNet Captions .json or PSVL .json.
+        #[arg(long)]
+        gt: PathBuf,
+        /// The output folder of `propose` (or its proposals/ folder).
+        #[arg(long)]
+        proposals: PathBuf,
+    },
+    /// The README's first command: synthetic world → proposals → recall table.
+    Demo {
+        /// Output folder: the synthetic world, its proposals, dataset and models.
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// Training epochs of the grounding models (a short run; train.epochs for the full one).
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Videos of the test world (later videos of the same world, never trained on).
+        #[arg(long, default_value_t = 100)]
+        test_videos: usize,
+    },
+    /// Throughput of the whole propose path on a generated corpus, with per-stage times.
+    Bench(BenchOptions),
+    /// Run the daemon: watch [daemon].inbox, write proposals, dataset shards and quarantine
+    /// records, keep the ledger. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the config.
+    Watch,
+    /// What the daemon's ledger says: inputs per state, throughput, latency, recent problems.
+    /// With --queue, what the Redis stream says instead.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Report on the Redis queue at this URL (overrides queue.url).
+        #[arg(long, value_name = "URL")]
+        queue: Option<String>,
+    },
+    /// Add one Redis Streams message per feature file for `worker`s to process.
+    Enqueue {
+        /// Feature files and folders (searched recursively); paths are sent absolute.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Redis URL (overrides queue.url).
+        #[arg(long, value_name = "URL")]
+        queue: Option<String>,
+    },
+    /// Process queued inputs as one consumer of the group, with the daemon's outputs.
+    Worker {
+        /// Redis URL (overrides queue.url).
+        #[arg(long, value_name = "URL")]
+        queue: Option<String>,
+        /// This worker's name in the group (overrides queue.consumer).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Encode sentences with the query text encoder (caption.text_model); prints JSON lines
+    /// with the token ids and the unit-length sentence embedding.
+    EncodeText {
+        #[arg(required = true)]
+        sentences: Vec<String>,
+    },
+    /// Train the zero-shot grounding model on pseudo-labels (a dataset folder of `propose` or
+    /// the daemon, or a PSVL/Moment-DETR/Charades-STA file); resumes an interrupted run in OUT.
+    Train {
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Feature files or folders holding every video of the dataset.
+        #[arg(long, required = true)]
+        features: Vec<PathBuf>,
+        /// Model folder: model.safetensors + model.json (the best epoch on validation).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Where in a video does a sentence happen? Prints JSON: the top-k segments in seconds.
+    Ground {
+        #[arg(long)]
+        model: PathBuf,
+        /// One feature file (the first video of a many-video file unless --video names one).
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long)]
+        video: Option<String>,
+        /// A sentence (repeatable).
+        #[arg(long)]
+        query: Vec<String>,
+        /// A file of sentences, one per line.
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// Segments per query (default train.top_k).
+        #[arg(long)]
+        top_k: Option<usize>,
+    },
+    /// R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU of a trained model on annotated sentences.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// Charades-STA .txt, ActivityNet Captions .json, Moment-DETR .jsonl or PSVL .json.
+        #[arg(long)]
+        annotations: PathBuf,
+        #[arg(long, required = true)]
+        features: Vec<PathBuf>,
+        /// Also rank each video's proposals by text similarity (no model) and at random.
+        #[arg(long)]
+        baselines: bool,
+        /// Write every query's predictions and IoU here (JSONL).
+        #[arg(long)]
+        per_query: Option<PathBuf>,
+    },
+    /// Merge the pseudo-labels of every ledger (STATE/<worker>/ and the daemon's) into one
+    /// dataset.
+    Merge {
+        /// Where the merged shards go (default: OUTPUT/dataset/merged).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}

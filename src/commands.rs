@@ -1,0 +1,303 @@
+//! What the subcommands do beyond calling one library function: reading their arguments,
+//! printing their reports. The library does the work; these only drive it.
+
+use anyhow::{bail, Context, Result};
+use momentminer::batch::{collect_videos, propose_all, BatchReport};
+use momentminer::config::Config;
+use momentminer::ingest::{read_video, Durations};
+use momentminer::processor::{Source, VideoProcessor};
+use momentminer::{caption, eval, ground, synth, train};
+use std::path::{Path, PathBuf};
+
+/// `momentminer demo`: the whole loop on a synthetic world, step by step, with the figures.
+pub(crate) fn demo(
+    out: &Path,
+    epochs: usize,
+    test_videos: usize,
+    mut config: Config,
+) -> Result<()> {
+    let truth = synth::generate(out, &config.synth)?;
+    // Caption as a user would: with the settings file the world writes beside itself.
+    config = config.merged_with(&out.join(synth::CAPTION_SETTINGS))?;
+    println!(
+        "1/6 synthetic world: {} videos, {} planted events in {}",
+        config.synth.videos,
+        truth.len(),
+        out.display()
+    );
+    println!("2/6 proposing and captioning");
+    propose_paths(&[out.join("features")], out, &config, Source::Propose)?;
+    println!("3/6 proposals and pseudo-queries against the planted events");
+    print_evaluation(&out.join("gt.jsonl"), out, &config)?;
+    let test = out.join("test");
+    let mut test_world = config.synth.clone();
+    test_world.first_index = config.synth.first_index + config.synth.videos;
+    test_world.videos = test_videos;
+    let test_truth = synth::generate(&test, &test_world)?;
+    println!(
+        "4/6 test world: {test_videos} later videos of the same world, {} sentences, in {}",
+        test_truth.len(),
+        test.display()
+    );
+    config.train.epochs = epochs;
+    let features = [out.join("features")];
+    println!("5/6 training on the pseudo-labels ({epochs} epochs), and on the ground truth (the ceiling)");
+    train_model(&out.join("dataset"), &features, &out.join("model"), &config)?;
+    train_model(
+        &out.join("gt.jsonl"),
+        &features,
+        &out.join("model-gt"),
+        &config,
+    )?;
+    let example = &test_truth[0];
+    let grounder = ground::Grounder::load(&out.join("model"), &config)?;
+    let example_file = synth::video_path(&test, &test_world, &example.vid);
+    let loaded = load_video(&example_file, None, &config)?;
+    let candidates = ground::proposal_spans(&loaded, &config);
+    let answer = grounder.ground(&loaded, &[example.query.as_str()], &candidates, 3)?;
+    println!(
+        "ground {:?} in {}: {} (truth {:.1}-{:.1} s)",
+        example.query,
+        example.vid,
+        answer[0]
+            .segments
+            .iter()
+            .map(|s| format!("{:.1}-{:.1} s", s.start, s.end))
+            .collect::<Vec<_>>()
+            .join(", "),
+        example.relevant_windows[0][0],
+        example.relevant_windows[0][1]
+    );
+    println!(
+        "6/6 grounding the test world's sentences: trained on pseudo-labels, with the baselines"
+    );
+    let test_features = [test.join("features")];
+    evaluate_model(
+        &out.join("model"),
+        &test.join("gt.jsonl"),
+        &test_features,
+        true,
+        None,
+        &config,
+    )?;
+    println!("the ceiling: the same model trained on the ground truth");
+    evaluate_model(
+        &out.join("model-gt"),
+        &test.join("gt.jsonl"),
+        &test_features,
+        false,
+        None,
+        &config,
+    )?;
+    Ok(())
+}
+
+/// `momentminer ground`: the best segments of one video for each sentence, as JSON.
+pub(crate) fn ground(
+    model: &Path,
+    features: &Path,
+    video: Option<&str>,
+    query: Vec<String>,
+    queries: Option<&Path>,
+    top_k: Option<usize>,
+    config: &Config,
+) -> Result<()> {
+    let mut sentences = query;
+    if let Some(file) = queries {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read queries from {}", file.display()))?;
+        sentences.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    if sentences.is_empty() {
+        bail!("no query: give --query \"...\" or --queries FILE");
+    }
+    let loaded = load_video(features, video, config)?;
+    let grounder = ground::Grounder::load(model, config)?;
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let candidates = ground::proposal_spans(&loaded, config);
+    let answers = grounder.ground(
+        &loaded,
+        &texts,
+        &candidates,
+        top_k.unwrap_or(config.train.top_k),
+    )?;
+    let out = serde_json::json!({
+        "vid": loaded.id,
+        "duration": loaded.duration,
+        "answers": answers,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// One video of a feature file: the one named, or the first.
+pub(crate) fn load_video(
+    file: &Path,
+    video: Option<&str>,
+    config: &Config,
+) -> Result<momentminer::ingest::Video> {
+    let (videos, failures) = collect_videos(&[file.to_path_buf()]);
+    if let Some(f) = failures.first() {
+        bail!("{f}");
+    }
+    let chosen = match video {
+        Some(id) => videos.iter().find(|v| v.id() == id),
+        None => videos.first(),
+    }
+    .with_context(|| format!("{}: no video {}", file.display(), video.unwrap_or_default()))?;
+    let durations = Durations::load(&config.ingest.durations_file)?;
+    Ok(read_video(chosen, &config.ingest, &durations)?)
+}
+
+pub(crate) fn train_model(
+    dataset: &Path,
+    features: &[PathBuf],
+    out: &Path,
+    config: &Config,
+) -> Result<()> {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(config.train.epochs as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} epoch {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = train::train(dataset, features, out, config, |record, best| {
+        let line = format!(
+            "epoch {:>3}: loss {:.4}, validation loss {:.4} R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best loss {:.4}), {:.0} pairs/s",
+            record.epoch,
+            record.loss,
+            record.validation.loss,
+            100.0 * record.validation.r1[0],
+            100.0 * record.validation.r1[1],
+            100.0 * record.validation.r1[2],
+            100.0 * record.validation.miou,
+            best.loss,
+            record.pairs_per_second
+        );
+        bar.set_position(record.epoch as u64);
+        bar.set_message(format!(
+            "loss {:.4} validation {:.4}",
+            record.loss, record.validation.loss
+        ));
+        bar.println(&line);
+        if bar.is_hidden() {
+            println!("{line}");
+        }
+    })?;
+    bar.finish_and_clear();
+    let card = &report.card;
+    if let Some(epoch) = report.resumed_from {
+        println!("resumed after epoch {epoch}");
+    }
+    let seconds: f64 = card.history.iter().map(|r| r.seconds).sum();
+    let pairs: f64 = card
+        .history
+        .iter()
+        .map(|r| r.pairs_per_second * r.seconds)
+        .sum();
+    println!(
+        "trained on {} pairs of {} videos ({} held out for validation); best epoch {} of {}{}: validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch; model in {}",
+        card.data.train_pairs,
+        card.data.videos,
+        card.data.validation_pairs,
+        card.best_epoch,
+        card.history.len(),
+        if report.stopped_early { " (stopped early)" } else { "" },
+        card.validation.loss,
+        100.0 * card.validation.r1[1],
+        100.0 * card.validation.miou,
+        pairs / seconds.max(1e-9),
+        seconds / card.history.len().max(1) as f64,
+        out.display()
+    );
+    Ok(())
+}
+
+pub(crate) fn evaluate_model(
+    model: &Path,
+    annotations: &Path,
+    features: &[PathBuf],
+    baselines: bool,
+    per_query: Option<&Path>,
+    config: &Config,
+) -> Result<()> {
+    let grounder = ground::Grounder::load(model, config)?;
+    let started = std::time::Instant::now();
+    let (tables, results) =
+        eval::grounding_report(&grounder, annotations, features, config, baselines)?;
+    print!("{}", eval::format_table(&tables));
+    println!(
+        "{} queries in {:.2} s ({:.1} ms per query, proposals and baselines included)",
+        results.len(),
+        started.elapsed().as_secs_f64(),
+        1e3 * started.elapsed().as_secs_f64() / results.len().max(1) as f64
+    );
+    if let Some(path) = per_query {
+        let mut text = String::new();
+        for r in &results {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Proposal recall, and caption accuracy where the ground truth names verbs and nouns.
+pub(crate) fn print_evaluation(gt: &Path, proposals: &Path, config: &Config) -> Result<()> {
+    print!(
+        "{}",
+        eval::format_table(&eval::proposal_report(gt, proposals)?)
+    );
+    let vocabulary = caption::configured_vocabulary(config)?;
+    if let Some(accuracy) = eval::caption_report(gt, proposals, config.caption.verbs, &vocabulary)?
+    {
+        print!("{accuracy}");
+    }
+    Ok(())
+}
+
+pub(crate) fn propose_paths(
+    inputs: &[PathBuf],
+    out: &Path,
+    config: &Config,
+    source: Source,
+) -> Result<BatchReport> {
+    let processor = VideoProcessor::new(config.clone(), caption::Captioner::load(config)?)?;
+    let (videos, mut failures) = collect_videos(inputs);
+    let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut report = propose_all(&videos, out, &processor, source, show_progress)?;
+    failures.append(&mut report.failures);
+    report.failures = failures;
+    println!(
+        "{} {} videos in {:.2} s ({:.0} videos/s): {} proposals, {} training pairs; results in {}, dataset in {}",
+        match source {
+            Source::Propose => "proposed",
+            Source::Recaption(_) => "captioned",
+        },
+        report.videos,
+        report.elapsed.as_secs_f64(),
+        report.videos_per_second(),
+        report.proposals,
+        report.pairs,
+        out.join("proposals").display(),
+        out.join("dataset").display()
+    );
+    if !report.failures.is_empty() {
+        println!("{} inputs failed:", report.failures.len());
+        for f in &report.failures {
+            println!("  {f}");
+        }
+    }
+    Ok(report)
+}

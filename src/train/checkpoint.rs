@@ -1,0 +1,216 @@
+//! What a run leaves on disk: the model card (`model.json`), the weights, and the state an
+//! interrupted run resumes from; all written under temporary names and renamed.
+
+use super::error::TrainError;
+use super::model::Network;
+use super::optim::*;
+use crate::config::TrainConfig;
+use crate::fsio::{write_atomic, Durability};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The model card's format; a folder written by another version is refused.
+pub const CARD_VERSION: u32 = 2;
+pub const CARD_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub(crate) const STATE_FILE: &str = "train-state.json";
+pub(crate) const STATE_WEIGHTS_FILE: &str = "train-state.safetensors";
+
+/// Validation figures: the smooth-L1 error of the regressed span (the training loss without
+/// its attention term), and R@1 at IoU 0.3/0.5/0.7 and mIoU of that span.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub loss: f64,
+    pub r1: [f64; 3],
+    pub miou: f64,
+}
+
+impl Default for Validation {
+    fn default() -> Validation {
+        Validation {
+            loss: f64::INFINITY,
+            r1: [0.0; 3],
+            miou: 0.0,
+        }
+    }
+}
+
+impl Validation {
+    /// By the loss (the span's smooth-L1 error): R@1 on a few dozen often-wrong pseudo-labels
+    /// jumps from epoch to epoch, the loss much less (though it too can turn before the test
+    /// figures do; hence `train.checkpoint`).
+    pub fn not_worse_than(&self, other: &Validation) -> bool {
+        self.loss <= other.loss
+    }
+
+    pub(crate) fn better_than(&self, other: &Validation) -> bool {
+        self.loss < other.loss
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub validation: Validation,
+    pub seconds: f64,
+    pub pairs_per_second: f64,
+}
+
+/// `model.json`: what the weights are and what they were trained on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub format: String,
+    pub version: u32,
+    pub momentminer: String,
+    pub config: TrainConfig,
+    /// Width of the raw features the projection takes.
+    pub feature_dim: usize,
+    /// xxh3 of the query encoder's weights.
+    pub query_encoder: String,
+    /// The words queries are brought to ([`query::content_words`]): the captioner's
+    /// vocabulary when training began; empty = queries read as written.
+    pub lexicon: Vec<String>,
+    pub data: DataSummary,
+    pub best_epoch: usize,
+    pub validation: Validation,
+    pub history: Vec<EpochRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub source: String,
+    /// xxh3 of every pair, so a resumed run knows it sees the same data.
+    pub hash: String,
+    pub pairs: usize,
+    pub videos: usize,
+    pub train_pairs: usize,
+    pub validation_pairs: usize,
+}
+
+impl ModelCard {
+    /// Reads `dir/model.json`, refusing another version's folder.
+    pub fn read(dir: &Path) -> Result<ModelCard, TrainError> {
+        let path = dir.join(CARD_FILE);
+        let fail = |message: String| TrainError::Model {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let version = value["version"].as_u64();
+        if value["format"] != "momentminer-grounding" || version != Some(CARD_VERSION.into()) {
+            return Err(fail(format!(
+                "format {} version {}; this momentminer reads momentminer-grounding version {CARD_VERSION}",
+                value["format"], value["version"]
+            )));
+        }
+        serde_json::from_value(value).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// Where an interrupted run stands: written after every epoch with the last weights and the
+/// optimiser's moments, so a resumed run continues exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TrainState {
+    pub(crate) data_hash: String,
+    pub(crate) config: TrainConfig,
+    pub(crate) epoch: usize,
+    pub(crate) step: u64,
+    pub(crate) best: Option<Validation>,
+    pub(crate) best_epoch: usize,
+    pub(crate) bad_epochs: usize,
+    pub(crate) history: Vec<EpochRecord>,
+}
+
+/// Continues the run saved in `out` if it trained on the same data with the same settings.
+pub(crate) fn resume(
+    out: &Path,
+    state: &mut TrainState,
+    network: &Network,
+    optimiser: &mut AdamW,
+) -> Result<Option<usize>, TrainError> {
+    let Ok(text) = std::fs::read_to_string(out.join(STATE_FILE)) else {
+        return Ok(None);
+    };
+    let Ok(saved) = serde_json::from_str::<TrainState>(&text) else {
+        tracing::warn!(dir = %out.display(), "unreadable training state; starting afresh");
+        return Ok(None);
+    };
+    // More epochs or patience continue a run; any other change starts afresh.
+    let comparable = |c: &TrainConfig| TrainConfig {
+        epochs: 0,
+        patience: 0,
+        ..c.clone()
+    };
+    if saved.data_hash != state.data_hash || comparable(&saved.config) != comparable(&state.config)
+    {
+        tracing::warn!(dir = %out.display(), "the data or the settings changed since the saved run; starting afresh");
+        return Ok(None);
+    }
+    let path = out.join(STATE_WEIGHTS_FILE);
+    let tensors =
+        candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| TrainError::Model {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    for (name, var) in network
+        .varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let tensor = tensors.get(name).ok_or_else(|| TrainError::Model {
+            path: path.clone(),
+            message: format!("no tensor {name}"),
+        })?;
+        var.set(tensor)?;
+    }
+    optimiser.restore(&tensors, saved.step)?;
+    let epoch = saved.epoch;
+    let config = state.config.clone();
+    *state = saved;
+    state.config = config;
+    tracing::info!(epoch, "resuming");
+    Ok(Some(epoch))
+}
+
+/// The parameters by name, as safetensors files hold them.
+pub(crate) fn named_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Saves tensors under a temporary name and renames, so a reader never sees half a file.
+pub(crate) fn save_weights(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let temporary = path.with_extension("safetensors.part");
+    candle_core::safetensors::save(tensors, &temporary)?;
+    std::fs::rename(&temporary, path).map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(path, &text, Durability::Data).map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}

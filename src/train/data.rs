@@ -1,0 +1,309 @@
+//! The model's inputs, prepared once before the first epoch: each video's steps
+//! ([`VideoBank`]), the pairs with normalised times ([`Pair`]), the train/validation split,
+//! the order of an epoch, and the tensors of a batch ([`Batch`]).
+
+use super::error::TrainError;
+use super::query::{QueryBank, WordSampler, QUERY_DIM};
+use crate::batch::collect_videos;
+use crate::config::{Config, TrainConfig};
+use crate::dataset::Moment;
+use crate::ingest::{read_video, Durations, Features, Video, VideoRef};
+use crate::rng::{hash_str, Rng};
+use crate::sample::sample;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One training or evaluation pair: a query and where it happens, normalised to [0, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub vid: String,
+    pub query: String,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// Every video's model input, prepared once: `steps × projection` floats.
+pub struct VideoBank {
+    pub steps: HashMap<String, Arc<Vec<f32>>>,
+    pub durations: HashMap<String, f64>,
+    pub feature_dim: usize,
+}
+
+/// The fixed random projection of L2-normalised steps: a `projection × dim` Gaussian matrix
+/// scaled by 1/√projection, drawn from `seed`; it keeps cosine geometry (Johnson-Lindenstrauss)
+/// at a quarter of the width.
+pub fn projection_matrix(seed: u64, dim: usize, projection: usize) -> Vec<f32> {
+    let mut rng = Rng::new(seed ^ 0x005e_ed0f_9a0e);
+    let scale = 1.0 / (projection as f64).sqrt();
+    (0..projection * dim)
+        .map(|_| (rng.normal() * scale) as f32)
+        .collect()
+}
+
+/// One video's model input: resampled to exactly `config.steps` steps (short videos repeat
+/// steps), each L2-normalised, then projected.
+pub fn video_steps(features: &Features, config: &Config, matrix: &[f32]) -> Vec<f32> {
+    let train = &config.train;
+    let mut sample_config = config.sample.clone();
+    sample_config.steps = train.steps;
+    let sampled = sample(features, &sample_config);
+    let dim = sampled.dim;
+    let mut out = Vec::with_capacity(train.steps * train.projection);
+    for i in 0..train.steps {
+        let row = sampled.row((i * sampled.frames / train.steps).min(sampled.frames - 1));
+        let norm = crate::similarity::dot(row, row).sqrt().max(1e-12);
+        for p in 0..train.projection {
+            out.push(crate::similarity::dot(&matrix[p * dim..(p + 1) * dim], row) / norm);
+        }
+    }
+    out
+}
+
+impl VideoBank {
+    /// Loads and prepares the videos `vids` from the feature files under `features` (files or
+    /// folders); every one must be there.
+    pub fn load(
+        features: &[PathBuf],
+        vids: &HashSet<String>,
+        config: &Config,
+    ) -> Result<VideoBank, TrainError> {
+        let (refs, failures) = collect_videos(features);
+        if let Some(f) = failures.first() {
+            tracing::warn!(input = %f.input, "skipped: {}", f.failure);
+        }
+        let by_id: HashMap<String, &VideoRef> = refs.iter().map(|r| (r.id(), r)).collect();
+        let mut missing: Vec<&String> = vids.iter().filter(|v| !by_id.contains_key(*v)).collect();
+        if !missing.is_empty() {
+            missing.sort();
+            return Err(TrainError::Data(format!(
+                "{} of {} videos have no feature file under {}: {}{}",
+                missing.len(),
+                vids.len(),
+                features
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                missing
+                    .iter()
+                    .take(5)
+                    .map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            )));
+        }
+        let durations = Durations::load(&config.ingest.durations_file)?;
+        let matrices: std::sync::Mutex<HashMap<usize, Arc<Vec<f32>>>> = Default::default();
+        let loaded: Vec<(String, f64, usize, Vec<f32>)> = vids
+            .par_iter()
+            .map(|vid| {
+                let video_ref = by_id[vid];
+                let video: Video =
+                    read_video(video_ref, &config.ingest, &durations).map_err(|e| {
+                        TrainError::Features {
+                            vid: vid.clone(),
+                            path: video_ref.path.clone(),
+                            message: e.problem.to_string(),
+                        }
+                    })?;
+                let features = video.features();
+                let matrix = {
+                    let mut cache = matrices.lock().unwrap_or_else(|e| e.into_inner());
+                    cache
+                        .entry(features.dim)
+                        .or_insert_with(|| {
+                            Arc::new(projection_matrix(
+                                config.train.seed,
+                                features.dim,
+                                config.train.projection,
+                            ))
+                        })
+                        .clone()
+                };
+                Ok((
+                    vid.clone(),
+                    video.duration,
+                    features.dim,
+                    video_steps(features, config, &matrix),
+                ))
+            })
+            .collect::<Result<_, TrainError>>()?;
+        let dims: HashSet<usize> = loaded.iter().map(|l| l.2).collect();
+        if dims.len() > 1 {
+            return Err(TrainError::Data(format!(
+                "the videos' features have different widths {dims:?}; one model reads one kind of feature"
+            )));
+        }
+        let feature_dim = dims.into_iter().next().unwrap_or(0);
+        let mut bank = VideoBank {
+            steps: HashMap::new(),
+            durations: HashMap::new(),
+            feature_dim,
+        };
+        for (vid, duration, _, steps) in loaded {
+            bank.durations.insert(vid.clone(), duration);
+            bank.steps.insert(vid, Arc::new(steps));
+        }
+        Ok(bank)
+    }
+}
+
+/// The tensors of one batch of pairs. Each distinct video's steps are there once (`steps`),
+/// and `video_of` says which one each pair reads, so the query-independent video encoder runs
+/// once per video, not once per pair.
+pub struct Batch {
+    pub steps: Tensor,
+    pub video_of: Tensor,
+    pub tokens: Tensor,
+    pub mask: Tensor,
+    pub targets: Tensor,
+    pub inside: Tensor,
+}
+
+impl Batch {
+    /// `sampler` drops words of the queries (training); `None` reads them whole.
+    pub fn new(
+        pairs: &[&Pair],
+        videos: &VideoBank,
+        queries: &QueryBank,
+        config: &TrainConfig,
+        mut sampler: Option<&mut WordSampler>,
+    ) -> Result<Batch, TrainError> {
+        let b = pairs.len();
+        let (n, p) = (config.steps, config.projection);
+        let words: Vec<Vec<&[f32]>> = pairs
+            .iter()
+            .map(|pair| queries.vectors(&pair.query, sampler.as_deref_mut()))
+            .collect();
+        let length = words.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut steps = Vec::with_capacity(b * n * p);
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        let mut video_of = Vec::with_capacity(b);
+        let mut tokens = vec![0f32; b * length * QUERY_DIM];
+        let mut mask = vec![0f32; b * length];
+        let mut targets = Vec::with_capacity(2 * b);
+        let mut inside = vec![0f32; b * n];
+        for (i, pair) in pairs.iter().enumerate() {
+            let next = index.len() as u32;
+            let slot = *index.entry(pair.vid.as_str()).or_insert_with(|| {
+                steps.extend_from_slice(&videos.steps[&pair.vid]);
+                next
+            });
+            video_of.push(slot);
+            for (j, vector) in words[i].iter().enumerate() {
+                let at = (i * length + j) * QUERY_DIM;
+                tokens[at..at + QUERY_DIM].copy_from_slice(vector);
+            }
+            mask[i * length..i * length + words[i].len()].fill(1.0);
+            targets.extend([pair.start as f32, pair.end as f32]);
+            let first = ((pair.start * n as f64).floor() as usize).min(n - 1);
+            let last = ((pair.end * n as f64).ceil() as usize).clamp(first + 1, n);
+            inside[i * n + first..i * n + last].fill(1.0);
+        }
+        let device = Device::Cpu;
+        Ok(Batch {
+            steps: Tensor::from_vec(steps, (index.len(), n, p), &device)?,
+            video_of: Tensor::from_vec(video_of, b, &device)?,
+            tokens: Tensor::from_vec(tokens, (b, length, QUERY_DIM), &device)?,
+            mask: Tensor::from_vec(mask, (b, length), &device)?,
+            targets: Tensor::from_vec(targets, (b, 2), &device)?,
+            inside: Tensor::from_vec(inside, (b, n), &device)?,
+        })
+    }
+}
+
+/// The pairs of an epoch: videos in a shuffled order, each video's pairs together (shuffled
+/// among themselves), so a batch holds few videos and many queries about each: the video
+/// encoder runs once per video, and the model must read the query to tell the pairs apart.
+pub(crate) fn epoch_order<'p>(pairs: &[&'p Pair], seed: u64) -> Vec<&'p Pair> {
+    let mut rng = Rng::new(seed);
+    let mut by_video: HashMap<&str, Vec<&'p Pair>> = HashMap::new();
+    for pair in pairs {
+        by_video.entry(pair.vid.as_str()).or_default().push(pair);
+    }
+    let mut videos: Vec<&str> = by_video.keys().copied().collect();
+    videos.sort_unstable();
+    rng.shuffle(&mut videos);
+    let mut order = Vec::with_capacity(pairs.len());
+    for vid in videos {
+        let mut group = by_video.remove(vid).unwrap_or_default();
+        rng.shuffle(&mut group);
+        order.extend(group);
+    }
+    order
+}
+
+/// Moments as pairs with times as fractions of each video's duration (from the annotation, or
+/// the features when the format has none), clamped into the video.
+pub fn normalised_pairs(moments: &[Moment], videos: &VideoBank) -> Vec<Pair> {
+    moments
+        .iter()
+        .filter_map(|m| {
+            let duration = m
+                .duration
+                .or_else(|| videos.durations.get(&m.vid).copied())?;
+            let [start, end] = *m.windows.first()?;
+            let s = (start / duration).clamp(0.0, 1.0);
+            let e = (end / duration).clamp(s, 1.0);
+            Some(Pair {
+                vid: m.vid.clone(),
+                query: m.query.trim().to_string(),
+                start: s,
+                end: e,
+            })
+        })
+        .collect()
+}
+
+/// The first `limit` moments of each video, in the order the dataset lists them (0 = all): our
+/// datasets list a video's proposals best first, and the best few are the most often right.
+pub(crate) fn first_per_video(moments: Vec<Moment>, limit: usize) -> Vec<Moment> {
+    if limit == 0 {
+        return moments;
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    moments
+        .into_iter()
+        .filter(|m| {
+            let count = seen.entry(m.vid.clone()).or_default();
+            *count += 1;
+            *count <= limit
+        })
+        .collect()
+}
+
+/// Training and validation pairs; a video's pairs all go to one side, chosen by a hash of its
+/// id, so the validation videos are never seen in training.
+pub(crate) fn split(pairs: &[Pair], share: f64) -> (Vec<&Pair>, Vec<&Pair>) {
+    let held_out = |vid: &str| (hash_str(vid) % 10_000) as f64 / 10_000.0 < share;
+    let (mut validation, mut training): (Vec<&Pair>, Vec<&Pair>) =
+        pairs.iter().partition(|p| held_out(&p.vid));
+    if validation.is_empty() && share > 0.0 {
+        // A tiny dataset still needs something to choose the checkpoint on: the last video.
+        if let Some(last) = training.last().map(|p| p.vid.clone()) {
+            let (moved, kept): (Vec<&Pair>, Vec<&Pair>) =
+                training.into_iter().partition(|p| p.vid == last);
+            validation = moved;
+            training = kept;
+        }
+    }
+    if training.is_empty() {
+        training = validation.clone();
+    }
+    (training, validation)
+}
+
+pub(crate) fn pairs_hash(pairs: &[Pair]) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for p in pairs {
+        hasher.update(p.vid.as_bytes());
+        hasher.update(p.query.as_bytes());
+        hasher.update(&p.start.to_le_bytes());
+        hasher.update(&p.end.to_le_bytes());
+    }
+    format!("{:032x}", hasher.digest128())
+}
