@@ -9,6 +9,7 @@ use common::{
 };
 use serde_json::Value;
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -133,10 +134,16 @@ impl Cluster {
     }
 
     fn start_worker(&mut self, name: &str) {
+        self.start_worker_with(name, &[]);
+    }
+
+    /// A worker with `args` added to its command line (`--set key=value`).
+    fn start_worker_with(&mut self, name: &str, args: &[&str]) {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_momentminer"))
             .args(["--log-format", "json", "worker", "--name", name])
             .args(["--config", p(&self.config())])
+            .args(args)
             .env("RUST_LOG", "momentminer=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -396,4 +403,47 @@ fn the_watcher_can_enqueue_instead_of_processing() {
         .map(|pair| pair[1].as_u64().unwrap());
     assert_eq!(enqueued, Some(40), "{status:#}");
     cluster.merge_and_check(&vids);
+}
+
+/// A consumer runs on the same service layer as the inbox watcher, so it serves /metrics and
+/// /healthz too, with the time each stage took; `status` on its state folder says where.
+#[test]
+fn a_consumer_serves_metrics_like_the_watcher() {
+    let mut cluster = Cluster::new(150, "");
+    let inputs = cluster.path("inputs");
+    make_inputs(&inputs, 3, 0, 32);
+    cluster.enqueue(&inputs);
+    cluster.start_worker_with("w1", &["--set", "daemon.metrics_addr=127.0.0.1:0"]);
+    cluster.wait_drained(3, Duration::from_secs(60));
+    let state = format!("daemon.state={}", p(&cluster.path("state/w1")));
+    let out = momentminer(&[
+        "status",
+        "--json",
+        "--config",
+        p(&cluster.config()),
+        "--set",
+        &state,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let addr = status["metrics_addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status}"));
+    let get = |target: &str| {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        response
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    // Drained means acknowledged, which comes after each result was recorded and counted.
+    let metrics = get("/metrics");
+    for expected in [
+        "momentminer_inputs_done_total 3",
+        "momentminer_stage_seconds_total{stage=\"similarity\"}",
+    ] {
+        assert!(metrics.contains(expected), "{expected}\n{metrics}");
+    }
+    cluster.stop_all();
 }
