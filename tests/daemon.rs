@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    check_results, done_or, files_in, good_npy, make_inputs, malformed_cases, momentminer,
-    move_all, p, text, wait_exit, wait_until,
+    check_results, done_or, files_in, good_npy, http_get, make_inputs, malformed_cases,
+    momentminer, move_all, p, text, wait_exit, wait_until,
 };
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -749,13 +749,7 @@ fn systemd_readiness_watchdog_metrics_and_one_instance_per_state_folder() {
     std::fs::write(service.inbox().join("m.npy"), good_npy(60, 16, 1)).unwrap();
     let status = service.wait_finished(1, Duration::from_secs(60));
     let addr = status["metrics_addr"].as_str().unwrap().to_string();
-    let get = |target: &str| {
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-        response
-    };
+    let get = |target: &str| http_get(&addr, target);
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
     let metrics = get("/metrics");
     assert!(

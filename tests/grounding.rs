@@ -59,6 +59,21 @@ fn train_args<'a>(
     args
 }
 
+/// Proposes and captions the world in `world`; returns its caption settings file.
+fn propose_world(world: &Path) -> std::path::PathBuf {
+    let caption = world.join("caption.toml");
+    let features = world.join("features");
+    must(&[
+        "propose",
+        p(&features),
+        "--out",
+        p(world),
+        "--config",
+        p(&caption),
+    ]);
+    caption
+}
+
 fn must(args: &[&str]) -> String {
     let (ok, report) = run(args);
     assert!(ok, "{args:?}\n{report}");
@@ -83,15 +98,7 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         "--videos",
         "8",
     ]);
-    let caption = world.join("caption.toml");
-    must(&[
-        "propose",
-        p(&world.join("features")),
-        "--out",
-        p(&world),
-        "--config",
-        p(&caption),
-    ]);
+    let caption = propose_world(&world);
 
     // One epoch, then a second run that goes on from it instead of starting again.
     let dataset = world.join("dataset");
@@ -216,15 +223,7 @@ fn grounding_mistakes_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let world = dir.path().join("w");
     must(&["synth", "--out", p(&world)]);
-    let caption = world.join("caption.toml");
-    must(&[
-        "propose",
-        p(&world.join("features")),
-        "--out",
-        p(&world),
-        "--config",
-        p(&caption),
-    ]);
+    let caption = propose_world(&world);
     let features = world.join("features");
     let fail = |args: &[&str]| {
         let (ok, report) = run(args);

@@ -5,11 +5,11 @@
 mod common;
 
 use common::{
-    check_results, done_or, files_in, make_inputs, momentminer, p, text, wait_exit, wait_until,
+    check_results, done_or, files_in, http_get, make_inputs, momentminer, p, text, wait_exit,
+    wait_until,
 };
 use serde_json::Value;
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -429,13 +429,7 @@ fn a_consumer_serves_metrics_like_the_watcher() {
     let addr = status["metrics_addr"]
         .as_str()
         .unwrap_or_else(|| panic!("{status}"));
-    let get = |target: &str| {
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-        response
-    };
+    let get = |target: &str| http_get(addr, target);
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
     // Drained means acknowledged, which comes after each result was recorded and counted.
     let metrics = get("/metrics");

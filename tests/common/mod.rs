@@ -62,6 +62,16 @@ pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
     }
 }
 
+/// The whole response to `GET target` from the HTTP server at `addr` (`/metrics`, `/healthz`).
+pub fn http_get(addr: &str, target: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "{}{}",
