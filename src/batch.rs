@@ -20,17 +20,25 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum BatchError {
     #[error("cannot create output folder {path}: {source}")]
+    /// The output folder cannot be created.
     Output {
+        /// The folder.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("cannot start worker threads: {0}")]
+    /// The worker pool cannot start.
     Threads(#[from] rayon::ThreadPoolBuildError),
     #[error(transparent)]
+    /// The dataset cannot be written.
     Dataset(#[from] DatasetError),
     #[error("{input}: caption: {source}")]
+    /// The captioner does not fit the features (said once, before any work).
     Caption {
+        /// The first input, on which it was found.
         input: PathBuf,
+        /// What does not fit.
         source: crate::caption::CaptionError,
     },
 }
@@ -51,18 +59,26 @@ impl std::fmt::Display for InputFailure {
 }
 
 #[derive(Debug)]
+/// What a batch run did.
 pub struct BatchReport {
+    /// Videos with results.
     pub videos: usize,
     /// Proposals found, and the training pairs the dataset took of them.
     pub proposals: usize,
+    /// Training pairs in the dataset.
     pub pairs: usize,
+    /// Inputs (or videos of many-video files) without results, and why.
     pub failures: Vec<InputFailure>,
+    /// Wall time of the run.
     pub elapsed: Duration,
+    /// Time per stage, summed over every video and thread.
     pub times: StageTimes,
+    /// Worker threads.
     pub threads: usize,
 }
 
 impl BatchReport {
+    /// Throughput over the wall time.
     pub fn videos_per_second(&self) -> f64 {
         self.videos as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }

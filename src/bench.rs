@@ -15,14 +15,19 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 #[derive(Debug, Clone, clap::Args)]
+/// What `momentminer bench` runs.
 pub struct BenchOptions {
     #[arg(long, default_value_t = 2000)]
+    /// Videos in the generated corpus.
     pub videos: usize,
     #[arg(long, default_value_t = 60)]
+    /// Shortest video, in feature steps.
     pub frames_min: usize,
     #[arg(long, default_value_t = 400)]
+    /// Longest video, in feature steps.
     pub frames_max: usize,
     #[arg(long, default_value_t = 1024)]
+    /// Feature width.
     pub dim: usize,
     /// Timed passes over the corpus; the median is reported.
     #[arg(long, default_value_t = 5)]
@@ -43,34 +48,49 @@ pub struct BenchOptions {
 }
 
 #[derive(Debug, Error)]
+/// Why a benchmark could not run.
 pub enum BenchError {
     #[error("cannot prepare the benchmark folder {path}: {source}")]
+    /// The benchmark's folder cannot be prepared.
     Scratch {
+        /// The folder.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error(transparent)]
+    /// The corpus cannot be generated.
     Synth(#[from] SynthError),
     #[error(transparent)]
+    /// The corpus's caption settings cannot be merged.
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
+    /// A batch pass failed.
     Batch(#[from] BatchError),
     #[error(transparent)]
+    /// The captioner cannot be loaded.
     Caption(#[from] CaptionError),
     #[error(transparent)]
+    /// The durations file cannot be read.
     Durations(#[from] crate::ingest::IngestError),
     #[error("benchmark corpus unreadable: {0}")]
+    /// A corpus file cannot be listed.
     Corpus(String),
     #[error(transparent)]
+    /// The daemon pass failed.
     Daemon(#[from] DaemonError),
     #[error(transparent)]
+    /// The daemon's service layer cannot start.
     Service(#[from] ServiceError),
     #[error(transparent)]
+    /// The daemon's ledger cannot be read.
     Ledger(#[from] LedgerError),
     #[error("the daemon did not finish the corpus within {0:?}")]
+    /// The daemon did not finish the corpus in time.
     Stalled(Duration),
 }
 
+/// The figures of a benchmark run; `Display` prints its report.
 pub struct BenchSummary {
     options: BenchOptions,
     fsync: bool,
@@ -86,6 +106,8 @@ pub struct BenchSummary {
     cpu_ms_per_video: [f64; 2],
 }
 
+/// Generates a corpus, proposes it `repeats` times (after one untimed pass) and, with `watch`, runs
+/// the daemon over it after each pass.
 pub fn run(config: &Config, options: &BenchOptions) -> Result<BenchSummary, BenchError> {
     // A temporary folder only when the user named none; `_scratch` removes it on return.
     let (root, _scratch) = match &options.dir {

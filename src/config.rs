@@ -6,21 +6,35 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// The built-in defaults: `config/momentminer.toml`, embedded.
 pub const DEFAULT_TOML: &str = include_str!("../config/momentminer.toml");
 
+/// Why a configuration cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// A config file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// A file, or the merged tree, is not TOML of the configuration's shape.
     #[error("config {origin} is not valid TOML: {message}")]
-    Parse { origin: String, message: String },
+    Parse {
+        /// Where it came from: a file, the running configuration or the overrides.
+        origin: String,
+        /// What the TOML reader said.
+        message: String,
+    },
+    /// A `--set` that is not `section.key=value`.
     #[error("override '{0}' must look like section.key=value")]
     BadOverride(String),
+    /// A `--set` of a key the configuration does not have.
     #[error("override '{0}': no such key in the configuration")]
     UnknownKey(String),
+    /// A value outside what its key allows.
     #[error("invalid configuration: {key} {rule}")]
     Invalid {
         /// The key whose value is wrong.
@@ -30,6 +44,8 @@ pub enum ConfigError {
     },
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -45,6 +61,8 @@ pub struct Config {
     pub synth: SynthConfig,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NonFinitePolicy {
@@ -52,6 +70,8 @@ pub enum NonFinitePolicy {
     Zero,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
@@ -65,6 +85,8 @@ pub struct IngestConfig {
     pub non_finite: NonFinitePolicy,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleMethod {
@@ -73,6 +95,8 @@ pub enum SampleMethod {
     Midpoint,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleConfig {
@@ -80,6 +104,8 @@ pub struct SampleConfig {
     pub method: SampleMethod,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrialSelection {
@@ -87,6 +113,8 @@ pub enum TrialSelection {
     Inertia,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeColumn {
@@ -95,6 +123,8 @@ pub enum TimeColumn {
     Sqrt,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
@@ -110,6 +140,8 @@ pub struct EventsConfig {
     pub seed: u64,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampler {
@@ -118,6 +150,8 @@ pub enum Sampler {
     Diversity,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProposalsConfig {
@@ -130,6 +164,8 @@ pub struct ProposalsConfig {
     pub seed: u64,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -138,6 +174,8 @@ pub struct RunConfig {
 }
 
 /// How the daemon makes a group of results durable before recording them in its ledger.
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupDurability {
@@ -147,6 +185,8 @@ pub enum GroupDurability {
     File,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
@@ -172,6 +212,8 @@ pub struct DaemonConfig {
     pub metrics_addr: String,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
@@ -188,6 +230,8 @@ pub struct QueueConfig {
     pub reconnect_max_ms: u64,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptionConfig {
@@ -210,6 +254,8 @@ pub struct CaptionConfig {
     pub cache_dir: PathBuf,
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -237,6 +283,8 @@ pub struct TrainConfig {
 }
 
 /// Which epoch's weights a training run keeps.
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Checkpoint {
@@ -247,6 +295,8 @@ pub enum Checkpoint {
 }
 
 /// What a proposal's pseudo-query is.
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptionMode {
@@ -259,6 +309,8 @@ pub enum CaptionMode {
 }
 
 /// Which captioned proposals of a video become training pairs.
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PairSelection {
@@ -279,6 +331,8 @@ impl RunConfig {
     }
 }
 
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SynthConfig {

@@ -20,33 +20,53 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+/// Why an evaluation cannot run.
 pub enum EvalError {
     #[error(transparent)]
+    /// The annotations cannot be read.
     Annotations(#[from] DatasetError),
     #[error(transparent)]
+    /// The model or the features cannot be used.
     Train(#[from] TrainError),
     #[error(transparent)]
+    /// The text tower of the baseline cannot be loaded.
     Caption(#[from] CaptionError),
     #[error("cannot write {path}: {source}")]
+    /// The per-query file cannot be written.
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("{path}: {message}")]
-    Proposals { path: PathBuf, message: String },
+    /// Earlier results that cannot be read.
+    Proposals {
+        /// The proposals file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Recall of one method over a set of queries.
 #[derive(Debug, Clone)]
 pub struct RecallTable {
+    /// The method's name, as the table prints it.
     pub method: String,
+    /// Queries judged.
     pub queries: usize,
     /// Queries whose video had no predictions at all (counted as misses).
     pub unmatched: usize,
+    /// R@1 at IoU 0.3, 0.5, 0.7, in percent.
     pub r1: [f64; 3],
+    /// R@5 at the same IoUs.
     pub r5: [f64; 3],
+    /// Recall with every prediction at the same IoUs.
     pub r_all: [f64; 3],
+    /// Mean IoU of the first prediction, in percent.
     pub mean_iou_top1: f64,
+    /// Predictions per video, on average.
     pub per_video: f64,
 }
 
@@ -208,15 +228,19 @@ pub fn proposal_report(gt: &Path, proposals_dir: &Path) -> Result<Vec<RecallTabl
 /// three verbs, and its noun among the first one or three nouns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaptionAccuracy {
+    /// Proposals with a pseudo-query.
     pub proposals: usize,
+    /// Of them, those one planted event covers for at least half their length.
     pub judged: usize,
     /// Top-1 and top-3 shares.
     pub verb: [f64; 2],
+    /// Top-1 and top-3 shares for the noun.
     pub noun: [f64; 2],
     /// Both right at top-1.
     pub both: f64,
     /// What words drawn uniformly from the same vocabulary would score: top-1, top-3.
     pub random_verb: [f64; 2],
+    /// The same for nouns.
     pub random_noun: [f64; 2],
 }
 
@@ -339,11 +363,15 @@ impl std::fmt::Display for CaptionAccuracy {
 /// One query's answer, for `eval --per-query`.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
+    /// The video.
     pub vid: String,
+    /// The sentence.
     pub query: String,
+    /// Its true windows, seconds.
     pub windows: Vec<[f64; 2]>,
     /// Best first, seconds.
     pub predictions: Vec<[f64; 2]>,
+    /// IoU of the first prediction with the best window.
     pub iou_top1: f64,
 }
 

@@ -8,7 +8,9 @@ use crate::similarity::{dot, Ssm};
 /// Contiguous half-open step ranges covering `[0, n)` in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AtomicEvents {
+    /// The number of steps covered.
     pub n: usize,
+    /// The events, as `[start, end)` step ranges.
     pub spans: Vec<(usize, usize)>,
 }
 

@@ -52,10 +52,12 @@ impl Staged {
         }
     }
 
+    /// Where it will be published.
     pub fn target(&self) -> &Path {
         &self.target
     }
 
+    /// The folder it will be published in.
     pub fn folder(&self) -> &Path {
         self.target.parent().unwrap_or(Path::new("."))
     }

@@ -21,14 +21,20 @@ use std::sync::Arc;
 const SUPPRESS_IOU: f64 = 0.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// One answer segment.
 pub struct Segment {
+    /// Seconds.
     pub start: f64,
+    /// Seconds.
     pub end: f64,
+    /// How strongly the model points at it (higher is better).
     pub score: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// The segments answering one query.
 pub struct Answer {
+    /// The query.
     pub query: String,
     /// Best first, seconds.
     pub segments: Vec<Segment>,
@@ -37,6 +43,7 @@ pub struct Answer {
 /// A trained model ready to answer, with the query encoder it was trained with.
 pub struct Grounder {
     network: Network,
+    /// The model card.
     pub card: ModelCard,
     encoder: TextEncoder,
     /// The card's lexicon, as queries are looked up in it.

@@ -19,6 +19,7 @@ const SHOWN_PROPOSALS: usize = 5;
 
 #[derive(Debug, Error)]
 #[error("cannot draw {path}: {message}")]
+/// A picture that cannot be drawn or written.
 pub struct InspectError {
     path: PathBuf,
     message: String,
@@ -34,6 +35,7 @@ fn ensure_font() -> Result<(), String> {
     result
 }
 
+/// Draws the SSM with the atomic events and the best proposals beside it, into `png`.
 pub fn draw(video: &Video, analysis: &Analysis, png: &Path) -> Result<(), InspectError> {
     let fail = |message: String| InspectError {
         path: png.to_path_buf(),

@@ -12,6 +12,8 @@
 //! text tower and vocabulary as files), [`inspect`] (pictures). Imports flow one way:
 //! `scripts/import-cycles.py` fails CI on any circle.
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod bench;
 pub mod caption;

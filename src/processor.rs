@@ -120,12 +120,19 @@ pub fn ingest_failure(e: &IngestError) -> Failure {
 /// Time spent per stage, summed over however many videos.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StageTimes {
+    /// Reading the file and its duration.
     pub read: Duration,
+    /// Resampling to `sample.steps`.
     pub sample: Duration,
+    /// The self-similarity matrix.
     pub similarity: Duration,
+    /// k-means atomic events.
     pub events: Duration,
+    /// Compound proposals.
     pub proposals: Duration,
+    /// Pseudo-queries.
     pub caption: Duration,
+    /// Writing results (the driver's share).
     pub write: Duration,
 }
 
@@ -142,6 +149,7 @@ impl std::ops::AddAssign for StageTimes {
 }
 
 impl StageTimes {
+    /// Each stage with its time, in the order of the path.
     pub fn named(&self) -> [(&'static str, Duration); 7] {
         [
             ("read", self.read),
@@ -165,12 +173,18 @@ pub fn timed<T>(slot: &mut Duration, work: impl FnOnce() -> T) -> T {
 
 /// Every intermediate of the proposal path (what `inspect` draws).
 pub struct Analysis {
+    /// The resampled features.
     pub sampled: Features,
+    /// Their cosine self-similarity.
     pub ssm: Ssm,
+    /// The atomic events found on it.
     pub events: AtomicEvents,
+    /// The ranked proposals, in steps.
     pub proposals: Vec<Proposal>,
 }
 
+/// The stage chain on a read video, without captions: sample → similarity → events → proposals,
+/// each seeded by the video id so a result never depends on the order videos come in.
 pub fn analyse(video: &Video, config: &Config, times: &mut StageTimes) -> Analysis {
     let seed = hash_str(&video.id);
     let sampled = timed(&mut times.sample, || {
@@ -204,21 +218,31 @@ pub fn analyse(video: &Video, config: &Config, times: &mut StageTimes) -> Analys
 /// The per-video result file `proposals/<vid>.json`; times in seconds, proposals best first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VideoProposals {
+    /// The video id.
     pub vid: String,
+    /// Seconds.
     pub duration: f64,
+    /// The feature file it was read from.
     pub source: String,
     /// Number of sampled steps the spans were found on.
     pub steps: usize,
+    /// The atomic events, in seconds.
     pub atomic_events: Vec<[f64; 2]>,
+    /// The proposals, best first.
     pub proposals: Vec<ScoredSpan>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A proposal in seconds with its score and pseudo-query.
 pub struct ScoredSpan {
+    /// Seconds.
     pub start: f64,
+    /// Seconds.
     pub end: f64,
+    /// Higher is better; what ranks the video's proposals.
     pub score: f64,
     #[serde(flatten)]
+    /// Its pseudo-query (empty when uncaptioned).
     pub caption: Caption,
 }
 
@@ -243,6 +267,7 @@ impl VideoProposals {
         Ok(())
     }
 
+    /// The result of an analysis, in seconds, not yet captioned.
     pub fn new(video: &Video, analysis: &Analysis) -> Self {
         let n = analysis.events.n as f64;
         let seconds = |step: usize| step as f64 / n * video.duration;

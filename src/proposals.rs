@@ -9,13 +9,17 @@ use crate::similarity::Ssm;
 /// A span of steps `[start, end)` with its score (higher is better).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Proposal {
+    /// First step.
     pub start: usize,
+    /// One past the last step.
     pub end: usize,
+    /// Higher is better.
     pub score: f32,
     /// Mean self-similarity inside the span (what the compactness/diversity samplers rank by).
     pub cohesion: f32,
 }
 
+/// The video's compound proposals (runs of atomic events), ranked and capped by `config`.
 pub fn propose(
     events: &AtomicEvents,
     ssm: &Ssm,

@@ -4,6 +4,7 @@
 //! its generator instead of depending on a crate whose stream may change between versions.
 
 #[derive(Debug, Clone)]
+/// A small, fast, seeded generator (xoshiro256++), so every result is reproducible.
 pub struct Rng {
     state: [u64; 4],
 }
@@ -17,6 +18,7 @@ pub fn hash_str(text: &str) -> u64 {
 }
 
 impl Rng {
+    /// A generator seeded by `seed` (expanded with SplitMix64).
     pub fn new(seed: u64) -> Self {
         let mut sm = seed;
         let mut next = || {
@@ -31,6 +33,7 @@ impl Rng {
         }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.state;
         let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
@@ -71,6 +74,7 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
+    /// Shuffles `items` in place (Fisher-Yates).
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             items.swap(i, self.below(i + 1));

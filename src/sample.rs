@@ -4,6 +4,9 @@
 use crate::config::{SampleConfig, SampleMethod};
 use crate::ingest::Features;
 
+/// Resamples to `sample.steps` steps of equal spans of frames: each step their mean
+/// (`sample.method = "mean"`), their first frame (`"pick"`) or SPL's midpoint (`"midpoint"`).
+/// A video with no more frames than steps keeps every frame.
 pub fn sample(features: &Features, config: &SampleConfig) -> Features {
     let (frames, dim, steps) = (features.frames, features.dim, config.steps);
     if frames <= steps {

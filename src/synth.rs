@@ -122,10 +122,14 @@ const SCENES: &[&str] = &[
 ];
 
 #[derive(Debug, Error)]
+/// Why a world cannot be written.
 pub enum SynthError {
     #[error("cannot write {path}: {source}")]
+    /// A file or folder cannot be written.
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -134,23 +138,33 @@ pub enum SynthError {
 /// action's words).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GroundTruth {
+    /// The sentence's number.
     pub qid: usize,
+    /// The sentence.
     pub query: String,
+    /// The video.
     pub vid: String,
+    /// Seconds.
     pub duration: f64,
+    /// The event's span, seconds.
     pub relevant_windows: Vec<[f64; 2]>,
+    /// The action's verb.
     pub verb: String,
+    /// The action's noun.
     pub noun: String,
 }
 
 /// A generated video: features plus what is really in it.
 pub struct SynthVideo {
+    /// The video id.
     pub vid: String,
+    /// Seconds.
     pub duration: f64,
     /// The motion stream ("i3d").
     pub features: Features,
     /// The appearance stream ("clip"), when the world has one.
     pub appearance: Option<Features>,
+    /// The events planted in it.
     pub events: Vec<GroundTruth>,
 }
 
@@ -401,9 +415,11 @@ fn make_video(world: &World, config: &SynthConfig, index: usize) -> SynthVideo {
 const CLUTTER_FRAMES: f32 = 10.0;
 
 /// The appearance stream of one video. The scene and every object its events handle stay in
-/// view, each at a visibility that wanders around `clip_objects` (by `clip_clutter`). An event adds what a still frame of it shows, and that lingers: the object is in
+/// view, each at a visibility that wanders around `clip_objects` (by `clip_clutter`). An event adds
+/// what a still frame of it shows, and that lingers: the object is in
 /// view and in hand for a while before and after the action (up to `clip_linger` of the
-/// event's length on each side, fading), and is partly hidden at times. With probability `clip_incidental` an event's object
+/// event's length on each side, fading), and is partly hidden at times. With probability
+/// `clip_incidental` an event's object
 /// is also shown up close at another time, with no action. A per-video style and per-frame
 /// jitter lie on top.
 fn appearance_stream(

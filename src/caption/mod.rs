@@ -203,6 +203,7 @@ impl Captioner {
         }
     }
 
+    /// Whether it leaves queries empty (`caption.mode = "off"`).
     pub fn is_off(&self) -> bool {
         self.mode == CaptionMode::Off
     }
@@ -331,35 +332,94 @@ pub fn mean_over(features: &Features, start: f64, end: f64) -> Vec<f32> {
 }
 
 #[derive(Debug, Error)]
+/// Why captioning cannot start, or failed for one input.
 pub enum CaptionError {
     #[error("ONNX Runtime library {path}: {message}. Run scripts/fetch-models.sh, or point caption.ort_library (or ORT_DYLIB_PATH) at libonnxruntime.so.1.31.1 from the onnxruntime==1.31.1 wheel")]
-    Runtime { path: PathBuf, message: String },
+    /// The ONNX Runtime library cannot be loaded.
+    Runtime {
+        /// The library.
+        path: PathBuf,
+        /// What the loader said.
+        message: String,
+    },
     #[error("model {path}: {message}. Run scripts/fetch-models.sh or set the caption section's model paths")]
-    Model { path: PathBuf, message: String },
+    /// A text encoder model cannot be read or has an unexpected shape.
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error("tokenizer {path}: {message}")]
-    Tokenizer { path: PathBuf, message: String },
+    /// A tokenizer cannot be read or fails on a text.
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error("query of {tokens} tokens is longer than caption.max_query_tokens = {max}: {query:?}")]
+    /// A query longer than `caption.max_query_tokens`.
     TooLong {
+        /// The query.
         query: String,
+        /// Its tokens, `[CLS]` and `[SEP]` included.
         tokens: usize,
+        /// `caption.max_query_tokens`.
         max: usize,
     },
     #[error("vocabulary {path}: {message}")]
-    Vocabulary { path: PathBuf, message: String },
+    /// The vocabulary cannot be read or is empty.
+    Vocabulary {
+        /// The vocabulary file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error("caption.vocabulary is not set: name the vocabulary to score (a synthetic world's is in the caption.toml `momentminer synth` writes beside it: pass --config WORLD/caption.toml), or set caption.mode = \"language_free\" or \"off\"")]
+    /// `caption.vocabulary` is empty while captions are made of words.
     NoVocabulary,
     #[error("{key} is not set: name the tokenizer.json of the text tower it goes with")]
-    NotSet { key: &'static str },
+    /// A tokenizer key is empty while its model is set.
+    NotSet {
+        /// The key.
+        key: &'static str,
+    },
     #[error("tower anchors {path}: {message}")]
-    Anchors { path: PathBuf, message: String },
+    /// The anchors of a fitted tower cannot be read or disagree.
+    Anchors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error("no text tower to score the vocabulary with: set caption.clip_text_model (an exported CLIP text tower) or caption.tower_anchors (a synthetic world's is in the caption.toml `momentminer synth` writes beside it: pass --config WORLD/caption.toml), or set caption.mode = \"language_free\" or \"off\"")]
+    /// Neither `caption.clip_text_model` nor `caption.tower_anchors` is set.
     NoTower,
     #[error("visual features have {visual} dimensions but the text tower gives {text}: the visual stream (caption.visual_stream) and the text tower must come from one CLIP-style model (a synthetic world's tower is as wide as its clip stream, or its only stream); or set caption.mode = \"language_free\" or \"off\"")]
-    Dimensions { visual: usize, text: usize },
+    /// The visual stream and the text tower are of different widths.
+    Dimensions {
+        /// The visual stream's width.
+        visual: usize,
+        /// The tower's.
+        text: usize,
+    },
     #[error("text encoder {path}: {message}")]
-    Inference { path: PathBuf, message: String },
+    /// The text encoder failed on a batch.
+    Inference {
+        /// The model file.
+        path: PathBuf,
+        /// What ONNX Runtime said.
+        message: String,
+    },
     #[error("no feature stream {wanted:?} to caption from (caption.visual_stream); the file has {found:?}")]
-    Stream { wanted: String, found: Vec<String> },
+    /// The stream captions are read from is not in the file.
+    Stream {
+        /// `caption.visual_stream`.
+        wanted: String,
+        /// The streams the file holds.
+        found: Vec<String>,
+    },
 }
 
 impl CaptionError {

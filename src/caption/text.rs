@@ -18,6 +18,7 @@ use tokenizers::Tokenizer;
 /// One encoded sentence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedText {
+    /// Token ids, `[CLS]` and `[SEP]` included.
     pub ids: Vec<u32>,
     /// One vector per token, `[CLS]` and `[SEP]` included; empty for models that give only a
     /// sentence embedding.
@@ -26,6 +27,7 @@ pub struct EncodedText {
     pub pooled: Vec<f32>,
 }
 
+/// A text encoder run through ONNX Runtime (MiniLM, or a CLIP text tower), with its tokenizer.
 pub struct TextEncoder {
     session: Mutex<Session>,
     tokenizer: Tokenizer,
@@ -118,6 +120,7 @@ impl TextEncoder {
         })
     }
 
+    /// A content hash of the model file, naming its weights for caches of embeddings.
     pub fn model_key(&self) -> Result<String, CaptionError> {
         model_key(&self.model)
     }

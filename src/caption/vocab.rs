@@ -15,13 +15,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vocabulary {
+    /// Words scored as actions.
     pub verbs: Vec<String>,
+    /// Words scored as objects.
     pub nouns: Vec<String>,
     #[serde(default)]
+    /// How a query is written from its words: `{verbs}` and `{nouns}` stand for them.
     pub template: Option<String>,
 }
 
 impl Vocabulary {
+    /// Reads `{"verbs": [...], "nouns": [...], "template": "..."}`; at least one verb and one noun.
     pub fn load(path: &Path) -> Result<Vocabulary, CaptionError> {
         let fail = |message: String| CaptionError::Vocabulary {
             path: path.to_path_buf(),
@@ -103,6 +107,7 @@ impl ScoredVocabulary {
         })
     }
 
+    /// The width of the word embeddings.
     pub fn dim(&self) -> usize {
         self.dim
     }
@@ -112,6 +117,7 @@ impl ScoredVocabulary {
         self.embeddings.len() / self.dim.max(1)
     }
 
+    /// Whether it holds no words.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -193,8 +199,11 @@ impl ScoredVocabulary {
 /// How many words a query takes, and how verbs are told apart from the objects in view.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WordChoice {
+    /// Verbs per query (`caption.verbs`).
     pub verbs: usize,
+    /// Nouns per query (`caption.nouns`).
     pub nouns: usize,
+    /// Best nouns whose directions are taken out before verbs are scored (`caption.explain_nouns`).
     pub explain_nouns: usize,
 }
 

@@ -27,6 +27,7 @@ const TRAINED_AT: &str = "retrained_at_videos";
 /// How often the ledger is asked how many videos are finished.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// Retrains the grounding model in the background once enough new videos are done.
 pub struct Retrainer {
     models: PathBuf,
     inbox: PathBuf,
@@ -43,17 +44,26 @@ struct Running {
 /// One model version, for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Version {
+    /// `v0001`, ...
     pub name: String,
+    /// Whether `models/current` names it.
     pub current: bool,
+    /// Whether it was kept out because it validated worse than the current one.
     pub rejected: bool,
+    /// Its checkpoint's epoch.
     pub best_epoch: usize,
+    /// Pairs it was trained on.
     pub pairs: usize,
+    /// Its validation loss.
     pub validation_loss: f64,
+    /// Its validation R@1 at IoU 0.5.
     pub validation_r1_iou05: f64,
+    /// Its validation mIoU.
     pub validation_miou: f64,
 }
 
 impl Retrainer {
+    /// A retrainer writing versions under `output/models` and reading features from `inbox`.
     pub fn new(output: &Path, inbox: &Path) -> Retrainer {
         Retrainer {
             models: output.join("models"),

@@ -7,24 +7,35 @@ use std::fmt;
 use std::path::Path;
 
 #[derive(Debug, Serialize)]
+/// What `momentminer status` shows.
 pub struct Status {
+    /// The ledger file read.
     pub ledger: String,
     /// Whether a daemon holds the state folder's lock right now, and its pid.
     pub running: bool,
+    /// The daemon's pid (the lock holder's, else the last one's).
     pub pid: Option<String>,
+    /// When the last daemon started.
     pub started: Option<String>,
+    /// When it last committed.
     pub last_commit: Option<String>,
     /// Inputs per state: queued, retry, done, quarantined.
     pub inputs: Vec<(String, u64)>,
+    /// Videos with results.
     pub videos: u64,
+    /// Pseudo-labels in the shards.
     pub labels: u64,
+    /// Dataset shards.
     pub shards: u64,
     /// Inputs finished (done or quarantined) per second over the last minute and ten minutes.
     pub per_second_1m: f64,
+    /// Per second over the last ten minutes.
     pub per_second_10m: f64,
     /// From settled to committed, over the last 1,000 finished inputs.
     pub latency_p50_ms: Option<f64>,
+    /// The 99th percentile of the same.
     pub latency_p99_ms: Option<f64>,
+    /// The ten most recent retries and quarantines.
     pub recent_problems: Vec<Problem>,
     /// Grounding model versions the daemon trained, oldest first.
     pub models: Vec<super::retrain::Version>,
@@ -50,11 +61,17 @@ pub struct Activity {
 pub const ACTIVITY_KEY: &str = "activity";
 
 #[derive(Debug, Serialize)]
+/// One input's recent problem.
 pub struct Problem {
+    /// The input.
     pub input: String,
+    /// `retry` or `quarantined`.
     pub state: String,
+    /// The reason code.
     pub reason: String,
+    /// What went wrong.
     pub message: String,
+    /// When.
     pub time: String,
 }
 

@@ -6,13 +6,18 @@ use std::path::Path;
 /// One line, as read: the sentence is kept exactly as written after `##`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
+    /// The video id.
     pub vid: String,
+    /// Seconds.
     pub start: f64,
+    /// Seconds.
     pub end: f64,
+    /// The sentence after `##`.
     pub sentence: String,
 }
 
 impl Line {
+    /// The line for a pseudo-label (its query as the sentence).
     pub fn of(label: &PseudoLabel) -> Line {
         Line {
             vid: label.vid.clone(),
@@ -23,6 +28,7 @@ impl Line {
     }
 }
 
+/// The lines of a file; a malformed one is an error naming its number.
 pub fn read(path: &Path, text: &str) -> Result<Vec<Line>, DatasetError> {
     text.lines()
         .enumerate()
@@ -66,6 +72,7 @@ pub fn write(lines: &[Line]) -> String {
         .collect()
 }
 
+/// One moment per line (no durations: the format has none).
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
     Ok(read(path, text)?
         .into_iter()

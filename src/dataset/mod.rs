@@ -84,7 +84,9 @@ pub fn labels_of(videos: &[VideoProposals]) -> Vec<PseudoLabel> {
 /// One query and the span(s) of one video it describes, in seconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Moment {
+    /// The video id.
     pub vid: String,
+    /// The sentence.
     pub query: String,
     /// Known for every format but Charades-STA's text lines.
     pub duration: Option<f64>,
@@ -96,25 +98,38 @@ pub struct Moment {
 /// words (`query`, `tokens`) or, language-free, a visual embedding; empty when uncaptioned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PseudoLabel {
+    /// Its number in the dataset.
     pub qid: u64,
+    /// The video id.
     pub vid: String,
+    /// Seconds.
     pub duration: f64,
+    /// Seconds.
     pub start: f64,
+    /// Seconds.
     pub end: f64,
+    /// The readable query.
     pub query: String,
+    /// The query's words (PSVL's `tokens`).
     pub tokens: Vec<String>,
+    /// Language-free: the visual embedding standing for the query.
     pub query_embedding: Vec<f32>,
 }
 
 #[derive(Debug, Error)]
 #[error("{path}{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+/// A file that cannot be read or parsed, with the line where that is known.
 pub struct DatasetError {
+    /// The file.
     pub path: PathBuf,
+    /// The line, from 1.
     pub line: Option<usize>,
+    /// What is wrong.
     pub message: String,
 }
 
 impl DatasetError {
+    /// An error in `path` (at `line`).
     pub fn new(path: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
         DatasetError {
             path: path.to_path_buf(),

@@ -8,12 +8,18 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The query's number.
     pub qid: Option<u64>,
+    /// The sentence.
     pub query: String,
+    /// The video id.
     pub vid: String,
+    /// Seconds.
     pub duration: f64,
+    /// The sentence's windows, seconds.
     pub relevant_windows: Vec<[f64; 2]>,
     #[serde(flatten)]
+    /// Fields we do not use, kept so a file round-trips.
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -38,6 +44,7 @@ impl Line {
     }
 }
 
+/// The lines of a JSONL file; a malformed one is an error naming its number.
 pub fn read(path: &Path, text: &str) -> Result<Vec<Line>, DatasetError> {
     text.lines()
         .enumerate()
@@ -59,6 +66,7 @@ pub fn write(lines: &[Line]) -> Result<String, serde_json::Error> {
     Ok(text)
 }
 
+/// One moment per line.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
     Ok(read(path, text)?
         .into_iter()

@@ -7,14 +7,20 @@ use std::path::Path;
 /// One entry; fields we do not use (PSVL's test set has `pos`) are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The video id.
     pub vid: String,
+    /// Seconds.
     pub duration: f64,
+    /// Start and end as fractions of the duration.
     pub timestamp: [f64; 2],
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The sentence, where the file has one (the test file does).
     pub sentence: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The words (the pseudo-labels' query).
     pub tokens: Option<Vec<String>>,
     #[serde(flatten)]
+    /// Fields we do not use, kept so a file round-trips.
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -32,6 +38,7 @@ impl Entry {
     }
 }
 
+/// The entries of a PSVL JSON list.
 pub fn read(path: &Path, text: &str) -> Result<Vec<Entry>, DatasetError> {
     serde_json::from_str(text).map_err(|e| DatasetError::new(path, None, e.to_string()))
 }
@@ -41,10 +48,12 @@ pub fn write(labels: &[PseudoLabel]) -> Result<String, serde_json::Error> {
     write_entries(&labels.iter().map(Entry::of).collect::<Vec<_>>())
 }
 
+/// The JSON list for `entries`.
 pub fn write_entries(entries: &[Entry]) -> Result<String, serde_json::Error> {
     serde_json::to_string(entries)
 }
 
+/// One moment per entry, its sentence or else its words as the query.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
     Ok(read(path, text)?
         .into_iter()

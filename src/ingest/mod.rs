@@ -19,34 +19,47 @@ pub use sidecar::Durations;
 /// A `frames × dim` matrix of features, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Features {
+    /// Rows: time steps.
     pub frames: usize,
+    /// Columns: the feature width.
     pub dim: usize,
+    /// `frames × dim` values, row after row.
     pub data: Vec<f32>,
 }
 
 impl Features {
+    /// The features of step `t`.
     pub fn row(&self, t: usize) -> &[f32] {
         &self.data[t * self.dim..(t + 1) * self.dim]
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// One named stream of a feature file (an `.npz` member, or the only array of an `.npy`).
 pub struct Stream {
+    /// Its name: the `.npz` member's (`clip`, `i3d`, ...), or the stem of an `.npy`.
     pub name: String,
+    /// Its features.
     pub features: Features,
 }
 
 #[derive(Debug, Clone)]
+/// One video as read: its streams and its duration.
 pub struct Video {
+    /// The video id: the file stem, or the HDF5 key.
     pub id: String,
+    /// The file it came from.
     pub source: PathBuf,
+    /// Seconds.
     pub duration: f64,
     /// Every stream the file holds; `primary` indexes the one that drives proposals.
     pub streams: Vec<Stream>,
+    /// Index of the stream proposals are found on (`ingest.stream_preference`).
     pub primary: usize,
 }
 
 impl Video {
+    /// The stream proposals are found on.
     pub fn features(&self) -> &Features {
         &self.streams[self.primary].features
     }
@@ -56,35 +69,66 @@ impl Video {
 #[derive(Debug, Error)]
 pub enum Problem {
     #[error("I/O error: {0}")]
+    /// Reading failed.
     Io(#[from] std::io::Error),
     #[error("not a .npy array (bad magic bytes)")]
+    /// Not the `.npy` magic bytes.
     BadMagic,
     #[error("malformed header: {0}")]
+    /// An `.npy` header that cannot be parsed.
     BadHeader(String),
     #[error("truncated: needs {expected} bytes of data, {found} present")]
-    Truncated { expected: u64, found: u64 },
+    /// The data ends before the header says it does.
+    Truncated {
+        /// Bytes of data the header promises.
+        expected: u64,
+        /// Bytes present.
+        found: u64,
+    },
     #[error("unsupported dtype '{0}' (float16, float32 and float64 are read)")]
+    /// An element type other than float16, float32 and float64.
     UnsupportedDtype(String),
     #[error("shape {shape:?} has rank != 2 after squeezing length-1 axes; expected (T, D)")]
-    Rank { shape: Vec<usize> },
+    /// Not a matrix after squeezing length-1 axes.
+    Rank {
+        /// The shape as stored.
+        shape: Vec<usize>,
+    },
     #[error("shape ({frames}, {dim}) exceeds the limits (ingest.max_frames = {max_frames}, ingest.max_dim = {max_dim})")]
+    /// Over `ingest.max_frames` or `ingest.max_dim`.
     TooLarge {
+        /// Steps the file claims.
         frames: usize,
+        /// Width the file claims.
         dim: usize,
+        /// `ingest.max_frames`.
         max_frames: usize,
+        /// `ingest.max_dim`.
         max_dim: usize,
     },
     #[error("no frames (T = 0)")]
+    /// T = 0.
     NoFrames,
     #[error("zero-width features (D = 0)")]
+    /// D = 0.
     NoDims,
     #[error("{count} NaN/Inf values in stream '{stream}' (ingest.non_finite = \"reject\")")]
-    NonFinite { stream: String, count: usize },
+    /// NaN or Inf values, refused by `ingest.non_finite = "reject"`.
+    NonFinite {
+        /// The stream holding them.
+        stream: String,
+        /// How many.
+        count: usize,
+    },
     #[error("not a valid archive: {0}")]
+    /// A zip archive (`.npz`) that cannot be read.
     Archive(String),
     #[error("no stream named '{wanted}'; the file holds {available:?}")]
+    /// The configured stream is not in the file.
     MissingStream {
+        /// The stream asked for.
         wanted: String,
+        /// The streams the file holds.
         available: Vec<String>,
     },
     /// The HDF5 library refused the file (or the entry `what` names).
@@ -98,14 +142,27 @@ pub enum Problem {
         source: ::hdf5::Error,
     },
     #[error("no duration: no sidecar {sidecar}, not in ingest.durations_file, and ingest.features_per_second is 0")]
-    MissingDuration { sidecar: PathBuf },
+    /// No duration from any source.
+    MissingDuration {
+        /// The sidecar that was looked for.
+        sidecar: PathBuf,
+    },
     #[error("bad duration {0} seconds in the sidecar or durations file (must be finite and > 0)")]
+    /// A duration that is not finite and positive.
     BadDuration(f64),
     #[error("sidecar {path} is unreadable: {message}")]
-    BadSidecar { path: PathBuf, message: String },
+    /// A sidecar that cannot be read or parsed.
+    BadSidecar {
+        /// The sidecar.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     #[error("video id '{0}' cannot name an output file (empty, '.', '..', or contains a path separator or NUL)")]
+    /// A video id that cannot name an output file.
     BadVideoId(String),
     #[error("unsupported file type (expected .npy, .npz{})", if cfg!(feature = "hdf5") { ", .h5 or .hdf5" } else { "; HDF5 support is not built in" })]
+    /// Not a feature file type.
     UnsupportedType,
 }
 
@@ -139,10 +196,13 @@ impl Problem {
 
 #[derive(Debug, Error)]
 #[error("{}{}: {problem}", path.display(), key.as_ref().map(|k| format!(" [{k}]")).unwrap_or_default())]
+/// An input that cannot be read: the file (and HDF5 key), and what is wrong.
 pub struct IngestError {
+    /// The file.
     pub path: PathBuf,
     /// The entry inside a many-video file (HDF5 key), when the problem is confined to it.
     pub key: Option<String>,
+    /// What is wrong.
     pub problem: Problem,
 }
 
@@ -168,12 +228,16 @@ impl IngestError {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// The largest features accepted, checked from the header before anything is read.
 pub struct Limits {
+    /// `ingest.max_frames`.
     pub max_frames: usize,
+    /// `ingest.max_dim`.
     pub max_dim: usize,
 }
 
 impl Limits {
+    /// `TooLarge` when a claimed shape exceeds a limit.
     pub fn check(&self, frames: usize, dim: usize) -> Result<(), Problem> {
         if frames > self.max_frames || dim > self.max_dim {
             return Err(Problem::TooLarge {
@@ -188,9 +252,13 @@ impl Limits {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kinds of feature file read.
 pub enum FileKind {
+    /// `.npy`: one array.
     Npy,
+    /// `.npz`: named arrays (streams).
     Npz,
+    /// `.h5`/`.hdf5`: many videos, one per top-level key.
     Hdf5,
 }
 
@@ -211,7 +279,9 @@ impl FileKind {
 /// One video inside a feature file: the file itself, or one key of an HDF5 file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VideoRef {
+    /// The file.
     pub path: PathBuf,
+    /// The HDF5 key, for a many-video file.
     pub key: Option<String>,
 }
 

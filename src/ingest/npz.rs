@@ -5,6 +5,7 @@ use super::{npy, Features, Limits, Problem, Stream};
 use std::io::{Seek, Write};
 use std::path::Path;
 
+/// Every float member of the archive as a stream, each checked against `limits`.
 pub fn read(path: &Path, limits: &Limits) -> Result<Vec<Stream>, Problem> {
     let file = std::fs::File::open(path)?;
     let mut archive =

@@ -56,6 +56,8 @@ impl Durations {
         Ok(Durations { by_id })
     }
 
+    /// The duration in seconds of video `id` of `path`, `frames` long: from its sidecar
+    /// (`duration`, or `fps`), else the durations file, else `features_per_second`.
     pub fn resolve(
         &self,
         path: &Path,

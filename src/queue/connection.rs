@@ -25,6 +25,7 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// A connection to `url`, made at the first command.
     pub fn open(url: &str) -> Result<Redis, RedisError> {
         let client = ::redis::Client::open(url).map_err(|source| RedisError {
             url: url.to_string(),
@@ -37,6 +38,7 @@ impl Redis {
         })
     }
 
+    /// Runs one command.
     pub fn query<T: ::redis::FromRedisValue>(
         &mut self,
         cmd: &::redis::Cmd,
@@ -44,6 +46,7 @@ impl Redis {
         self.with(|con| cmd.query(con))
     }
 
+    /// Runs a pipeline.
     pub fn pipeline<T: ::redis::FromRedisValue>(
         &mut self,
         pipe: &::redis::Pipeline,
@@ -88,6 +91,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Starting at `queue.reconnect_base_ms`, doubling up to `queue.reconnect_max_ms`.
     pub fn new(config: &QueueConfig) -> Backoff {
         let base = Duration::from_millis(config.reconnect_base_ms);
         Backoff {
@@ -103,11 +107,13 @@ impl Backoff {
         self.next.is_none_or(|t| Instant::now() >= t)
     }
 
+    /// An attempt failed: wait, longer than last time.
     pub fn failed(&mut self) {
         self.next = Some(Instant::now() + self.current);
         self.current = (self.current * 2).min(self.max);
     }
 
+    /// An attempt succeeded: back to the base delay, no wait.
     pub fn succeeded(&mut self) {
         self.current = self.base;
         self.next = None;

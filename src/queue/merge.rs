@@ -13,27 +13,39 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+/// Why the ledgers cannot be merged.
 pub enum MergeError {
     #[error(transparent)]
+    /// A ledger cannot be read.
     Ledger(#[from] LedgerError),
     #[error("cannot write {path}: {source}")]
+    /// The output folder cannot be written.
     Write {
+        /// The folder.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error(transparent)]
+    /// A shard cannot be written.
     Shard(#[from] ShardError),
     #[error("no ledger under {0}: has a daemon or worker run with this state folder?")]
+    /// No ledger under the state folder.
     NoLedgers(PathBuf),
 }
 
 #[derive(Debug, Default)]
+/// What a merge did.
 pub struct MergeReport {
+    /// Ledgers read.
     pub ledgers: usize,
+    /// Videos kept.
     pub videos: usize,
+    /// Labels written.
     pub labels: usize,
     /// Labels of videos already taken from an earlier ledger.
     pub duplicates_dropped: usize,
+    /// Shards written.
     pub shards_written: usize,
 }
 

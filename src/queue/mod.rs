@@ -72,27 +72,39 @@ pub fn enqueue(config: &QueueConfig, inputs: &[PathBuf]) -> Result<usize, QueueE
 /// What `momentminer status --queue` prints.
 #[derive(Debug, Serialize)]
 pub struct QueueStatus {
+    /// The Redis server.
     pub url: String,
+    /// The stream.
     pub stream: String,
+    /// Messages in the stream.
     pub length: usize,
+    /// The consumer group.
     pub group: String,
     /// Messages never delivered to any consumer of the group.
     pub lag: Option<usize>,
     /// Delivered, not yet acknowledged.
     pub pending: usize,
+    /// The group's consumers.
     pub consumers: Vec<ConsumerStatus>,
+    /// Messages in the dead-letter stream.
     pub dead_letters: usize,
     /// Messages acknowledged per second, sampled over one second.
     pub acked_per_second: f64,
 }
 
 #[derive(Debug, Serialize)]
+/// One consumer of the group.
 pub struct ConsumerStatus {
+    /// Its name.
     pub name: String,
+    /// Messages it holds, unacknowledged.
     pub pending: usize,
+    /// Since it last read.
     pub idle_ms: usize,
 }
 
+/// The stream, its group and consumers and the dead letters, with the acknowledgement rate sampled
+/// over a second.
 pub fn status(config: &QueueConfig) -> Result<QueueStatus, QueueError> {
     let mut redis = Redis::open(&config.url)?;
     let sample = |redis: &mut Redis| -> Result<(usize, Option<usize>, usize), QueueError> {

@@ -19,36 +19,51 @@ use std::sync::{Arc, Mutex};
 /// What became of a job.
 #[derive(Debug)]
 pub enum Outcome {
+    /// Every video produced results (some of a many-video file may be quarantined).
     Done {
+        /// The file's stat when it was hashed.
         stat: FileStat,
+        /// Its content hash.
         hash: String,
+        /// What it produced.
         results: Results,
     },
     /// Same content as when it was last processed.
     Unchanged {
+        /// Its new stat.
         stat: FileStat,
     },
     /// Handed to the Redis queue instead of being processed here.
     Enqueued {
+        /// The file's stat when it was hashed.
         stat: FileStat,
+        /// Its content hash.
         hash: String,
     },
     /// Written to while it was being read: wait for it to settle again.
     Changed,
     /// Gone before it could be read (moved away or deleted): nothing to record.
     Vanished,
+    /// Failed in a way that may pass: try again after a backoff.
     Retry {
+        /// Why, as the quarantine record would say.
         record: QuarantineRecord,
     },
+    /// Given up on: a quarantine record was written.
     Quarantined {
+        /// The file's stat, when it could be read.
         stat: Option<FileStat>,
+        /// Its content hash, when it could be read.
         hash: Option<String>,
+        /// Why.
         record: QuarantineRecord,
+        /// The record written, and any results of an earlier version kept.
         outputs: Vec<PathBuf>,
     },
 }
 
 #[derive(Debug, Clone)]
+/// One input to run: the file and what is known of it.
 pub struct Job {
     /// The input file.
     pub path: PathBuf,
@@ -67,6 +82,7 @@ pub struct Owners {
 }
 
 impl Owners {
+    /// Owners as the ledger records them.
     pub fn new(by_vid: HashMap<String, PathBuf>) -> Owners {
         Owners {
             by_vid: Mutex::new(by_vid),
@@ -281,6 +297,7 @@ pub fn sidecar_of(path: &Path) -> Option<PathBuf> {
 /// What one input produced.
 #[derive(Debug, Default)]
 pub struct Results {
+    /// Videos done.
     pub videos: Vec<VideoResult>,
     /// Videos of a many-video file that failed while the rest succeeded.
     pub quarantined: Vec<QuarantineRecord>,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 /// Upper bounds (seconds) of the processing-time histogram buckets.
 const BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0, 10.0];
 
+/// Counters and gauges, updated by the service and read by the metrics thread.
 pub struct Metrics {
     started: Instant,
     heartbeat_ms: AtomicU64,
@@ -62,10 +63,12 @@ impl Metrics {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// The main loop turned: what `/healthz` checks.
     pub fn heartbeat(&self) {
         self.heartbeat_ms.store(self.uptime_ms(), Relaxed);
     }
 
+    /// An input finished with `videos` results and `quarantined_videos` quarantined.
     pub fn record_done(&self, videos: usize, quarantined_videos: usize) {
         self.inputs_done.fetch_add(1, Relaxed);
         self.videos.fetch_add(videos as u64, Relaxed);
@@ -73,25 +76,30 @@ impl Metrics {
             .fetch_add(quarantined_videos as u64, Relaxed);
     }
 
+    /// An input was quarantined.
     pub fn record_quarantined(&self) {
         self.inputs_quarantined.fetch_add(1, Relaxed);
     }
 
+    /// A failure was scheduled for another try.
     pub fn record_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
 
+    /// A group commit recorded `changes`.
     pub fn record_commit(&self, changes: usize) {
         self.commits.fetch_add(1, Relaxed);
         self.committed_changes.fetch_add(changes as u64, Relaxed);
         self.failing_commits.store(0, Relaxed);
     }
 
+    /// A group commit failed.
     pub fn record_commit_failure(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
         self.failing_commits.fetch_add(1, Relaxed);
     }
 
+    /// A job took `elapsed`.
     pub fn observe_processing(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let bucket = BUCKETS
@@ -120,6 +128,7 @@ impl Metrics {
         self.working.store(working, Relaxed);
     }
 
+    /// Whether the main loop turned in the last 10 s and the ledger accepts commits.
     pub fn healthy(&self) -> bool {
         let stalled = self
             .uptime_ms()
@@ -128,6 +137,7 @@ impl Metrics {
         !stalled && self.failing_commits.load(Relaxed) < 5
     }
 
+    /// Prometheus text exposition of everything above.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {

@@ -36,6 +36,7 @@ pub enum Finish {
     Unfinished(Outcome),
 }
 
+/// Changes and staged results waiting for the next group commit, and the ledger they go to.
 pub struct Recorder {
     ledger: Ledger,
     folders: Folders,
@@ -51,6 +52,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder over `ledger`, publishing into `folders`.
     pub fn new(ledger: Ledger, folders: Folders, metrics: Arc<Metrics>) -> Recorder {
         Recorder {
             ledger,
@@ -67,10 +69,12 @@ impl Recorder {
         }
     }
 
+    /// The ledger, for reads and meta values.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 
+    /// Adds a change to the next commit.
     pub fn record(&mut self, change: Change) {
         self.pending.push(change);
         self.pending_since.get_or_insert_with(Instant::now);

@@ -12,18 +12,25 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+/// Why dataset shards cannot be written.
 pub enum ShardError {
     #[error(transparent)]
+    /// The ledger cannot be read.
     Ledger(#[from] LedgerError),
     #[error(transparent)]
+    /// The labels cannot be written in a format.
     Dataset(#[from] DatasetError),
     #[error("cannot write shard {path}: {source}")]
+    /// A shard file or its folder cannot be written.
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
 
+/// `dataset/<format>-<id>.<ext>`: a shard's file in each format.
 pub fn shard_paths(dataset: &Path, id: i64) -> Vec<PathBuf> {
     dataset_paths(dataset, &format!("-{id:06}"))
 }

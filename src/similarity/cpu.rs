@@ -5,6 +5,7 @@ use crate::ingest::Features;
 /// to everything rather than poisoning the matrix.
 const MIN_NORM: f32 = 1e-12;
 
+/// Row-normalises the features and returns S = F̂·F̂ᵀ.
 pub fn cosine_ssm(features: &Features) -> Ssm {
     let (n, d) = (features.frames, features.dim);
     let mut unit = features.data.clone();

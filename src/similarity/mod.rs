@@ -8,15 +8,19 @@ pub use cpu::cosine_ssm;
 /// A symmetric `n × n` similarity matrix, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ssm {
+    /// Its side: the number of steps.
     pub n: usize,
+    /// `n × n` similarities, row-major.
     pub data: Vec<f32>,
 }
 
 impl Ssm {
+    /// Similarity of steps `i` and `j`.
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.n + j]
     }
 
+    /// Row `i`: step `i`'s contextual feature.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.n..(i + 1) * self.n]
     }

@@ -14,7 +14,9 @@ use std::path::Path;
 
 /// The model card's format; a folder written by another version is refused.
 pub const CARD_VERSION: u32 = 2;
+/// The model card's file in a model folder.
 pub const CARD_FILE: &str = "model.json";
+/// The weights' file in a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub(crate) const STATE_FILE: &str = "train-state.json";
 pub(crate) const STATE_WEIGHTS_FILE: &str = "train-state.safetensors";
@@ -23,8 +25,11 @@ pub(crate) const STATE_WEIGHTS_FILE: &str = "train-state.safetensors";
 /// its attention term), and R@1 at IoU 0.3/0.5/0.7 and mIoU of that span.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
+    /// Smooth-L1 error of the regressed span.
     pub loss: f64,
+    /// R@1 at IoU 0.3, 0.5 and 0.7, in percent.
     pub r1: [f64; 3],
+    /// Mean IoU of the regressed span, in percent.
     pub miou: f64,
 }
 
@@ -52,20 +57,30 @@ impl Validation {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// One epoch of training, as the card's history keeps it.
 pub struct EpochRecord {
+    /// Its number, from 1.
     pub epoch: usize,
+    /// Mean training loss.
     pub loss: f64,
+    /// On the validation split after it.
     pub validation: Validation,
+    /// Wall time.
     pub seconds: f64,
+    /// Training throughput.
     pub pairs_per_second: f64,
 }
 
 /// `model.json`: what the weights are and what they were trained on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelCard {
+    /// `momentminer-grounding`.
     pub format: String,
+    /// [`CARD_VERSION`] when written.
     pub version: u32,
+    /// The momentminer version that trained it.
     pub momentminer: String,
+    /// The `[train]` settings it was trained with; the architecture follows from them.
     pub config: TrainConfig,
     /// Width of the raw features the projection takes.
     pub feature_dim: usize,
@@ -74,20 +89,30 @@ pub struct ModelCard {
     /// The words queries are brought to ([`query::content_words`]): the captioner's
     /// vocabulary when training began; empty = queries read as written.
     pub lexicon: Vec<String>,
+    /// What it was trained on.
     pub data: DataSummary,
+    /// The epoch whose weights these are.
     pub best_epoch: usize,
+    /// That epoch's validation figures.
     pub validation: Validation,
+    /// Every epoch run.
     pub history: Vec<EpochRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The training data, summed up on the card.
 pub struct DataSummary {
+    /// The dataset file or folder.
     pub source: String,
     /// xxh3 of every pair, so a resumed run knows it sees the same data.
     pub hash: String,
+    /// Pairs read.
     pub pairs: usize,
+    /// Videos they are in.
     pub videos: usize,
+    /// Pairs trained on.
     pub train_pairs: usize,
+    /// Pairs held out for validation.
     pub validation_pairs: usize,
 }
 

@@ -19,16 +19,23 @@ use std::sync::Arc;
 /// One training or evaluation pair: a query and where it happens, normalised to [0, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
+    /// The video id.
     pub vid: String,
+    /// The sentence or pseudo-query.
     pub query: String,
+    /// Start, as a fraction of the video.
     pub start: f64,
+    /// End, as a fraction of the video.
     pub end: f64,
 }
 
 /// Every video's model input, prepared once: `steps × projection` floats.
 pub struct VideoBank {
+    /// Each video's `steps × projection` inputs.
     pub steps: HashMap<String, Arc<Vec<f32>>>,
+    /// Each video's duration in seconds.
     pub durations: HashMap<String, f64>,
+    /// Width of the raw features (all videos alike).
     pub feature_dim: usize,
 }
 
@@ -156,11 +163,17 @@ impl VideoBank {
 /// and `video_of` says which one each pair reads, so the query-independent video encoder runs
 /// once per video, not once per pair.
 pub struct Batch {
+    /// The distinct videos' steps, `(U, N, projection)`.
     pub steps: Tensor,
+    /// Which of them each pair reads, `(B,)`.
     pub video_of: Tensor,
+    /// Query token vectors, `(B, L, 384)`.
     pub tokens: Tensor,
+    /// 1 on real tokens, 0 on padding, `(B, L)`.
     pub mask: Tensor,
+    /// Normalised (start, end) to regress, `(B, 2)`.
     pub targets: Tensor,
+    /// 1 on the steps inside the target span, `(B, N)`: what the attention guide loss rewards.
     pub inside: Tensor,
 }
 

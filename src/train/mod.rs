@@ -38,8 +38,11 @@ use std::time::Instant;
 
 /// What a finished run reports.
 pub struct TrainReport {
+    /// The model card written.
     pub card: ModelCard,
+    /// The epoch an interrupted run was resumed after, if it was.
     pub resumed_from: Option<usize>,
+    /// Whether validation stopped it before `train.epochs`.
     pub stopped_early: bool,
 }
 

@@ -27,7 +27,9 @@ type Result<T> = candle_core::Result<T>;
 /// Randomness of one forward pass: dropout masks drawn from our seeded generator, so training
 /// is reproducible bit for bit (candle's CPU generator cannot be seeded).
 pub struct Dropout<'a> {
+    /// Dropout probability.
     pub rate: f64,
+    /// The generator for the masks; `None` at inference, when nothing is dropped.
     pub rng: Option<&'a mut Rng>,
 }
 
@@ -338,6 +340,7 @@ impl RegressionHead {
     }
 }
 
+/// The whole network, block by block as drawn above.
 pub struct GroundingModel {
     query: QueryEncoder,
     video: VideoEncoder,
@@ -356,6 +359,7 @@ pub struct Prediction {
 }
 
 impl GroundingModel {
+    /// The blocks with their parameters under `vb`.
     pub fn new(config: &TrainConfig, vb: VarBuilder) -> Result<GroundingModel> {
         Ok(GroundingModel {
             query: QueryEncoder::new(config, vb.pp("query"))?,
@@ -369,6 +373,7 @@ impl GroundingModel {
         })
     }
 
+    /// The regressed spans and temporal attention for a batch.
     pub fn forward(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Prediction> {
         let query = self.query.forward(&batch.tokens, &batch.mask, dropout)?;
         let videos = self.video.forward(&batch.steps, dropout)?;
@@ -445,11 +450,14 @@ pub fn initialise(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
 }
 /// The model and the parameters it reads.
 pub struct Network {
+    /// The parameters.
     pub varmap: VarMap,
+    /// The blocks reading them.
     pub model: GroundingModel,
 }
 
 impl Network {
+    /// A freshly initialised network for `config`.
     pub fn new(config: &TrainConfig) -> std::result::Result<Network, TrainError> {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);

@@ -72,6 +72,9 @@ pub struct QueryBank {
 }
 
 impl QueryBank {
+    /// Reads each distinct query as its content words (brought to `lexicon`; empty: as
+    /// written) and embeds every distinct word once; a query of more than `max_words` words,
+    /// or of none, is an error.
     pub fn encode(
         queries: &HashSet<&str>,
         encoder: &TextEncoder,
@@ -134,7 +137,9 @@ impl QueryBank {
 
 /// Seeded word dropout for training queries (`train.word_keep`).
 pub struct WordSampler {
+    /// Probability that a word is kept.
     pub keep: f64,
+    /// The seeded generator.
     pub rng: Rng,
 }
 

@@ -6,48 +6,74 @@ use crate::service::record::{FileStat, QuarantineRecord, State, VideoResult};
 use rusqlite::params;
 use std::path::{Path, PathBuf};
 
-/// One change to record, produced by the daemon's main loop.
+/// One change to record, produced by a front-end's main loop; a group commit records many.
 #[derive(Debug)]
 pub enum Change {
+    /// Taken for processing, not finished.
     Queued {
+        /// The input.
         path: PathBuf,
     },
+    /// Finished with results.
     Done {
+        /// The input.
         path: PathBuf,
+        /// Its stat when it was hashed.
         stat: FileStat,
+        /// Its content hash.
         hash: String,
+        /// Each video's result, whose proposals become labels.
         videos: Vec<VideoResult>,
         /// Videos of a many-video file that failed while the rest succeeded.
         quarantined: Vec<QuarantineRecord>,
+        /// Every file it produced.
         outputs: Vec<PathBuf>,
+        /// From settled to finished.
         latency_ms: f64,
     },
     /// Added to the Redis queue; a worker produces its results.
     Enqueued {
+        /// The input.
         path: PathBuf,
+        /// Its stat when it was hashed.
         stat: FileStat,
+        /// Its content hash.
         hash: String,
     },
     /// Never finished and gone from the inbox.
     Forget {
+        /// The input.
         path: PathBuf,
     },
     /// Touched or moved but identical in content: only the remembered stat changes.
     Unchanged {
+        /// The input.
         path: PathBuf,
+        /// Its new stat.
         stat: FileStat,
     },
+    /// Failed in a way that may pass; tried again at `next_attempt_ms`.
     Retry {
+        /// The input.
         path: PathBuf,
+        /// Tries so far.
         attempts: u32,
+        /// When the next is due, milliseconds since the epoch.
         next_attempt_ms: i64,
+        /// Why it failed.
         record: QuarantineRecord,
     },
+    /// Given up on.
     Quarantined {
+        /// The input.
         path: PathBuf,
+        /// Its stat, when it could be read.
         stat: Option<FileStat>,
+        /// Its content hash, when it could be read.
         hash: Option<String>,
+        /// Why.
         record: QuarantineRecord,
+        /// The record written.
         outputs: Vec<PathBuf>,
     },
 }

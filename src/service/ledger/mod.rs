@@ -20,33 +20,48 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// The ledger's file in the state folder.
 pub const FILE_NAME: &str = "ledger.sqlite";
 
 #[derive(Debug, Error)]
+/// Why the ledger cannot be opened, read or written.
 pub enum LedgerError {
     #[error("ledger {path}: {source}")]
+    /// SQLite refused.
     Sql {
+        /// The ledger file.
         path: PathBuf,
+        /// What SQLite said.
         source: rusqlite::Error,
     },
     #[error(
         "ledger {path} has schema version {found}; this momentminer reads version {SCHEMA_VERSION}"
     )]
-    Version { path: PathBuf, found: i64 },
+    /// Written by a newer momentminer.
+    Version {
+        /// The ledger file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+    },
     #[error("no ledger at {0}: has `momentminer watch` run with this state folder?")]
+    /// No ledger in the state folder.
     Missing(PathBuf),
 }
 
 /// A dataset shard whose files are older than its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaleShard {
+    /// The shard's number.
     pub id: i64,
+    /// The version of its rows the files must show.
     pub version: i64,
 }
 
 /// A pseudo-label row as stored (times in seconds).
 pub type LabelRow = crate::dataset::PseudoLabel;
 
+/// The open ledger of one state folder.
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
@@ -256,6 +271,7 @@ impl Ledger {
         rows.map(|r| r.map_err(&fail)).collect()
     }
 
+    /// Records that the shard's files now show `shard.version`.
     pub fn mark_shard_written(&self, shard: StaleShard) -> Result<(), LedgerError> {
         self.conn
             .execute(
@@ -286,6 +302,7 @@ impl Ledger {
             .map_err(self.fail())
     }
 
+    /// Sets a `meta` value (pid, start time, activity), committed at once.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), LedgerError> {
         self.conn
             .execute(
@@ -297,6 +314,7 @@ impl Ledger {
             .map_err(self.fail())
     }
 
+    /// A `meta` value, if set.
     pub fn meta(&self, key: &str) -> Result<Option<String>, LedgerError> {
         self.conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
