@@ -95,6 +95,11 @@ reasons! {
     EarlierProposals => "earlier_proposals",
     /// A result that cannot be serialised.
     Serialise => "serialise",
+    /// A NaN or infinite number in a result (a score, a time), which no file or ledger row may
+    /// hold.
+    NonFiniteResult => "non_finite_result",
+    /// The ledger refused to record the result (a constraint, a value SQLite will not store).
+    LedgerRefused => "ledger_refused",
 }
 
 impl Reason {

@@ -7,7 +7,7 @@
 use crate::caption::{Caption, CaptionError, Captioner};
 use crate::config::Config;
 use crate::events::{atomic_events, AtomicEvents};
-use crate::failure::{Failure, Stage};
+use crate::failure::{Failure, Reason, Stage};
 use crate::ingest::{read_video, Durations, Features, IngestError, Video, VideoRef};
 use crate::proposals::{propose, Proposal};
 use crate::rng::hash_str;
@@ -85,8 +85,19 @@ impl VideoProcessor {
             proposals.caption(&loaded, &self.captioner)
         })
         .map_err(|e| Failure::permanent(e.code(), Stage::Caption, e.to_string()))?;
+        if let Some(field) = proposals.first_non_finite() {
+            return Err(Failure::permanent(
+                Reason::NonFiniteResult,
+                Stage::Caption,
+                format!("the result holds a non-finite {field}; nothing is written for it"),
+            ));
+        }
         Ok(Processed { proposals, times })
     }
+}
+
+fn all_finite(values: &[f64]) -> bool {
+    values.iter().all(|v| v.is_finite())
 }
 
 /// `earlier/<vid>.json`, as an earlier run wrote it.
@@ -94,7 +105,7 @@ fn read_earlier(earlier: &Path, vid: &str) -> Result<VideoProposals, Failure> {
     let path = earlier.join(format!("{vid}.json"));
     let fail = |message: String| {
         Failure::permanent(
-            crate::failure::Reason::EarlierProposals,
+            Reason::EarlierProposals,
             Stage::Read,
             format!("proposals {}: {message}", path.display()),
         )
@@ -254,6 +265,31 @@ impl ScoredSpan {
 }
 
 impl VideoProposals {
+    /// The first number that is NaN or infinite, named (`proposal 3 score`), if any: such a
+    /// result is refused whole, since JSON writes it as `null` and the ledger refuses it.
+    pub fn first_non_finite(&self) -> Option<String> {
+        if !self.duration.is_finite() {
+            return Some("duration".into());
+        }
+        if let Some(i) = self.atomic_events.iter().position(|e| !all_finite(e)) {
+            return Some(format!("atomic event {i}"));
+        }
+        self.proposals.iter().enumerate().find_map(|(i, p)| {
+            let field = if !all_finite(&[p.start, p.end]) {
+                "span"
+            } else if !p.score.is_finite() {
+                "score"
+            } else if !p.caption.token_scores.iter().all(|s| s.is_finite()) {
+                "word score"
+            } else if !p.caption.query_embedding.iter().all(|s| s.is_finite()) {
+                "query embedding"
+            } else {
+                return None;
+            };
+            Some(format!("proposal {i} {field}"))
+        })
+    }
+
     /// Gives every proposal its pseudo-query.
     pub fn caption(&mut self, video: &Video, captioner: &Captioner) -> Result<(), CaptionError> {
         let spans: Vec<(f64, f64)> = self.proposals.iter().map(|p| (p.start, p.end)).collect();
@@ -293,5 +329,41 @@ impl VideoProposals {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_number_anywhere_in_a_result_is_named() {
+        let span = |score: f64| ScoredSpan {
+            start: 1.0,
+            end: 2.0,
+            score,
+            caption: Caption::default(),
+        };
+        let mut result = VideoProposals {
+            vid: "v".into(),
+            duration: 10.0,
+            source: "v.npy".into(),
+            steps: 8,
+            atomic_events: vec![[0.0, 5.0], [5.0, 10.0]],
+            proposals: vec![span(0.5), span(0.25)],
+        };
+        assert_eq!(result.first_non_finite(), None);
+        result.proposals[1].caption.token_scores = vec![0.1, f32::NAN];
+        assert_eq!(
+            result.first_non_finite().as_deref(),
+            Some("proposal 1 word score")
+        );
+        result.proposals[0].score = f64::INFINITY;
+        assert_eq!(
+            result.first_non_finite().as_deref(),
+            Some("proposal 0 score")
+        );
+        result.atomic_events[1][1] = f64::NAN;
+        assert_eq!(result.first_non_finite().as_deref(), Some("atomic event 1"));
     }
 }

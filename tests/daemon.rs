@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    check_results, done_or, files_in, good_npy, http_get, make_inputs, malformed_cases,
-    momentminer, move_all, p, text, wait_exit, wait_until,
+    check_results, done_or, f32_bytes, files_in, good_npy, http_get, make_inputs, malformed_cases,
+    momentminer, move_all, npy, p, text, wait_exit, wait_until,
 };
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -817,4 +817,41 @@ fn which(program: &str) -> Result<PathBuf, ()> {
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
         .ok_or(())
+}
+
+/// Finite features at the edge of f32 (3e38: their sums and squares overflow) once gave NaN
+/// scores that SQLite refused, wedging every later commit. Now every number a result holds is
+/// finite, and the files dropped after them are done too.
+#[test]
+fn extreme_finite_features_never_wedge_the_ledger() {
+    let mut service = Service::new(150, "");
+    service.start();
+    let inbox = service.inbox();
+    let extreme = |seed: usize| {
+        let values = (0..300 * 4).map(|i| match (i * 7 + seed) % 3 {
+            0 => 3e38,
+            1 => -3e38,
+            _ => 1e38,
+        });
+        npy("<f4", "(300, 4)", &f32_bytes(values))
+    };
+    std::fs::write(
+        inbox.join("flat.npy"),
+        npy("<f4", "(300, 4)", &f32_bytes([3e38; 1200])),
+    )
+    .unwrap();
+    std::fs::write(inbox.join("mixed.npy"), extreme(1)).unwrap();
+    let status = service.wait_finished(2, Duration::from_secs(60));
+    for i in 0..3 {
+        std::fs::write(inbox.join(format!("after{i}.npy")), good_npy(90, 16, i)).unwrap();
+    }
+    let status_after = service.wait_finished(5, Duration::from_secs(60));
+    assert_eq!(counts(&status_after)["done"], 5, "{status}\n{status_after}");
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    for file in service.proposal_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("null"), "{}: {text}", file.display());
+    }
+    let vids = ["flat", "mixed", "after0", "after1", "after2"];
+    service.check_outputs(&vids.map(String::from).into());
 }

@@ -505,6 +505,11 @@ impl Daemon {
         };
         let service = &mut self.service;
         service.recorder.commit(&service.config.daemon, urgency);
+        for refused in service.recorder.take_refused() {
+            if let Some(entry) = self.index.get_mut(&refused.path) {
+                entry.record = refused.record();
+            }
+        }
         service
             .recorder
             .flush_shards(&service.config.daemon, Urgency::WhenDue);

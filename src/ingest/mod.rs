@@ -444,7 +444,32 @@ fn check_features(stream: &mut Stream, policy: NonFinitePolicy) -> Result<(), Pr
             }
         }
     }
+    bring_into_range(f);
     Ok(())
+}
+
+/// Largest magnitude a stream keeps as it is: sums of squares of up to 2^16 values of it and
+/// sums of up to 2^60 of them stay far below f32's 3.4e38, so no mean, norm or dot product of
+/// the stages can overflow. Real features are many orders of magnitude smaller.
+const MAX_MAGNITUDE: f32 = (1u64 << 40) as f32;
+
+/// Scales a stream whose values could overflow a stage's arithmetic by an exact power of two,
+/// so its largest magnitude lies in [1, 2). Every stage is invariant to scaling a stream
+/// (means are linear; similarities, pseudo-query scores and the model's inputs are cosines or
+/// unit vectors), so results do not change; finite input can no longer become a NaN score.
+fn bring_into_range(features: &mut Features) {
+    let largest = features.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if largest <= MAX_MAGNITUDE {
+        return;
+    }
+    // largest = m · 2^e with m in [0.5, 1); 2^(1 - e) is exact in f64, where f32's smallest
+    // normal exponent does not get in the way.
+    let exponent = (largest.to_bits() >> 23 & 0xff) as i32 - 126;
+    let scale = 2f64.powi(1 - exponent);
+    features
+        .data
+        .iter_mut()
+        .for_each(|v| *v = (f64::from(*v) * scale) as f32);
 }
 
 fn pick_stream(streams: &[Stream], config: &IngestConfig) -> Result<usize, Problem> {
@@ -547,5 +572,31 @@ mod tests {
             assert!(check_video_id(id).is_err(), "{id:?}");
         }
         assert!(check_video_id("v_ab.c d é").is_ok());
+    }
+
+    #[test]
+    fn huge_finite_features_are_scaled_into_range_exactly() {
+        let mut big = Features {
+            frames: 2,
+            dim: 2,
+            data: vec![3e38, -3e38, 1.5e38, 7.0],
+        };
+        bring_into_range(&mut big);
+        let largest = big.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!((1.0..2.0).contains(&largest), "{:?}", big.data);
+        assert_eq!(big.data[0], -big.data[1]);
+        assert_eq!(
+            big.data[0],
+            2.0 * big.data[2],
+            "a power of two keeps ratios exact"
+        );
+        let mut normal = Features {
+            frames: 1,
+            dim: 2,
+            data: vec![0.25, -1e6],
+        };
+        let before = normal.clone();
+        bring_into_range(&mut normal);
+        assert_eq!(normal, before, "real features are left as they are");
     }
 }

@@ -144,6 +144,9 @@ impl Consumer {
         if service.recorder.commit(&service.config.daemon, urgency) {
             self.to_ack.append(&mut self.awaiting_commit);
         }
+        for refused in service.recorder.take_refused() {
+            self.known.insert(refused.path.clone(), refused.record());
+        }
         let shards = match urgency {
             Urgency::Now => Urgency::Now,
             _ => Urgency::WhenDue,

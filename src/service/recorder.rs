@@ -4,11 +4,12 @@
 //! this, so a result is committed the same way however its input arrived.
 
 use super::job::{Outcome, Results};
-use super::ledger::{Change, Ledger};
+use super::ledger::{Change, Ledger, Refused};
 use super::metrics::Metrics;
 use super::record::{FileStat, InputRecord, State};
 use super::{shards, Folders};
 use crate::config::DaemonConfig;
+use crate::failure::Reason;
 use crate::fsio::{sync_dir, sync_filesystem, Staged};
 use std::path::Path;
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub struct Recorder {
     blocked_until: Option<Instant>,
     shards_dirty: bool,
     last_shard_flush: Instant,
+    /// Inputs committed as quarantined because the ledger refused their change; the front-end
+    /// takes them ([`Recorder::take_refused`]) to update what it knows.
+    refused: Vec<Refused>,
 }
 
 impl Recorder {
@@ -66,7 +70,14 @@ impl Recorder {
             // Start-up rewrites any shard a crash left behind its rows.
             shards_dirty: true,
             last_shard_flush: Instant::now(),
+            refused: Vec::new(),
         }
+    }
+
+    /// The inputs the last commits recorded as quarantined instead of as their change said,
+    /// with what was recorded.
+    pub fn take_refused(&mut self) -> Vec<Refused> {
+        std::mem::take(&mut self.refused)
     }
 
     /// The ledger, for reads and meta values.
@@ -222,7 +233,12 @@ impl Recorder {
                 .map_err(|e| e.to_string())
         });
         match result {
-            Ok(()) => {
+            Ok(refused) => {
+                for refusal in &refused {
+                    tracing::error!(input = %refusal.path.display(), reason = %Reason::LedgerRefused, "quarantined: the ledger refused its result: {}", refusal.error);
+                    self.metrics.record_quarantined();
+                }
+                self.refused.extend(refused);
                 self.metrics.record_commit(self.pending.len());
                 self.pending.clear();
                 self.pending_since = None;

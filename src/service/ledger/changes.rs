@@ -2,6 +2,7 @@
 //! their labels and the shards the labels go into, all in the commit's one transaction.
 
 use super::{path_bytes, paths_json};
+use crate::failure::{Failure, Reason, Stage};
 use crate::service::record::{FileStat, QuarantineRecord, State, VideoResult};
 use rusqlite::params;
 use std::path::{Path, PathBuf};
@@ -78,8 +79,58 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The input it is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Change::Queued { path }
+            | Change::Done { path, .. }
+            | Change::Enqueued { path, .. }
+            | Change::Forget { path }
+            | Change::Unchanged { path, .. }
+            | Change::Retry { path, .. }
+            | Change::Quarantined { path, .. } => path,
+        }
+    }
+
+    /// What to record instead when the ledger refuses this change: the input quarantined
+    /// (`ledger_refused`), keeping what is known of its version and outputs so it is not taken
+    /// again until it changes, and its outputs are removed when it is.
+    pub(super) fn refused(&self, error: &rusqlite::Error) -> Change {
+        let (stat, hash, outputs) = match self {
+            Change::Done {
+                stat,
+                hash,
+                outputs,
+                ..
+            } => (Some(*stat), Some(hash.clone()), outputs.clone()),
+            Change::Enqueued { stat, hash, .. } => (Some(*stat), Some(hash.clone()), Vec::new()),
+            Change::Quarantined {
+                stat,
+                hash,
+                outputs,
+                ..
+            } => (*stat, hash.clone(), outputs.clone()),
+            _ => (None, None, Vec::new()),
+        };
+        let path = self.path().to_path_buf();
+        let failure = Failure::permanent(
+            Reason::LedgerRefused,
+            Stage::Write,
+            format!("the ledger refused its result: {error}"),
+        );
+        Change::Quarantined {
+            record: QuarantineRecord::new(path.display().to_string(), None, failure, 1),
+            path,
+            stat,
+            hash,
+            outputs,
+        }
+    }
+}
+
 pub(super) fn upsert_input(
-    tx: &rusqlite::Transaction,
+    tx: &rusqlite::Connection,
     path: &Path,
     state: State,
     now: i64,
@@ -94,7 +145,7 @@ pub(super) fn upsert_input(
 }
 
 pub(super) fn set_stat(
-    tx: &rusqlite::Transaction,
+    tx: &rusqlite::Connection,
     id: i64,
     stat: Option<&FileStat>,
     hash: Option<&str>,
@@ -118,7 +169,7 @@ pub(super) fn bytes(values: &[f32]) -> Vec<u8> {
 }
 
 /// Drops an input's labels and video ids; the shards that held labels must be rewritten.
-pub(super) fn release_results(tx: &rusqlite::Transaction, id: i64) -> rusqlite::Result<()> {
+pub(super) fn release_results(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE shards SET version = version + 1
          WHERE id IN (SELECT DISTINCT shard FROM labels WHERE input_id = ?1)",
@@ -130,13 +181,14 @@ pub(super) fn release_results(tx: &rusqlite::Transaction, id: i64) -> rusqlite::
 }
 
 /// The shard new labels go to, and how many videos it holds; found once per commit.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct OpenShard {
     id: Option<i64>,
     videos: usize,
 }
 
 impl OpenShard {
-    pub(super) fn find(tx: &rusqlite::Transaction) -> rusqlite::Result<OpenShard> {
+    pub(super) fn find(tx: &rusqlite::Connection) -> rusqlite::Result<OpenShard> {
         let id: Option<i64> = tx.query_row("SELECT MAX(id) FROM shards", [], |r| r.get(0))?;
         let videos: i64 = match id {
             Some(id) => tx.query_row(
@@ -155,7 +207,7 @@ impl OpenShard {
     /// The shard for `videos` more videos, sealing the open one when it is full.
     fn take(
         &mut self,
-        tx: &rusqlite::Transaction,
+        tx: &rusqlite::Connection,
         videos: usize,
         shard_videos: usize,
     ) -> rusqlite::Result<i64> {
@@ -174,7 +226,7 @@ impl OpenShard {
 }
 
 pub(super) fn record(
-    tx: &rusqlite::Transaction,
+    tx: &rusqlite::Connection,
     change: &Change,
     now: i64,
     shard: &mut OpenShard,

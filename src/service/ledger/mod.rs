@@ -49,6 +49,41 @@ pub enum LedgerError {
     Missing(PathBuf),
 }
 
+/// A change the ledger refused; its input was recorded as quarantined instead.
+#[derive(Debug)]
+pub struct Refused {
+    /// The input.
+    pub path: PathBuf,
+    /// What SQLite said.
+    pub error: String,
+    /// What was recorded instead: the input quarantined with `ledger_refused`.
+    pub quarantined: Change,
+}
+
+impl Refused {
+    /// What the input now is, as the ledger recorded it.
+    pub fn record(&self) -> InputRecord {
+        match &self.quarantined {
+            Change::Quarantined {
+                stat,
+                hash,
+                record,
+                outputs,
+                ..
+            } => InputRecord {
+                stat: *stat,
+                hash: hash.clone(),
+                state: Some(State::Quarantined),
+                attempts: record.attempts,
+                outputs: outputs.clone(),
+                reason: Some(record.reason),
+                ..InputRecord::default()
+            },
+            _ => InputRecord::default(),
+        }
+    }
+}
+
 /// A dataset shard whose files are older than its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaleShard {
@@ -201,18 +236,48 @@ impl Ledger {
     }
 
     /// Records a group of changes in one transaction. Finished videos' proposals become labels
-    /// in the open shard (a new one once it holds `shard_videos` videos).
-    pub fn commit(&mut self, changes: &[Change], shard_videos: usize) -> Result<(), LedgerError> {
+    /// in the open shard (a new one once it holds `shard_videos` videos). Each change is
+    /// recorded under a savepoint: one the ledger refuses (a constraint, a value SQLite will
+    /// not store) is rolled back alone and its input recorded as quarantined instead
+    /// ([`Refused`]), so one bad row can never hold the rest of the group back, now or at the
+    /// next try.
+    pub fn commit(
+        &mut self,
+        changes: &[Change],
+        shard_videos: usize,
+    ) -> Result<Vec<Refused>, LedgerError> {
         let path = self.path.clone();
         let fail = |source| LedgerError::Sql {
             path: path.clone(),
             source,
         };
         let now = now_ms();
-        let tx = self.conn.transaction().map_err(fail)?;
+        let mut tx = self.conn.transaction().map_err(fail)?;
         let mut shard = OpenShard::find(&tx).map_err(fail)?;
+        let mut refused = Vec::new();
         for change in changes {
-            record(&tx, change, now, &mut shard, shard_videos).map_err(fail)?;
+            let before = shard;
+            let attempt = tx.savepoint().map_err(fail)?;
+            match record(&attempt, change, now, &mut shard, shard_videos) {
+                Ok(()) => attempt.commit().map_err(fail)?,
+                Err(error) => {
+                    // Dropping the savepoint rolls the change back.
+                    drop(attempt);
+                    shard = before;
+                    let instead = change.refused(&error);
+                    let fallback = tx.savepoint().map_err(fail)?;
+                    let quarantined = record(&fallback, &instead, now, &mut shard, shard_videos);
+                    match quarantined {
+                        Ok(()) => fallback.commit().map_err(fail)?,
+                        Err(_) => shard = before,
+                    }
+                    refused.push(Refused {
+                        path: change.path().to_path_buf(),
+                        error: error.to_string(),
+                        quarantined: instead,
+                    });
+                }
+            }
         }
         tx.execute(
             "INSERT INTO meta(key, value) VALUES('last_commit_ms', ?1)
@@ -220,7 +285,8 @@ impl Ledger {
             [now.to_string()],
         )
         .map_err(fail)?;
-        tx.commit().map_err(fail)
+        tx.commit().map_err(fail)?;
+        Ok(refused)
     }
 
     /// Shards whose files do not yet show their latest rows.
@@ -484,5 +550,48 @@ mod tests {
             Ledger::open(dir.path()),
             Err(LedgerError::Version { found: 3, .. })
         ));
+    }
+
+    /// A row SQLite refuses (a NaN score binds as NULL into a NOT NULL column) quarantines its
+    /// input alone: the rest of the group commits, and so does the next group.
+    #[test]
+    fn a_refused_row_quarantines_its_input_and_the_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut poisoned = done("/in/bad.npy", &[("bad", 2)]);
+        if let Change::Done { videos, .. } = &mut poisoned {
+            videos[0].proposals[1].score = f64::NAN;
+        }
+        let refused = ledger
+            .commit(
+                &[
+                    done("/in/a.npy", &[("a", 1)]),
+                    poisoned,
+                    done("/in/b.npy", &[("b", 1)]),
+                ],
+                100,
+            )
+            .unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].path, Path::new("/in/bad.npy"));
+        assert!(
+            refused[0].error.contains("NOT NULL"),
+            "{}",
+            refused[0].error
+        );
+        let rows: HashMap<PathBuf, InputRecord> = ledger.inputs().unwrap().into_iter().collect();
+        assert_eq!(rows[Path::new("/in/a.npy")].state, Some(State::Done));
+        assert_eq!(rows[Path::new("/in/b.npy")].state, Some(State::Done));
+        let bad = &rows[Path::new("/in/bad.npy")];
+        assert_eq!(bad.state, Some(State::Quarantined));
+        assert_eq!(bad.reason, Some(Reason::LedgerRefused));
+        assert_eq!(bad.hash.as_deref(), Some("hash-of-/in/bad.npy"));
+        assert!(bad.vids.is_empty(), "no video of it is recorded");
+        let labels = ledger.labels(None).unwrap();
+        assert_eq!(labels.iter().filter(|l| l.vid == "bad").count(), 0);
+        assert_eq!(labels.len(), 2);
+        // Nothing stays behind to refuse the next group.
+        let next = ledger.commit(&[done("/in/c.npy", &[("c", 1)])], 100);
+        assert!(next.unwrap().is_empty());
     }
 }
