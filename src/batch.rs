@@ -3,7 +3,7 @@
 
 use crate::config::RunConfig;
 use crate::dataset::{dataset_paths, labels_of, write_files, DatasetError};
-use crate::failure::{Failure, Stage};
+use crate::failure::{Failure, Reason, Stage};
 use crate::fsio::{sync_filesystem, write_atomic, Durability};
 use crate::ingest::{list_videos, walk, FileKind, VideoRef};
 use crate::processor::{
@@ -11,6 +11,7 @@ use crate::processor::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -85,7 +86,10 @@ impl BatchReport {
 }
 
 /// Expands folders (recursively, feature files only, hidden and temporary names skipped) into
-/// the videos they hold. Inputs that cannot be listed become failures, not errors.
+/// the videos they hold, each file once however often it was named (`propose x.npy x.npy`
+/// would otherwise label the video three times). Inputs that cannot be listed, and anything
+/// that is not a regular file (a FIFO named `x.npy` would block its reader), become failures,
+/// not errors.
 pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<InputFailure>) {
     let mut files = Vec::new();
     let mut failures = Vec::new();
@@ -101,14 +105,28 @@ pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<VideoRef>, Vec<InputFailure>) 
             files.push(input.clone());
         }
     }
+    let mut seen = HashSet::new();
     let mut videos = Vec::new();
     for file in files {
+        let fail = |failure: Failure| InputFailure {
+            input: file.display().to_string(),
+            failure,
+        };
+        if std::fs::metadata(&file).is_ok_and(|meta| !meta.is_file()) {
+            failures.push(fail(Failure::permanent(
+                Reason::NotRegularFile,
+                Stage::Check,
+                "is not a regular file (a FIFO, socket or device)",
+            )));
+            continue;
+        }
+        // Errors are reported when the file is read; here a path only needs a stable name.
+        if !seen.insert(file.canonicalize().unwrap_or_else(|_| file.clone())) {
+            continue;
+        }
         match list_videos(&file) {
             Ok(found) => videos.extend(found),
-            Err(e) => failures.push(InputFailure {
-                input: file.display().to_string(),
-                failure: ingest_failure(&e),
-            }),
+            Err(e) => failures.push(fail(ingest_failure(&e))),
         }
     }
     (videos, failures)

@@ -117,6 +117,31 @@ pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens `path` for reading only if it is a regular file, without ever blocking: opened with
+/// `O_NONBLOCK` (a FIFO opens at once instead of waiting for a writer) and checked with
+/// `fstat` on what was opened (no race with a rename), so a FIFO, a socket or a device (a
+/// symlink to `/dev/zero`) is refused with `InvalidInput` before a byte is read. With
+/// `follow_symlinks` off, a symlink is refused too (`ELOOP`). Every reader of an input goes
+/// through this.
+pub fn open_regular(path: &Path, follow_symlinks: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !follow_symlinks {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device)",
+        ));
+    }
+    Ok(file)
+}
+
 /// The metadata that decides whether a file is new, changed or settled: the link itself, or
 /// what it points to when symlinks are followed (the link itself again if that is missing).
 pub fn probe(path: &Path, follow_symlinks: bool) -> std::io::Result<std::fs::Metadata> {
@@ -156,5 +181,32 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(write_atomic(&dir.path().join("missing/x.json"), b"x", Durability::Data).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_regular_files_open_and_a_fifo_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("f.npy");
+        std::fs::write(&regular, b"x").unwrap();
+        assert!(open_regular(&regular, false).is_ok());
+        let fifo = dir.path().join("fifo.npy");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let refused = open_regular(&fifo, true).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        let zero = dir.path().join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(
+            open_regular(&zero, true).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput
+        );
+        let link = dir.path().join("link.npy");
+        std::os::unix::fs::symlink(&regular, &link).unwrap();
+        assert!(open_regular(&link, true).is_ok());
+        assert!(
+            open_regular(&link, false).is_err(),
+            "not followed when told not to"
+        );
     }
 }

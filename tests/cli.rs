@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{f32_bytes, malformed_cases, momentminer, npy, p, text};
+use common::{f32_bytes, malformed_cases, momentminer, npy, p, text, wait_exit};
 use std::path::{Path, PathBuf};
 
 /// The R@1/R@5/R@all triples of one method row of the recall table.
@@ -581,5 +581,75 @@ fn sentences_are_encoded_and_a_missing_runtime_is_a_clear_error() {
     assert!(
         message.contains("/nowhere/libonnxruntime.so.1.31.1") && message.contains("fetch-models"),
         "{message}"
+    );
+}
+
+/// A FIFO named like a feature file, or a sidecar that is a FIFO or a link to /dev/zero, would
+/// block `propose` forever; each is refused with its reason and the batch goes on. A file named
+/// three times is proposed once.
+#[test]
+fn propose_refuses_what_would_block_it_and_takes_each_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("in");
+    std::fs::create_dir(&folder).unwrap();
+    let good = npy(
+        "<f4",
+        "(40, 8)",
+        &f32_bytes((0..320).map(|i| (i % 13) as f32)),
+    );
+    let mkfifo = |path: &Path| {
+        let name = std::ffi::CString::new(p(path)).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+    };
+    mkfifo(&folder.join("pipe.npy"));
+    std::fs::write(folder.join("fifoside.npy"), &good).unwrap();
+    mkfifo(&folder.join("fifoside.json"));
+    std::fs::write(folder.join("zeroside.npy"), &good).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", folder.join("zeroside.json")).unwrap();
+    std::fs::write(folder.join("good.npy"), &good).unwrap();
+    std::fs::write(folder.join("good.json"), r#"{"duration": 20}"#).unwrap();
+    let good_path = folder.join("good.npy");
+    let out_dir = dir.path().join("out");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_momentminer"))
+        .args([
+            "propose",
+            p(&folder),
+            p(&good_path),
+            p(&good_path),
+            "--out",
+            p(&out_dir),
+        ])
+        .args(["--set", "caption.mode=language_free"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(60), "propose");
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut report).unwrap();
+    assert!(status.success(), "{report}");
+    assert!(report.contains("proposed 1 videos"), "{report}");
+    let failed =
+        |name: &str, says: &str| report.lines().any(|l| l.contains(name) && l.contains(says));
+    assert!(failed("pipe.npy", "not a regular file"), "{report}");
+    assert!(failed("fifoside.npy", "fifoside.json"), "{report}");
+    assert!(failed("zeroside.npy", "not a regular file"), "{report}");
+    let psvl = std::fs::read_to_string(out_dir.join("dataset/psvl.json")).unwrap();
+    let labels: Vec<serde_json::Value> = serde_json::from_str(&psvl).unwrap();
+    let proposals: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("proposals/good.json")).unwrap(),
+    )
+    .unwrap();
+    let pairs = proposals["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["superseded"] != true)
+        .count();
+    assert_eq!(
+        labels.len(),
+        pairs,
+        "the video's labels appear once, not three times"
     );
 }

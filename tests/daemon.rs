@@ -470,6 +470,16 @@ fn malformed_inputs_end_in_quarantine_with_reasons_and_the_daemon_stays_up() {
     std::fs::write(inbox.join("badside.npy"), good_npy(30, 16, 2)).unwrap();
     std::fs::write(inbox.join("badside.json"), "{not json").unwrap();
     expected.insert("badside.npy".into(), "bad_sidecar");
+    // Sidecars are inputs too: one that would block a reader (a FIFO) or never end (a link to
+    // /dev/zero) is refused, never waited on.
+    std::fs::write(inbox.join("fifoside.npy"), good_npy(30, 16, 3)).unwrap();
+    let fifo_sidecar = std::ffi::CString::new(p(&inbox.join("fifoside.json"))).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_sidecar.as_ptr(), 0o644) }, 0);
+    expected.insert("fifoside.npy".into(), "bad_sidecar");
+    std::fs::write(inbox.join("zeroside.npy"), good_npy(30, 16, 4)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", inbox.join("zeroside.json")).unwrap();
+    expected.insert("zeroside.npy".into(), "bad_sidecar");
     let mut vids = HashSet::new();
     for name in ["a..b.npy", "my video é.npy", "sub/deeper.npy"] {
         let path = inbox.join(name);

@@ -15,11 +15,14 @@ fn problem(source: hdf5::Error) -> Problem {
 
 /// The video ids (top-level members) of a file.
 pub fn list(path: &Path) -> Result<Vec<String>, Problem> {
+    // The HDF5 library opens the file itself; refuse what is no regular file first.
+    drop(super::open_input(path)?);
     let file = hdf5::File::open(path).map_err(problem)?;
     file.member_names().map_err(problem)
 }
 
 pub fn read(path: &Path, key: &str, dataset: &str, limits: &Limits) -> Result<Features, Problem> {
+    drop(super::open_input(path)?);
     let file = hdf5::File::open(path).map_err(problem)?;
     let data = match file.loc_type_by_name(key).map_err(problem)? {
         LocationType::Dataset => file.dataset(key),

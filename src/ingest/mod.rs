@@ -14,7 +14,7 @@ use crate::failure::Reason;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-pub use sidecar::Durations;
+pub use sidecar::{Durations, MAX_SIDECAR_BYTES};
 
 /// A `frames × dim` matrix of features, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,8 +161,11 @@ pub enum Problem {
     #[error("video id '{0}' cannot name an output file (empty, '.', '..', or contains a path separator or NUL)")]
     /// A video id that cannot name an output file.
     BadVideoId(String),
-    #[error("unsupported file type (expected .npy, .npz{})", if cfg!(feature = "hdf5") { ", .h5 or .hdf5" } else { "; HDF5 support is not built in" })]
+    /// A FIFO, socket or device where a file was expected.
+    #[error("not a regular file (a FIFO, socket or device)")]
+    NotRegularFile,
     /// Not a feature file type.
+    #[error("unsupported file type (expected .npy, .npz{})", if cfg!(feature = "hdf5") { ", .h5 or .hdf5" } else { "; HDF5 support is not built in" })]
     UnsupportedType,
 }
 
@@ -185,6 +188,7 @@ impl Problem {
             Problem::MissingStream { .. } => Reason::MissingStream,
             #[cfg(feature = "hdf5")]
             Problem::Hdf5 { .. } => Reason::Hdf5,
+            Problem::NotRegularFile => Reason::NotRegularFile,
             Problem::MissingDuration { .. } => Reason::MissingDuration,
             Problem::BadDuration(_) => Reason::BadDuration,
             Problem::BadSidecar { .. } => Reason::BadSidecar,
@@ -376,8 +380,8 @@ pub fn read_video(
     };
     let mut streams = match (FileKind::of(path), video.key.as_deref()) {
         (Some(FileKind::Npy), None) => {
-            let file = std::fs::File::open(path).map_err(|e| fail(e.into()))?;
-            let len = file.metadata().map_err(|e| fail(e.into()))?.len();
+            let file = open_input(path).map_err(fail)?;
+            let len = file.metadata().map_err(|e| fail(Problem::Io(e)))?.len();
             let features = npy::read(std::io::BufReader::new(file), len, &limits).map_err(fail)?;
             vec![Stream {
                 name: "features".into(),
@@ -406,6 +410,15 @@ pub fn read_video(
         duration,
         streams,
         primary,
+    })
+}
+
+/// Opens a feature file through [`crate::fsio::open_regular`], so a FIFO or device named like
+/// one is refused (permanently) instead of blocking or feeding bytes forever.
+pub(crate) fn open_input(path: &Path) -> Result<std::fs::File, Problem> {
+    crate::fsio::open_regular(path, true).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => Problem::NotRegularFile,
+        _ => Problem::Io(e),
     })
 }
 

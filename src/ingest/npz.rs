@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Every float member of the archive as a stream, each checked against `limits`.
 pub fn read(path: &Path, limits: &Limits) -> Result<Vec<Stream>, Problem> {
-    let file = std::fs::File::open(path)?;
+    let file = super::open_input(path)?;
     let mut archive =
         zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(archive_problem)?;
     let mut streams = Vec::with_capacity(archive.len());

@@ -4,6 +4,7 @@
 use super::{IngestError, Problem};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 /// A dataset-wide map from video id to duration (seconds).
@@ -84,18 +85,34 @@ impl Durations {
     }
 }
 
+/// Largest sidecar read: a duration and a frame rate need a few bytes, and a sidecar is read
+/// whole.
+pub const MAX_SIDECAR_BYTES: u64 = 1 << 20;
+
+/// A sidecar is an input like the feature file beside it: a regular file (a FIFO or a symlink
+/// to `/dev/zero` is refused, never waited on or read forever), at most
+/// [`MAX_SIDECAR_BYTES`], JSON nested no deeper than serde_json's limit of 128.
 fn read_sidecar(path: &Path) -> Result<Option<Sidecar>, Problem> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    let bad = |message: String| Problem::BadSidecar {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = match crate::fsio::open_regular(path, true) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return Err(bad(e.to_string())),
         Err(e) => return Err(Problem::Io(e)),
     };
+    let mut text = String::new();
+    file.take(MAX_SIDECAR_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() as u64 > MAX_SIDECAR_BYTES {
+        return Err(bad(format!("larger than {MAX_SIDECAR_BYTES} bytes")));
+    }
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| Problem::BadSidecar {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        .map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]

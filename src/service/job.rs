@@ -8,8 +8,8 @@ use super::record::{FileStat, InputRecord, QuarantineRecord, VideoResult};
 use super::Folders;
 use crate::config::GroupDurability;
 use crate::failure::{Failure, Reason, Stage};
-use crate::fsio::{probe, stage, Staged};
-use crate::ingest::{check_video_id, list_videos, FileKind, VideoRef};
+use crate::fsio::{open_regular, probe, stage, Staged};
+use crate::ingest::{check_video_id, list_videos, FileKind, VideoRef, MAX_SIDECAR_BYTES};
 use crate::processor::{ingest_failure, Processed, Source, StageTimes, VideoProcessor};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -265,11 +265,13 @@ fn check(path: &Path, meta: &std::fs::Metadata, follow_symlinks: bool) -> Result
 }
 
 /// xxh3-128 of the file and of its duration sidecar, so a changed sidecar also means new work.
+/// Both are opened as regular files only (see [`open_regular`]); a sidecar that is not one,
+/// or is larger than a sidecar may be, is left out: reading the video refuses it, with its
+/// reason.
 pub fn content_hash(path: &Path) -> std::io::Result<String> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 18];
-    let mut feed = |path: &Path| -> std::io::Result<()> {
-        let mut file = std::fs::File::open(path)?;
+    let mut feed = |mut file: std::fs::File| -> std::io::Result<()> {
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {
@@ -278,14 +280,24 @@ pub fn content_hash(path: &Path) -> std::io::Result<String> {
             hasher.update(&buf[..n]);
         }
     };
-    feed(path)?;
+    feed(open_regular(path, true)?)?;
     if let Some(sidecar) = sidecar_of(path) {
-        match feed(&sidecar) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => other?,
+        match open_regular(&sidecar, true) {
+            Ok(file) if file.metadata()?.len() <= MAX_SIDECAR_BYTES => feed(file)?,
+            Ok(_) => {}
+            Err(e) if is_refused_sidecar(&e) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(format!("{:032x}", hasher.digest128()))
+}
+
+/// A sidecar that is missing, or that reading the video will refuse.
+fn is_refused_sidecar(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
+    )
 }
 
 /// `<stem>.json` beside a single-video feature file.
