@@ -82,6 +82,7 @@ pub struct IngestConfig {
     pub features_per_second: f64,
     pub max_frames: usize,
     pub max_dim: usize,
+    pub max_bytes: u64,
     pub non_finite: NonFinitePolicy,
 }
 

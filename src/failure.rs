@@ -49,8 +49,10 @@ reasons! {
     UnsupportedDtype => "unsupported_dtype",
     /// Not (T, D) after squeezing length-1 axes.
     BadRank => "bad_rank",
-    /// Over `ingest.max_frames` or `ingest.max_dim`.
+    /// Over `ingest.max_frames`, `ingest.max_dim` or `ingest.max_bytes`.
     TooLarge => "too_large",
+    /// The memory for an input's features could not be allocated (retried, then quarantined).
+    OutOfMemory => "out_of_memory",
     /// T = 0.
     NoFrames => "no_frames",
     /// D = 0.

@@ -865,3 +865,42 @@ fn extreme_finite_features_never_wedge_the_ledger() {
     let vids = ["flat", "mixed", "after0", "after1", "after2"];
     service.check_outputs(&vids.map(String::from).into());
 }
+
+/// Inputs whose headers claim far more than they hold, or more than the byte budget allows:
+/// a header of shape (200000, 16384) float64 (26 GB) in a 100-byte .npy and inside an .npz, and a
+/// sparse .npy of 25 GB that takes 4 KB on disk. Each is quarantined `too_large` from its header
+/// or its size, before anything is allocated or hashed; the files after them are done.
+#[test]
+fn claims_beyond_the_byte_budget_are_refused_before_allocating() {
+    let mut service = Service::new(150, "");
+    service.start();
+    let inbox = service.inbox();
+    let hostile = npy("<f8", "(200000, 16384)", &[0u8; 64]);
+    std::fs::write(inbox.join("claims.npy"), &hostile).unwrap();
+    let mut archive = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    archive.start_file("clip.npy", stored).unwrap();
+    archive.write_all(&hostile).unwrap();
+    let npz = archive.finish().unwrap().into_inner();
+    std::fs::write(inbox.join("zipped.npz"), npz).unwrap();
+    let sparse = std::fs::File::create(inbox.join("sparse.npy")).unwrap();
+    (&sparse).write_all(&hostile).unwrap();
+    sparse.set_len(25_000_000_000).unwrap();
+    drop(sparse);
+    for i in 0..3 {
+        std::fs::write(inbox.join(format!("after{i}.npy")), good_npy(90, 16, i)).unwrap();
+    }
+    let status = service.wait_finished(6, Duration::from_secs(60));
+    let c = counts(&status);
+    assert_eq!((c["done"], c["quarantined"]), (3, 3), "{status:#}");
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    for stem in ["claims", "zipped", "sparse"] {
+        let record: Value = serde_json::from_slice(
+            &std::fs::read(service.path(&format!("q/{stem}.error.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record["reason"], "too_large", "{stem}: {record:#}");
+    }
+    service.check_outputs(&["after0", "after1", "after2"].map(String::from).into());
+}

@@ -58,6 +58,7 @@ pub fn read_anchors(folder: &Path) -> Result<(Vec<String>, Vec<Vec<f32>>), Capti
     let limits = Limits {
         max_frames: words.len().max(1),
         max_dim: 1 << 16,
+        max_bytes: 1 << 30,
     };
     let features = npy::read(std::io::BufReader::new(file), size, &limits)
         .map_err(|e| fail(&prototypes_path, e.to_string()))?;

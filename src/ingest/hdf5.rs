@@ -34,7 +34,8 @@ pub fn read(path: &Path, key: &str, dataset: &str, limits: &Limits) -> Result<Fe
     })?;
     let shape = data.shape();
     let (frames, dim) = squeeze_to_matrix(&shape)?;
-    limits.check(frames, dim)?;
+    // Read as f32 whatever the stored type: the budget counts what is decoded.
+    limits.check(frames, dim, 4)?;
     let values = data.read_raw::<f32>().map_err(problem)?;
     Ok(Features {
         frames,
@@ -69,6 +70,7 @@ mod tests {
         let limits = Limits {
             max_frames: 100,
             max_dim: 100,
+            max_bytes: u64::MAX,
         };
         let mut ids = list(&path).unwrap();
         ids.sort();
@@ -81,6 +83,7 @@ mod tests {
         let small = Limits {
             max_frames: 2,
             max_dim: 100,
+            max_bytes: u64::MAX,
         };
         assert!(matches!(
             read(&path, "v_abc", "c3d_features", &small),

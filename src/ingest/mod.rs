@@ -88,6 +88,20 @@ pub enum Problem {
     #[error("unsupported dtype '{0}' (float16, float32 and float64 are read)")]
     /// An element type other than float16, float32 and float64.
     UnsupportedDtype(String),
+    /// Decoding would take more memory than `ingest.max_bytes` allows.
+    #[error("decoding needs {bytes} bytes, over ingest.max_bytes = {max_bytes}")]
+    OverBudget {
+        /// What the header's shape needs (saturated at `u64::MAX`).
+        bytes: u64,
+        /// `ingest.max_bytes`, or what is left of it after the file's earlier streams.
+        max_bytes: u64,
+    },
+    /// The memory for the features cannot be had now (the allocation failed, not aborted).
+    #[error("cannot allocate {bytes} bytes for the features")]
+    OutOfMemory {
+        /// What was asked for.
+        bytes: u64,
+    },
     #[error("shape {shape:?} has rank != 2 after squeezing length-1 axes; expected (T, D)")]
     /// Not a matrix after squeezing length-1 axes.
     Rank {
@@ -189,6 +203,8 @@ impl Problem {
             #[cfg(feature = "hdf5")]
             Problem::Hdf5 { .. } => Reason::Hdf5,
             Problem::NotRegularFile => Reason::NotRegularFile,
+            Problem::OverBudget { .. } => Reason::TooLarge,
+            Problem::OutOfMemory { .. } => Reason::OutOfMemory,
             Problem::MissingDuration { .. } => Reason::MissingDuration,
             Problem::BadDuration(_) => Reason::BadDuration,
             Problem::BadSidecar { .. } => Reason::BadSidecar,
@@ -224,6 +240,8 @@ impl IngestError {
     pub fn is_transient(&self) -> bool {
         match &self.problem {
             Problem::Io(e) => e.kind() != std::io::ErrorKind::UnexpectedEof,
+            // Memory may be free again later; tries are counted, so this ends.
+            Problem::OutOfMemory { .. } => true,
             #[cfg(feature = "hdf5")]
             Problem::Hdf5 { source, .. } => source.to_string().contains("lock"),
             _ => false,
@@ -232,23 +250,46 @@ impl IngestError {
 }
 
 #[derive(Debug, Clone, Copy)]
-/// The largest features accepted, checked from the header before anything is read.
+/// The largest features accepted, checked from the header before anything is read or
+/// allocated: a header's claim is all a reader knows then, and the bytes behind it are read
+/// only up to what the limits allow.
 pub struct Limits {
     /// `ingest.max_frames`.
     pub max_frames: usize,
     /// `ingest.max_dim`.
     pub max_dim: usize,
+    /// `ingest.max_bytes`: what one input may take to decode, all its streams together.
+    pub max_bytes: u64,
 }
 
 impl Limits {
-    /// `TooLarge` when a claimed shape exceeds a limit.
-    pub fn check(&self, frames: usize, dim: usize) -> Result<(), Problem> {
+    /// The limits `config` sets.
+    pub fn of(config: &IngestConfig) -> Limits {
+        Limits {
+            max_frames: config.max_frames,
+            max_dim: config.max_dim,
+            max_bytes: config.max_bytes,
+        }
+    }
+
+    /// `TooLarge` when a claimed shape exceeds a limit, or its elements of `element_bytes`
+    /// each (as stored, and as the f32s they decode to) exceed the byte budget.
+    pub fn check(&self, frames: usize, dim: usize, element_bytes: usize) -> Result<(), Problem> {
         if frames > self.max_frames || dim > self.max_dim {
             return Err(Problem::TooLarge {
                 frames,
                 dim,
                 max_frames: self.max_frames,
                 max_dim: self.max_dim,
+            });
+        }
+        let bytes = (frames as u64)
+            .saturating_mul(dim as u64)
+            .saturating_mul(element_bytes.max(4) as u64);
+        if bytes > self.max_bytes {
+            return Err(Problem::OverBudget {
+                bytes,
+                max_bytes: self.max_bytes,
             });
         }
         Ok(())
@@ -374,10 +415,7 @@ pub fn read_video(
     let id = video.id();
     let fail = |problem| IngestError::new(path, video.key.as_deref(), problem);
     check_video_id(&id).map_err(fail)?;
-    let limits = Limits {
-        max_frames: config.max_frames,
-        max_dim: config.max_dim,
-    };
+    let limits = Limits::of(config);
     let mut streams = match (FileKind::of(path), video.key.as_deref()) {
         (Some(FileKind::Npy), None) => {
             let file = open_input(path).map_err(fail)?;

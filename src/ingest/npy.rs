@@ -38,7 +38,7 @@ struct Header {
 pub fn read(mut source: impl Read, available: u64, limits: &Limits) -> Result<Features, Problem> {
     let (header, header_bytes) = read_header(&mut source)?;
     let (frames, dim) = squeeze_to_matrix(&header.shape)?;
-    limits.check(frames, dim)?;
+    limits.check(frames, dim, header.dtype.size())?;
     let payload = (frames * dim * header.dtype.size()) as u64;
     let present = available.saturating_sub(header_bytes as u64);
     if present < payload {
@@ -47,14 +47,19 @@ pub fn read(mut source: impl Read, available: u64, limits: &Limits) -> Result<Fe
             found: present,
         });
     }
-    let mut raw = vec![0u8; payload as usize];
-    source.read_exact(&mut raw).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Problem::Truncated {
+    // `available` is what a file system or a zip directory claims, so it only refuses early;
+    // the bytes are read as they come and a source that ends short is truncated, whatever it
+    // claimed. An allocation that fails is an error, never an abort.
+    let mut raw = Vec::new();
+    raw.try_reserve_exact(payload as usize)
+        .map_err(|_| Problem::OutOfMemory { bytes: payload })?;
+    source.take(payload).read_to_end(&mut raw)?;
+    if (raw.len() as u64) < payload {
+        return Err(Problem::Truncated {
             expected: payload,
-            found: 0,
-        },
-        _ => Problem::Io(e),
-    })?;
+            found: raw.len() as u64,
+        });
+    }
     let values = decode(&raw, header.dtype, header.big_endian);
     let data = if header.fortran_order && frames > 1 && dim > 1 {
         transpose(&values, dim, frames)
@@ -250,6 +255,7 @@ mod tests {
         Limits {
             max_frames: 1000,
             max_dim: 1000,
+            max_bytes: u64::MAX,
         }
     }
 
@@ -337,6 +343,32 @@ mod tests {
         for (bytes, expected) in cases {
             let err = read_bytes(&bytes).unwrap_err().to_string();
             assert!(err.contains(expected), "expected '{expected}' in '{err}'");
+        }
+    }
+
+    /// A zip directory (or a sparse file) may claim 26 GB behind a header of a shape inside
+    /// the per-axis limits; the budget refuses it from the header, before any allocation.
+    #[test]
+    fn a_claimed_size_never_decides_an_allocation() {
+        let hostile = npy_bytes("<f8", false, "(200000, 16384)", &[0u8; 64]);
+        let budget = Limits {
+            max_frames: 200_000,
+            max_dim: 16_384,
+            max_bytes: 1 << 30,
+        };
+        let claimed = 26_000_000_000;
+        assert!(matches!(
+            read(hostile.as_slice(), claimed, &budget),
+            Err(Problem::OverBudget { max_bytes, .. }) if max_bytes == 1 << 30
+        ));
+        // Within the budget, a source that ends before what it claimed is truncated, found
+        // for what it really held.
+        let short = npy_bytes("<f4", false, "(100, 10)", &[0u8; 40]);
+        match read(short.as_slice(), 1 << 40, &limits()) {
+            Err(Problem::Truncated { expected, found }) => {
+                assert_eq!((expected, found), (4000, 40))
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -11,16 +11,24 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Vec<Stream>, Problem> {
     let mut archive =
         zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(archive_problem)?;
     let mut streams = Vec::with_capacity(archive.len());
+    // One budget for the whole file: each member may take what the earlier ones left.
+    let mut budget = *limits;
     for index in 0..archive.len() {
         let entry = archive.by_index(index).map_err(archive_problem)?;
         let Some(name) = entry.name().strip_suffix(".npy").map(str::to_string) else {
             continue;
         };
         let size = entry.size();
-        let features = npy::read(entry, size, limits).map_err(|problem| match problem {
+        let features = npy::read(entry, size, &budget).map_err(|problem| match problem {
             Problem::Io(e) => Problem::Archive(format!("member '{name}.npy': {e}")),
+            budget @ (Problem::TooLarge { .. }
+            | Problem::OverBudget { .. }
+            | Problem::OutOfMemory { .. }) => budget,
             other => Problem::BadHeader(format!("member '{name}.npy': {other}")),
         })?;
+        budget.max_bytes = budget
+            .max_bytes
+            .saturating_sub(features.data.len() as u64 * 4);
         streams.push(Stream { name, features });
     }
     if streams.is_empty() {
@@ -76,6 +84,7 @@ mod tests {
         let limits = Limits {
             max_frames: 10,
             max_dim: 10,
+            max_bytes: u64::MAX,
         };
         let streams = read(&path, &limits).unwrap();
         assert_eq!(streams.len(), 2);
@@ -97,6 +106,7 @@ mod tests {
         let limits = Limits {
             max_frames: 10,
             max_dim: 10,
+            max_bytes: u64::MAX,
         };
         let err = read(&path, &limits).unwrap_err().to_string();
         assert!(err.contains("archive"), "{err}");

@@ -157,7 +157,8 @@ pub fn examine(job: &Job, ctx: &Context) -> Result<Examined, Box<Outcome>> {
         }
     };
     let stat = FileStat::of(&meta);
-    if let Err(failure) = check(&job.path, &meta, follow) {
+    let max_bytes = ctx.processor.config().ingest.max_bytes;
+    if let Err(failure) = check(&job.path, &meta, follow, max_bytes) {
         return Err(Box::new(fail(job, ctx, Some(stat), None, failure)));
     }
     let hash = content_hash(&job.path).map_err(|e| {
@@ -219,9 +220,19 @@ pub fn process(job: &Job, ctx: &Context, examined: Examined) -> Outcome {
     }
 }
 
-/// Refuses what must not be read: symlinks (unless followed), and anything that is not a
-/// regular feature file. Opening a FIFO would block a worker forever.
-fn check(path: &Path, meta: &std::fs::Metadata, follow_symlinks: bool) -> Result<(), Failure> {
+/// Headers and zip directories a single-video file may hold beyond its features.
+const FILE_OVERHEAD_BYTES: u64 = 1 << 20;
+
+/// Refuses what must not be read: symlinks (unless followed), anything that is not a regular
+/// feature file (opening a FIFO would block a worker forever), and a single-video file larger
+/// than its features may be (`ingest.max_bytes`), before it is hashed: a sparse file claiming
+/// 25 GB would otherwise be read whole. HDF5 files hold many videos and are judged per video.
+fn check(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    follow_symlinks: bool,
+    max_bytes: u64,
+) -> Result<(), Failure> {
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(path)
             .map(|t| t.display().to_string())
@@ -259,6 +270,17 @@ fn check(path: &Path, meta: &std::fs::Metadata, follow_symlinks: bool) -> Result
             Reason::EmptyFile,
             Stage::Check,
             "is empty (0 bytes)",
+        ));
+    }
+    let single = matches!(FileKind::of(path), Some(FileKind::Npy | FileKind::Npz));
+    if single && meta.len() > max_bytes.saturating_add(FILE_OVERHEAD_BYTES) {
+        return Err(Failure::permanent(
+            Reason::TooLarge,
+            Stage::Check,
+            format!(
+                "is {} bytes, more than its features may take (ingest.max_bytes = {max_bytes})",
+                meta.len()
+            ),
         ));
     }
     Ok(())
