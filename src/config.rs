@@ -211,6 +211,7 @@ pub struct DaemonConfig {
     pub shard_videos: usize,
     pub shard_flush_ms: u64,
     pub metrics_addr: String,
+    pub metrics_public: bool,
 }
 
 // Mirrors a part of config/momentminer.toml, where each key is documented.

@@ -770,6 +770,47 @@ fn systemd_readiness_watchdog_metrics_and_one_instance_per_state_folder() {
         metrics.contains("momentminer_inputs{state=\"done\"}"),
         "{metrics}"
     );
+    // One client dripping a request, others holding connections open: /healthz still answers
+    // at once, and the drip is cut off at the request deadline.
+    let mut drip = std::net::TcpStream::connect(&addr).unwrap();
+    drip.write_all(b"GET /hea").unwrap();
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let asked = std::time::Instant::now();
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?} beside a slow client",
+        asked.elapsed()
+    );
+    let mut cut = String::new();
+    std::io::Read::read_to_string(&mut drip, &mut cut).unwrap();
+    assert!(cut.starts_with("HTTP/1.1 408"), "{cut}");
+    drop(idle);
+    // A request line that never ends is refused past 8 KiB, not held in memory. (9 KiB: all of
+    // it is read before the refusal, so the socket closes cleanly and the answer arrives.)
+    let mut flood = std::net::TcpStream::connect(&addr).unwrap();
+    flood.write_all(&[b'A'; 9 << 10]).unwrap();
+    let mut refused = String::new();
+    std::io::Read::read_to_string(&mut flood, &mut refused).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
+    // Served beyond loopback only when the config says so.
+    let public = momentminer(&[
+        "watch",
+        "--config",
+        p(&service.config()),
+        "--set",
+        "daemon.metrics_addr=0.0.0.0:0",
+        "--set",
+        &format!("daemon.state={}", p(&service.path("state-public"))),
+    ]);
+    assert_eq!(public.status.code(), Some(2));
+    assert!(
+        text(&public).contains("daemon.metrics_public"),
+        "{}",
+        text(&public)
+    );
     let second = momentminer(&["watch", "--config", p(&service.config())]);
     assert_eq!(second.status.code(), Some(2));
     assert!(

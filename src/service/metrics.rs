@@ -3,7 +3,7 @@
 
 use super::record::State;
 use crate::processor::StageTimes;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -242,28 +242,100 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own; returns the bound
-/// address (useful with port 0).
+/// A request line and headers longer than this are refused (431), as Apache and nginx do.
+const MAX_REQUEST_BYTES: usize = 8 << 10;
+/// A request must arrive whole within this; a client that drips it is cut off (408).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Requests answered at once; connections beyond these and the few waiting are dropped.
+const HANDLERS: usize = 4;
+
+/// Serves `/metrics` and `/healthz` on `addr`; returns the bound address (port 0 picks one).
+///
+/// No single client can block or bloat it: [`HANDLERS`] threads answer, each request must
+/// arrive whole within [`REQUEST_DEADLINE`] and [`MAX_REQUEST_BYTES`], and a connection that
+/// finds every handler busy and the short queue full is closed at once. Written here rather
+/// than with `tiny_http`, which has no limit on a request's headers (tiny-http issue 56): a
+/// client sending gigabytes without a newline would grow the daemon by as much.
 pub fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let (queue, waiting) = std::sync::mpsc::sync_channel::<TcpStream>(HANDLERS);
+    let waiting = Arc::new(std::sync::Mutex::new(waiting));
+    for i in 0..HANDLERS {
+        let (waiting, metrics) = (waiting.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name(format!("momentminer-http-{i}"))
+            .spawn(move || loop {
+                let next = waiting.lock().map(|rx| rx.recv());
+                let Ok(Ok(stream)) = next else {
+                    return;
+                };
+                if let Err(e) = answer(stream, &metrics) {
+                    tracing::debug!("metrics request failed: {e}");
+                }
+            })?;
+    }
     std::thread::Builder::new()
         .name("momentminer-metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &metrics) {
-                    tracing::debug!("metrics request failed: {e}");
+                if queue.try_send(stream).is_err() {
+                    tracing::debug!("metrics: every handler busy, a connection was dropped");
                 }
             }
         })?;
     Ok(bound)
 }
 
+/// Reads one request within the deadline and the size cap, then answers it.
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = String::new();
-    BufReader::new(&stream).read_line(&mut request)?;
-    let target = request.split_whitespace().nth(1).unwrap_or("");
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let mut request = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let complete = loop {
+        if request.windows(4).any(|w| w == b"\r\n\r\n") || request.windows(2).any(|w| w == b"\n\n")
+        {
+            break true;
+        }
+        if request.len() > MAX_REQUEST_BYTES {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            );
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break request.contains(&b'\n'),
+            Ok(n) => request.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if !complete {
+        return respond(
+            &mut stream,
+            "408 Request Timeout",
+            "text/plain",
+            "request too slow\n",
+        );
+    }
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let target = line.split_whitespace().nth(1).unwrap_or("");
     let (status, kind, body) = match target {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         "/healthz" if metrics.healthy() => ("200 OK", "text/plain", "ok\n".to_string()),
@@ -278,6 +350,10 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
             "try /metrics or /healthz\n".to_string(),
         ),
     };
+    respond(&mut stream, status, kind, &body)
+}
+
+fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> std::io::Result<()> {
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -24,7 +24,7 @@ use metrics::Metrics;
 use record::{format_time, now_ms, InputRecord};
 use recorder::Recorder;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -85,6 +85,12 @@ pub enum ServiceError {
     /// The worker pool cannot start.
     #[error("cannot start worker threads: {0}")]
     Threads(#[from] rayon::ThreadPoolBuildError),
+    /// The metrics address is not a loopback address and `daemon.metrics_public` is off.
+    #[error("daemon.metrics_addr {addr} can be reached from the network; use a loopback address (127.0.0.1:9464), or set daemon.metrics_public = true to serve /metrics and /healthz there")]
+    PublicMetrics {
+        /// `daemon.metrics_addr`.
+        addr: String,
+    },
     /// The metrics address cannot be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -274,11 +280,17 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
     let metrics_addr = match config.daemon.metrics_addr.as_str() {
         "" => None,
         addr => {
-            let bound =
-                metrics::serve(addr, metrics.clone()).map_err(|source| ServiceError::Metrics {
+            let fail = |source| ServiceError::Metrics {
+                addr: addr.to_string(),
+                source,
+            };
+            let resolved: Vec<SocketAddr> = addr.to_socket_addrs().map_err(fail)?.collect();
+            if !config.daemon.metrics_public && !resolved.iter().all(|a| a.ip().is_loopback()) {
+                return Err(ServiceError::PublicMetrics {
                     addr: addr.to_string(),
-                    source,
-                })?;
+                });
+            }
+            let bound = metrics::serve(addr, metrics.clone()).map_err(fail)?;
             tracing::info!(addr = %bound, "serving /metrics and /healthz");
             Some(bound)
         }
