@@ -212,6 +212,7 @@ pub struct DaemonConfig {
     pub shard_flush_ms: u64,
     pub metrics_addr: String,
     pub metrics_public: bool,
+    pub stall_s: u64,
 }
 
 // Mirrors a part of config/momentminer.toml, where each key is documented.

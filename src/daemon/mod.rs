@@ -22,6 +22,7 @@ use crate::fsio::probe;
 use crate::queue::{QueueError, Redis};
 use crate::service::job::{self, Context, Job, Outcome};
 use crate::service::ledger::Change;
+use crate::service::metrics::Stalled;
 use crate::service::record::{now_ms, FileStat, InputRecord, State};
 use crate::service::recorder::{Finish, Urgency};
 use crate::service::{self, notify_systemd, Event, Finished, Role, Service, ServiceError};
@@ -702,9 +703,20 @@ impl Daemon {
             pid: std::process::id(),
             rescans: self.rescans,
             waiting: (self.settling.len() + self.ready.len() + self.in_flight) as u64,
+            stalled: self.service.metrics.stalled(),
         };
-        if self.published == Some(activity) {
+        if self.published.as_ref() == Some(&activity) {
             return;
+        }
+        let known = |s: &&Stalled| {
+            self.published.as_ref().is_some_and(|p| {
+                p.stalled
+                    .iter()
+                    .any(|o| o.thread == s.thread && o.input == s.input)
+            })
+        };
+        for stalled in activity.stalled.iter().filter(|s| !known(s)) {
+            tracing::warn!(input = %stalled.input, thread = %stalled.thread, seconds = stalled.seconds, "a worker is stalled on one input (daemon.stall_s); /healthz answers 503 until it is done");
         }
         let json = serde_json::to_string(&activity).unwrap_or_default();
         match self.service.recorder.ledger().set_meta(ACTIVITY_KEY, &json) {

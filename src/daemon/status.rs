@@ -1,6 +1,7 @@
 //! `momentminer status`: what the ledger says, read while the daemon runs (or after).
 
 use crate::service::ledger::{Ledger, LedgerError};
+use crate::service::metrics::Stalled;
 use crate::service::record::{format_time, now_ms, State};
 use serde::Serialize;
 use std::fmt;
@@ -47,7 +48,7 @@ pub struct Status {
 }
 
 /// What the running watcher is doing; published once a second while it changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Activity {
     /// The process it describes.
     pub pid: u32,
@@ -55,6 +56,9 @@ pub struct Activity {
     pub rescans: u64,
     /// Files settling, ready or being processed.
     pub waiting: u64,
+    /// Workers on one input for longer than `daemon.stall_s`.
+    #[serde(default)]
+    pub stalled: Vec<Stalled>,
 }
 
 /// The ledger meta key [`Activity`] is kept under.
@@ -205,6 +209,13 @@ impl fmt::Display for Status {
             .map(|(state, n)| format!("{n} {state}"))
             .collect();
         writeln!(f, "inputs      {}", counts.join(", "))?;
+        for stalled in self.activity.iter().flat_map(|a| &a.stalled) {
+            writeln!(
+                f,
+                "stalled     {} on {} for {} s (daemon.stall_s)",
+                stalled.thread, stalled.input, stalled.seconds
+            )?;
+        }
         writeln!(
             f,
             "results     {} videos, {} pseudo-labels in {} shards",

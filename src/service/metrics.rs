@@ -3,10 +3,13 @@
 
 use super::record::State;
 use crate::processor::StageTimes;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Upper bounds (seconds) of the processing-time histogram buckets.
@@ -32,6 +35,21 @@ pub struct Metrics {
     processing_us: AtomicU64,
     /// Microseconds spent per stage, in [`StageTimes::named`]'s order.
     stage_us: [AtomicU64; 7],
+    /// Each busy worker thread's input and when it took it.
+    running: Mutex<HashMap<String, (PathBuf, Instant)>>,
+    /// A job running this long is stalled (`daemon.stall_s`).
+    stall: Duration,
+}
+
+/// A worker that has been on one input longer than `daemon.stall_s`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stalled {
+    /// The worker thread.
+    pub thread: String,
+    /// The input it is on.
+    pub input: String,
+    /// For how long, whole seconds.
+    pub seconds: u64,
 }
 
 impl Default for Metrics {
@@ -54,6 +72,8 @@ impl Default for Metrics {
             buckets: Default::default(),
             processing_us: AtomicU64::new(0),
             stage_us: Default::default(),
+            running: Mutex::default(),
+            stall: Duration::from_secs(120),
         }
     }
 }
@@ -61,6 +81,42 @@ impl Default for Metrics {
 impl Metrics {
     fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Metrics that call a job running longer than `stall` stalled.
+    pub fn with_stall_limit(stall: Duration) -> Metrics {
+        Metrics {
+            stall,
+            ..Metrics::default()
+        }
+    }
+
+    /// Worker `thread` took `input`.
+    pub fn job_started(&self, thread: &str, input: &Path) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.insert(thread.to_string(), (input.to_path_buf(), Instant::now()));
+    }
+
+    /// Worker `thread` is done with its input.
+    pub fn job_finished(&self, thread: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.remove(thread);
+    }
+
+    /// The workers on one input for longer than the stall limit, longest first.
+    pub fn stalled(&self) -> Vec<Stalled> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stalled: Vec<Stalled> = running
+            .iter()
+            .filter(|(_, (_, since))| since.elapsed() >= self.stall)
+            .map(|(thread, (input, since))| Stalled {
+                thread: thread.clone(),
+                input: input.display().to_string(),
+                seconds: since.elapsed().as_secs(),
+            })
+            .collect();
+        stalled.sort_by(|a, b| b.seconds.cmp(&a.seconds).then(a.thread.cmp(&b.thread)));
+        stalled
     }
 
     /// The main loop turned: what `/healthz` checks.
@@ -128,13 +184,14 @@ impl Metrics {
         self.working.store(working, Relaxed);
     }
 
-    /// Whether the main loop turned in the last 10 s and the ledger accepts commits.
+    /// Whether the main loop turned in the last 10 s, the ledger accepts commits and no worker
+    /// is stalled on one input.
     pub fn healthy(&self) -> bool {
-        let stalled = self
+        let stuck_loop = self
             .uptime_ms()
             .saturating_sub(self.heartbeat_ms.load(Relaxed))
             > 10_000;
-        !stalled && self.failing_commits.load(Relaxed) < 5
+        !stuck_loop && self.failing_commits.load(Relaxed) < 5 && self.stalled().is_empty()
     }
 
     /// Prometheus text exposition of everything above.
@@ -342,7 +399,10 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
         "/healthz" => (
             "503 Service Unavailable",
             "text/plain",
-            "unhealthy: the main loop is stalled or the ledger refuses commits\n".to_string(),
+            format!(
+                "unhealthy: the main loop is stalled, the ledger refuses commits, or a worker is stuck: {:?}\n",
+                metrics.stalled()
+            ),
         ),
         _ => (
             "404 Not Found",
@@ -359,4 +419,29 @@ fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> std:
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_past_the_stall_limit_is_named_and_health_fails() {
+        let metrics = Metrics::with_stall_limit(Duration::ZERO);
+        metrics.heartbeat();
+        assert!(metrics.healthy());
+        metrics.job_started("momentminer-worker-1", Path::new("/in/stuck.npy"));
+        let stalled = metrics.stalled();
+        assert_eq!(stalled.len(), 1);
+        assert_eq!(
+            (stalled[0].thread.as_str(), stalled[0].input.as_str()),
+            ("momentminer-worker-1", "/in/stuck.npy")
+        );
+        assert!(!metrics.healthy());
+        metrics.job_finished("momentminer-worker-1");
+        assert!(metrics.healthy());
+        let patient = Metrics::with_stall_limit(Duration::from_secs(3600));
+        patient.job_started("momentminer-worker-0", Path::new("/in/slow.npy"));
+        assert!(patient.stalled().is_empty());
+    }
 }

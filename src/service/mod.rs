@@ -276,7 +276,8 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
         .thread_name(|i| format!("momentminer-worker-{i}"))
         .build()?;
     let ctx = Arc::new(context(&config, &role, &folders, &owners)?);
-    let metrics = Arc::new(Metrics::default());
+    let stall = std::time::Duration::from_secs(config.daemon.stall_s);
+    let metrics = Arc::new(Metrics::with_stall_limit(stall));
     let metrics_addr = match config.daemon.metrics_addr.as_str() {
         "" => None,
         addr => {
@@ -382,7 +383,13 @@ impl Service {
         let metrics = self.metrics.clone();
         self.pool.spawn(move || {
             let started = Instant::now();
+            let thread = std::thread::current()
+                .name()
+                .unwrap_or("worker")
+                .to_string();
+            metrics.job_started(&thread, &job.path);
             let outcome = work(&job, &ctx);
+            metrics.job_finished(&thread);
             metrics.observe_processing(started.elapsed());
             let _ = tx.send(Event::Finished(Box::new(Finished {
                 job,
