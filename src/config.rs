@@ -226,6 +226,7 @@ pub struct QueueConfig {
     pub dead_letter: String,
     pub max_attempts: u32,
     pub consumer: String,
+    pub roots: Vec<PathBuf>,
     pub claim_idle_ms: u64,
     pub block_ms: u64,
     pub in_flight: usize,

@@ -100,12 +100,14 @@ impl Cluster {
              [ingest]\nfeatures_per_second = 2.0\n\n[daemon]\ninbox = \"{}\"\noutput = \"{}\"\n\
              quarantine = \"{}\"\nstate = \"{}\"\nworkers = 2\ncommit_ms = 20\n\
              shard_flush_ms = 100\n\n[queue]\nurl = \"{}\"\nclaim_idle_ms = {claim_idle_ms}\nblock_ms = 200\n\
-             reconnect_base_ms = 50\nreconnect_max_ms = 500\n{extra}\n",
+             reconnect_base_ms = 50\nreconnect_max_ms = 500\nroots = [\"{}\", \"{}\"]\n{extra}\n",
             p(&root.path().join("in")),
             p(&root.path().join("out")),
             p(&root.path().join("q")),
             p(&root.path().join("state")),
             redis.url(),
+            p(&root.path().join("in")),
+            p(&root.path().join("inputs")),
         );
         std::fs::write(root.path().join("config.toml"), config).unwrap();
         Cluster {
@@ -339,15 +341,20 @@ fn a_poison_message_ends_in_the_dead_letters_with_its_error() {
     let vids = make_inputs(&inputs, 5, 0, 32);
     cluster.enqueue(&inputs);
     // Enqueued, then gone before any worker could read it.
-    let doomed = cluster.path("doomed.npy");
+    let doomed = inputs.join("doomed.npy");
     std::fs::write(&doomed, b"soon gone").unwrap();
     cluster.enqueue(&doomed);
     std::fs::remove_file(&doomed).unwrap();
+    // A real file, but outside queue.roots: never read, whatever the message says.
+    let outside = cluster.path("elsewhere/secret.npy");
+    std::fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    std::fs::write(&outside, b"not for workers").unwrap();
+    cluster.enqueue(&outside);
     cluster.start_worker("w1");
     cluster.start_worker("w2");
     wait_until(Duration::from_secs(60), || {
         let status = cluster.queue_status();
-        let dead = status["dead_letters"] == 1 && status["pending"] == 0;
+        let dead = status["dead_letters"] == 2 && status["pending"] == 0;
         done_or(dead, || format!("{status:#}"))
     });
     cluster.wait_drained(5, Duration::from_secs(60));
@@ -366,8 +373,12 @@ fn a_poison_message_ends_in_the_dead_letters_with_its_error() {
     let dead = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(dead.contains(p(&doomed)), "{dead}");
     assert!(dead.contains("does not exist"), "{dead}");
+    assert!(dead.contains("outside_roots"), "{dead}");
+    assert!(!cluster.path("out/proposals/secret.json").exists());
+    // The doomed message's own fields: its path, then its error and attempts.
     let fields: Vec<&str> = dead.lines().collect();
-    let attempts = fields.iter().position(|l| *l == "attempts").unwrap();
+    let at = fields.iter().position(|l| *l == p(&doomed)).unwrap();
+    let attempts = at + fields[at..].iter().position(|l| *l == "attempts").unwrap();
     assert_eq!(fields[attempts + 1], "3", "{dead}");
     cluster.merge_and_check(&vids);
 }

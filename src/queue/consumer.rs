@@ -13,7 +13,7 @@ use crate::service::recorder::{Finish, Urgency};
 use crate::service::{self, notify_systemd, Event, Finished, Role, Service};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,48 @@ pub fn consumer_name(config: &Config) -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".into())
+}
+
+/// `queue.roots` (or the inbox when it is empty), with symlinks resolved where they exist.
+fn resolved_roots(config: &Config) -> Vec<PathBuf> {
+    let roots = match config.queue.roots.as_slice() {
+        [] => std::slice::from_ref(&config.daemon.inbox),
+        roots => roots,
+    };
+    roots
+        .iter()
+        .map(|root| {
+            root.canonicalize().unwrap_or_else(|e| {
+                tracing::warn!(root = %root.display(), "queue root cannot be resolved: {e}");
+                lexical(root)
+            })
+        })
+        .collect()
+}
+
+/// Whether `path`, with symlinks and `..` resolved, lies under one of `roots`. A path that does
+/// not exist is judged as written, `..` taken away lexically.
+fn within(path: &Path, roots: &[PathBuf]) -> bool {
+    let resolved = path.canonicalize().unwrap_or_else(|_| lexical(path));
+    roots.iter().any(|root| resolved.starts_with(root))
+}
+
+/// `path` made absolute with `.` and `..` taken away, without touching the file system.
+fn lexical(path: &Path) -> PathBuf {
+    let absolute = std::env::current_dir()
+        .map(|cwd| cwd.join(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 struct Consumer {
@@ -44,6 +86,8 @@ struct Consumer {
     own_pending_first: bool,
     last_claim: Instant,
     stopping: Option<Instant>,
+    /// `queue.roots`, resolved: the only folders inputs are read from.
+    roots: Vec<PathBuf>,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains: in-flight messages are finished (or left pending for
@@ -58,6 +102,7 @@ pub fn run(config: Config) -> Result<(), QueueError> {
     let backoff = Backoff::new(&config.queue);
     let (mut service, events) = service::open(config, Role::Consumer { name: name.clone() })?;
     let known = std::mem::take(&mut service.inputs).into_iter().collect();
+    let roots = resolved_roots(&service.config);
     tracing::info!(
         consumer = %name,
         stream = %service.config.queue.stream,
@@ -77,6 +122,7 @@ pub fn run(config: Config) -> Result<(), QueueError> {
         own_pending_first: true,
         last_claim: Instant::now(),
         stopping: None,
+        roots,
     };
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     consumer.serve(&events);
@@ -303,6 +349,15 @@ impl Consumer {
                 );
                 continue;
             };
+            if !within(&path, &self.roots) {
+                let error = format!(
+                    "outside_roots: {} is outside queue.roots {:?}; not read",
+                    path.display(),
+                    self.roots
+                );
+                self.dead_letter(&message.id, Some(&path), deliveries, &error);
+                continue;
+            }
             if deliveries > self.service.config.queue.max_attempts as usize {
                 let error = self.last_error(&message.id);
                 self.dead_letter(&message.id, Some(&path), deliveries - 1, &error);
@@ -448,5 +503,29 @@ impl Consumer {
             }
             Err(e) => self.redis_failed("cannot acknowledge", e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_under_a_root_are_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("shared");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/v.npz"), b"x").unwrap();
+        let roots = [root.canonicalize().unwrap()];
+        assert!(within(&root.join("a/v.npz"), &roots));
+        assert!(within(&root.join("a/missing.npz"), &roots));
+        assert!(!within(&root.join("../../elsewhere/x.npz"), &roots));
+        assert!(!within(Path::new("/etc/passwd"), &roots));
+        let escape = root.join("a/escape.npz");
+        std::os::unix::fs::symlink("/etc/hostname", &escape).unwrap();
+        assert!(
+            !within(&escape, &roots),
+            "a symlink out of the root is outside it"
+        );
     }
 }
