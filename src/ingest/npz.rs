@@ -2,14 +2,17 @@
 //! deflated).
 
 use super::{npy, Features, Limits, Problem, Stream};
-use std::io::{Seek, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 /// Every float member of the archive as a stream, each checked against `limits`.
 pub fn read(path: &Path, limits: &Limits) -> Result<Vec<Stream>, Problem> {
-    let file = super::open_input(path)?;
-    let mut archive =
-        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(archive_problem)?;
+    read_from(std::io::BufReader::new(super::open_input(path)?), limits)
+}
+
+/// [`read`] from any source: the members of one budget, `limits.max_bytes`, all together.
+pub fn read_from(source: impl Read + Seek, limits: &Limits) -> Result<Vec<Stream>, Problem> {
+    let mut archive = zip::ZipArchive::new(source).map_err(archive_problem)?;
     let mut streams = Vec::with_capacity(archive.len());
     // One budget for the whole file: each member may take what the earlier ones left.
     let mut budget = *limits;
