@@ -73,6 +73,9 @@ reasons! {
     BadSidecar => "bad_sidecar",
     /// A video id that cannot name an output file.
     BadVideoId => "bad_video_id",
+    /// A file name the file system or the product cannot use: not UTF-8, or its outputs'
+    /// names would be too long.
+    BadName => "bad_name",
     /// Not a feature file type.
     UnsupportedType => "unsupported_type",
     /// A symlink while `daemon.follow_symlinks` is off.

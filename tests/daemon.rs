@@ -945,3 +945,38 @@ fn claims_beyond_the_byte_budget_are_refused_before_allocating() {
     }
     service.check_outputs(&["after0", "after1", "after2"].map(String::from).into());
 }
+
+/// A stem of 251 bytes is a legal name whose result file's name is not; a name that is not
+/// UTF-8 names no video id. Each is quarantined `bad_name` at once, with a record of its own,
+/// instead of being retried forever. An output folder deleted under the daemon is made again.
+#[test]
+fn bad_names_end_in_quarantine_and_deleted_folders_come_back() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut service = Service::new(150, "");
+    service.start();
+    let inbox = service.inbox();
+    let long = "v".repeat(251);
+    std::fs::write(inbox.join(format!("{long}.npy")), good_npy(60, 16, 1)).unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"clip\xff.npy");
+    std::fs::write(inbox.join(odd), good_npy(60, 16, 2)).unwrap();
+    std::fs::write(inbox.join("fine.npy"), good_npy(60, 16, 3)).unwrap();
+    let status = service.wait_finished(3, Duration::from_secs(60));
+    let c = counts(&status);
+    assert_eq!((c["done"], c["quarantined"]), (1, 2), "{status:#}");
+    let records: Vec<Value> = files_in(&service.path("q"))
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "one record each: {records:#?}");
+    assert!(
+        records.iter().all(|r| r["reason"] == "bad_name"),
+        "{records:#?}"
+    );
+    // The output folder deleted while the daemon runs: the next result makes it again.
+    std::fs::remove_dir_all(service.path("out/proposals")).unwrap();
+    std::fs::write(inbox.join("after.npy"), good_npy(60, 16, 4)).unwrap();
+    let status = service.wait_finished(4, Duration::from_secs(60));
+    assert_eq!(counts(&status)["done"], 2, "{status:#}");
+    assert!(service.path("out/proposals/after.json").exists());
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}

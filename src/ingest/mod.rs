@@ -175,6 +175,9 @@ pub enum Problem {
     #[error("video id '{0}' cannot name an output file (empty, '.', '..', or contains a path separator or NUL)")]
     /// A video id that cannot name an output file.
     BadVideoId(String),
+    /// A file name that cannot name a video: not UTF-8.
+    #[error("the file name {0:?} is not UTF-8, so it names no video id; rename the file")]
+    BadName(String),
     /// A FIFO, socket or device where a file was expected.
     #[error("not a regular file (a FIFO, socket or device)")]
     NotRegularFile,
@@ -188,6 +191,7 @@ impl Problem {
     pub fn code(&self) -> Reason {
         match self {
             Problem::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Reason::Truncated,
+            Problem::Io(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => Reason::BadName,
             Problem::Io(_) => Reason::Io,
             Problem::BadMagic => Reason::BadMagic,
             Problem::BadHeader(_) => Reason::BadHeader,
@@ -203,6 +207,7 @@ impl Problem {
             #[cfg(feature = "hdf5")]
             Problem::Hdf5 { .. } => Reason::Hdf5,
             Problem::NotRegularFile => Reason::NotRegularFile,
+            Problem::BadName(_) => Reason::BadName,
             Problem::OverBudget { .. } => Reason::TooLarge,
             Problem::OutOfMemory { .. } => Reason::OutOfMemory,
             Problem::MissingDuration { .. } => Reason::MissingDuration,
@@ -239,7 +244,10 @@ impl IngestError {
     /// its writer still holds locked; format problems never do.
     pub fn is_transient(&self) -> bool {
         match &self.problem {
-            Problem::Io(e) => e.kind() != std::io::ErrorKind::UnexpectedEof,
+            Problem::Io(e) => {
+                e.kind() != std::io::ErrorKind::UnexpectedEof
+                    && e.raw_os_error() != Some(libc::ENAMETOOLONG)
+            }
             // Memory may be free again later; tries are counted, so this ends.
             Problem::OutOfMemory { .. } => true,
             #[cfg(feature = "hdf5")]
@@ -391,7 +399,16 @@ pub fn list_videos(path: &Path) -> Result<Vec<VideoRef>, IngestError> {
         }]
     };
     match FileKind::of(path) {
-        Some(FileKind::Npy | FileKind::Npz) => Ok(single()),
+        Some(FileKind::Npy | FileKind::Npz) => {
+            // The stem is the video id, and ids are text: a name that is not UTF-8 would be
+            // read as some other id (and two such names as the same one).
+            let stem = path.file_stem().unwrap_or_default();
+            if stem.to_str().is_none() {
+                let problem = Problem::BadName(stem.to_string_lossy().into_owned());
+                return Err(IngestError::new(path, None, problem));
+            }
+            Ok(single())
+        }
         #[cfg(feature = "hdf5")]
         Some(FileKind::Hdf5) => Ok(hdf5::list(path)
             .map_err(|problem| IngestError::new(path, None, problem))?

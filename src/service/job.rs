@@ -314,12 +314,13 @@ pub fn content_hash(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:032x}", hasher.digest128()))
 }
 
-/// A sidecar that is missing, or that reading the video will refuse.
+/// A sidecar that is missing (or cannot exist, its name being too long), or that reading the
+/// video will refuse.
 fn is_refused_sidecar(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
-    )
+    ) || e.raw_os_error() == Some(libc::ENAMETOOLONG)
 }
 
 /// `<stem>.json` beside a single-video feature file.
@@ -408,6 +409,19 @@ fn process_video(
     *times += spent;
     let write_started = std::time::Instant::now();
     let target = ctx.folders.proposals.join(format!("{}.json", result.vid));
+    // Checked before staging: in a group commit the rename comes later, for the whole group,
+    // and a name the file system refuses would hold every other result back with it.
+    let name = target.file_name().map_or(0, |n| n.len());
+    if name > NAME_MAX {
+        return Err(Failure::permanent(
+            Reason::BadName,
+            Stage::Write,
+            format!(
+                "its result's name would be {name} bytes, more than the file system takes \
+                 ({NAME_MAX}); shorten the video id"
+            ),
+        ));
+    }
     let bytes = serde_json::to_vec(&result)
         .map_err(|e| Failure::permanent(Reason::Serialise, Stage::Write, e.to_string()))?;
     let written = match ctx.processor.config().daemon.durability {
@@ -440,17 +454,21 @@ fn quarantine_record(
     QuarantineRecord::new(job.path.display().to_string(), vid, failure, attempts)
 }
 
+/// Longest file name most file systems take.
+const NAME_MAX: usize = 255;
+
 /// `quarantine/<vid>.error.json`; inputs whose name gives no usable id get a name made from
-/// their file name with separators and leading dots replaced.
+/// their file name with separators and leading dots replaced. Every input gets a name of its
+/// own that the file system takes: one too long, or from a name that is not UTF-8 (whose
+/// readable form two names may share), is cut and given a hash of the input's whole name.
 fn quarantine_path(dir: &Path, input: &Path, vid: Option<&str>) -> PathBuf {
+    const SUFFIX: &str = ".error.json";
+    let stem = input.file_stem().unwrap_or_default();
+    let readable = stem.to_string_lossy();
     let name = match vid {
         Some(vid) if check_video_id(vid).is_ok() => vid.to_string(),
         _ => {
-            let stem = input
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let cleaned: String = stem
+            let cleaned: String = readable
                 .chars()
                 .map(|c| {
                     if matches!(c, '/' | '\\' | '\0') {
@@ -466,7 +484,16 @@ fn quarantine_path(dir: &Path, input: &Path, vid: Option<&str>) -> PathBuf {
             }
         }
     };
-    dir.join(format!("{name}.error.json"))
+    let lossy = stem.to_str().is_none();
+    if !lossy && name.len() + SUFFIX.len() <= NAME_MAX {
+        return dir.join(format!("{name}{SUFFIX}"));
+    }
+    let mut cut = name.len().min(NAME_MAX - SUFFIX.len() - 17);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = xxhash_rust::xxh3::xxh3_64(input.as_os_str().as_encoded_bytes());
+    dir.join(format!("{}~{hash:016x}{SUFFIX}", &name[..cut]))
 }
 
 fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Failure> {
@@ -490,10 +517,12 @@ fn write_now(ctx: &Context, target: &Path, bytes: &[u8]) -> Result<(), Failure> 
 }
 
 fn cannot_write(target: &Path, e: std::io::Error) -> Failure {
-    Failure::io(
-        Stage::Write,
-        format!("cannot write {}: {e}", target.display()),
-    )
+    let message = format!("cannot write {}: {e}", target.display());
+    match e.raw_os_error() {
+        // Trying again will not shorten the name.
+        Some(libc::ENAMETOOLONG) => Failure::permanent(Reason::BadName, Stage::Write, message),
+        _ => Failure::io(Stage::Write, message),
+    }
 }
 
 /// A failed job: retried while attempts remain and the failure may pass, else quarantined.
@@ -617,6 +646,32 @@ mod tests {
         assert_eq!(
             quarantine_path(dir, Path::new("/in/...evil.npy"), Some("a/b")),
             dir.join("evil.error.json")
+        );
+    }
+
+    #[test]
+    fn quarantine_names_fit_and_are_one_per_input() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = Path::new("/q");
+        let long = "v".repeat(250);
+        let path = quarantine_path(
+            dir,
+            &Path::new("/in").join(format!("{long}.npy")),
+            Some(&long),
+        );
+        let name = path.file_name().unwrap().len();
+        assert!(name <= NAME_MAX, "{name} bytes");
+        let odd = |byte: u8| {
+            let mut raw = b"/in/clip".to_vec();
+            raw.push(byte);
+            raw.extend_from_slice(b".npy");
+            PathBuf::from(std::ffi::OsStr::from_bytes(&raw))
+        };
+        let (a, b) = (odd(0xfe), odd(0xff));
+        assert_ne!(
+            quarantine_path(dir, &a, None),
+            quarantine_path(dir, &b, None),
+            "two names that read alike keep a record each"
         );
     }
 }
