@@ -14,19 +14,20 @@
 
 mod inbox;
 pub mod retrain;
+mod settle;
 pub mod status;
 
 use crate::config::{Config, ConfigError, DaemonConfig};
 use crate::failure::{Failure, Stage};
-use crate::fsio::probe;
 use crate::queue::{QueueError, Redis};
 use crate::service::job::{self, Context, Job, Outcome};
 use crate::service::ledger::Change;
 use crate::service::metrics::Stalled;
-use crate::service::record::{now_ms, FileStat, InputRecord, State};
+use crate::service::record::{now_ms, InputRecord, State};
 use crate::service::recorder::{Finish, Urgency};
 use crate::service::{self, notify_systemd, Event, Finished, Role, Service, ServiceError};
 use inbox::Inbox;
+use settle::Settling;
 use status::{Activity, ACTIVITY_KEY};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -65,12 +66,6 @@ struct Entry {
     in_flight: bool,
     /// Something happened to the file while it was in flight: look again when it returns.
     recheck: bool,
-}
-
-struct Settling {
-    stat: FileStat,
-    since: Instant,
-    deadline: Instant,
 }
 
 struct Daemon {
@@ -356,114 +351,6 @@ impl Daemon {
         }
     }
 
-    fn rescan(&mut self, why: &str) {
-        let started = Instant::now();
-        let (files, failures) = crate::ingest::walk(&self.service.folders.inbox);
-        for (path, e) in failures {
-            tracing::warn!(path = %path.display(), "cannot list: {e}");
-        }
-        let found = files.len();
-        for file in files {
-            self.observe(&file, false);
-        }
-        self.rescans += 1;
-        self.next_rescan = Instant::now() + Duration::from_secs(self.settings().rescan_s.max(1));
-        tracing::debug!(
-            why,
-            found,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "rescanned the inbox"
-        );
-    }
-
-    /// Something may have happened to `path`: decide whether it needs (re)processing and, if
-    /// so, start waiting for it to settle.
-    fn observe(&mut self, path: &Path, forced: bool) {
-        let Ok(rel) = path.strip_prefix(&self.service.folders.inbox) else {
-            return;
-        };
-        let hidden = rel
-            .components()
-            .any(|c| crate::ingest::is_temporary_name(&c.as_os_str().to_string_lossy()));
-        if hidden || rel.as_os_str().is_empty() {
-            return;
-        }
-        let Ok(meta) = probe(path, self.settings().follow_symlinks) else {
-            self.settling.remove(path);
-            return;
-        };
-        if meta.file_type().is_symlink() && path.is_dir() {
-            // Symlinked folders are never entered, as in rescans: they can form cycles.
-            return;
-        }
-        if meta.is_dir() && !path.is_symlink() {
-            // A folder moved in brings files that produced no events of their own, and files
-            // written into a new folder before its watch was added produce none either: look
-            // now, and rescan once they had time to settle.
-            let (files, _) = crate::ingest::walk(path);
-            for file in files {
-                self.observe(&file, forced);
-            }
-            let soon = Instant::now() + 2 * Duration::from_millis(self.settings().settle_ms);
-            self.next_rescan = self.next_rescan.min(soon);
-            return;
-        }
-        if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        {
-            // A duration sidecar changes the result of the feature file beside it.
-            for ext in ["npy", "npz"] {
-                let sibling = path.with_extension(ext);
-                if self.index.contains_key(&sibling) || sibling.exists() {
-                    self.observe(&sibling, true);
-                }
-            }
-            return;
-        }
-        let stat = FileStat::of(&meta);
-        if let Some(entry) = self.index.get_mut(path) {
-            if entry.in_flight {
-                entry.recheck = true;
-                return;
-            }
-            let same = entry.record.stat == Some(stat);
-            let waiting = match entry.record.state {
-                Some(state) => state.is_final() || state == State::Retry,
-                None => false,
-            };
-            if same && waiting && !forced {
-                return;
-            }
-        }
-        let now = Instant::now();
-        let settle = Duration::from_millis(self.settings().settle_ms);
-        let since = match self.settling.get(path) {
-            Some(s) if s.stat == stat => s.since,
-            _ => now,
-        };
-        // Also wait until the file's own change time is `settle` old, which covers a writer
-        // that changed it just before we first looked.
-        let changed = [meta.modified(), meta_ctime(&meta)]
-            .into_iter()
-            .filter_map(|t| t.ok())
-            .max();
-        let age = changed
-            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-            .unwrap_or(settle);
-        let deadline = (since + settle).max(now + settle.saturating_sub(age));
-        self.settling.insert(
-            path.to_path_buf(),
-            Settling {
-                stat,
-                since,
-                deadline,
-            },
-        );
-        self.settle_queue
-            .push(Reverse((deadline, path.to_path_buf())));
-    }
-
     fn tick(&mut self) {
         if self.stop_deadline.is_none() {
             self.retrainer
@@ -524,27 +411,6 @@ impl Daemon {
             }
         }
         self.update_gauges(now);
-    }
-
-    fn check_settled(&mut self, path: PathBuf, now: Instant) {
-        let follow = self.settings().follow_symlinks;
-        match probe(&path, follow) {
-            Err(_) => {
-                self.settling.remove(&path);
-            }
-            Ok(meta) => {
-                let unchanged = self
-                    .settling
-                    .get(&path)
-                    .is_some_and(|s| s.stat == FileStat::of(&meta));
-                if unchanged {
-                    self.settling.remove(&path);
-                    self.ready.push_back((path, now));
-                } else {
-                    self.observe(&path, true);
-                }
-            }
-        }
     }
 
     fn dispatch(&mut self) {
@@ -724,10 +590,4 @@ impl Daemon {
             Err(e) => tracing::warn!("cannot publish the daemon's activity: {e}"),
         }
     }
-}
-
-fn meta_ctime(meta: &std::fs::Metadata) -> std::io::Result<std::time::SystemTime> {
-    use std::os::unix::fs::MetadataExt;
-    let secs = u64::try_from(meta.ctime()).map_err(std::io::Error::other)?;
-    Ok(std::time::UNIX_EPOCH + Duration::new(secs, meta.ctime_nsec() as u32))
 }
