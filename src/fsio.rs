@@ -23,12 +23,6 @@ pub fn is_temporary_output(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".tmp")
 }
 
-/// Makes a folder that was deleted while it was in use, saying so.
-fn recreate(dir: &Path) -> std::io::Result<()> {
-    tracing::warn!(folder = %dir.display(), "the folder was deleted while in use; making it again");
-    std::fs::create_dir_all(dir)
-}
-
 /// Writes to a hidden temporary name in the same folder, then renames over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -54,11 +48,6 @@ impl Staged {
     pub fn publish(&self) -> std::io::Result<()> {
         match std::fs::rename(&self.temp, &self.target) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.target.exists() => Ok(()),
-            // The target's folder was deleted under a running daemon: make it again.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.temp.exists() => {
-                recreate(self.folder())?;
-                std::fs::rename(&self.temp, &self.target)
-            }
             other => other,
         }
     }
@@ -101,13 +90,7 @@ pub fn stage(dir: &Path, path: &Path, bytes: &[u8], sync_data: bool) -> std::io:
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = match std::fs::File::create(&temp) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                recreate(dir)?;
-                std::fs::File::create(&temp)?
-            }
-            other => other?,
-        };
+        let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
         if sync_data {
             file.sync_data()?;

@@ -426,7 +426,7 @@ fn process_video(
         .map_err(|e| Failure::permanent(Reason::Serialise, Stage::Write, e.to_string()))?;
     let written = match ctx.processor.config().daemon.durability {
         GroupDurability::Group => Written::Staged(
-            stage(&ctx.folders.staging, &target, &bytes, false)
+            in_folders(ctx, || stage(&ctx.folders.staging, &target, &bytes, false))
                 .map_err(|e| cannot_write(&target, e))?,
         ),
         GroupDurability::File => {
@@ -511,9 +511,22 @@ fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Fai
 /// Writes a file durably at once: fsynced under a temporary name in this process's staging
 /// folder (where a crash's leftovers are found and removed), then renamed into place.
 fn write_now(ctx: &Context, target: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    stage(&ctx.folders.staging, target, bytes, true)
-        .and_then(|staged| staged.publish())
-        .map_err(|e| cannot_write(target, e))
+    in_folders(ctx, || {
+        stage(&ctx.folders.staging, target, bytes, true).and_then(|staged| staged.publish())
+    })
+    .map_err(|e| cannot_write(target, e))
+}
+
+/// Runs a write into the service's folders; when one of them was deleted under the running
+/// service, makes them again (saying so) and tries once more.
+fn in_folders<T>(ctx: &Context, write: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+    match write() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            ctx.folders.make_missing()?;
+            write()
+        }
+        other => other,
+    }
 }
 
 fn cannot_write(target: &Path, e: std::io::Error) -> Failure {

@@ -188,6 +188,18 @@ impl Folders {
         })
     }
 
+    /// Makes again, saying so, any folder results and records are written to that was deleted
+    /// while the service runs: without them no result could be written or committed.
+    pub fn make_missing(&self) -> std::io::Result<()> {
+        for dir in [&self.staging, &self.proposals, &self.quarantine] {
+            if !dir.is_dir() {
+                tracing::warn!(folder = %dir.display(), "an output folder was deleted while in use; making it again");
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The output folder the proposals, dataset and models live in.
     pub fn output(&self) -> &Path {
         self.proposals.parent().unwrap_or(&self.proposals)

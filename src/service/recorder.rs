@@ -219,7 +219,9 @@ impl Recorder {
             return false;
         }
         let result = self
-            .ensure_folders()
+            .folders
+            .make_missing()
+            .map_err(|e| format!("cannot make the output folders again: {e}"))
             .and_then(|()| self.publish_outputs())
             .and_then(|()| {
                 if !self.wrote_outputs {
@@ -260,22 +262,6 @@ impl Recorder {
                 false
             }
         }
-    }
-
-    /// Makes again any output folder deleted while the service runs, saying so: a commit
-    /// flushes and renames into them, and without them it could never succeed.
-    fn ensure_folders(&self) -> Result<(), String> {
-        let folders = [
-            &self.folders.proposals,
-            &self.folders.quarantine,
-            &self.folders.staging,
-        ];
-        for dir in folders.into_iter().filter(|dir| !dir.is_dir()) {
-            tracing::warn!(folder = %dir.display(), "an output folder was deleted while in use; making it again");
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot make {} again: {e}", dir.display()))?;
-        }
-        Ok(())
     }
 
     /// Makes the staged results of this group durable with one syncfs, then renames them into
