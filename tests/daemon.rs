@@ -980,3 +980,67 @@ fn bad_names_end_in_quarantine_and_deleted_folders_come_back() {
     assert!(service.path("out/proposals/after.json").exists());
     assert!(service.terminate(Duration::from_secs(30)).success());
 }
+
+/// The daemon's peak memory (VmHWM) while it takes a deflate bomb (a member whose header
+/// claims 32 MiB, followed by 256 MiB of zeros that compress to almost nothing) and a sparse
+/// 25 GB file stays under max_bytes × workers + 256 MiB.
+#[test]
+fn peak_memory_stays_within_the_byte_budget() {
+    const BUDGET: u64 = 64 << 20;
+    let mut service = Service::new(150, "workers = 2");
+    let config = std::fs::read_to_string(service.config()).unwrap();
+    let config = config.replacen(
+        "features_per_second = 2.0\n",
+        &format!("features_per_second = 2.0\nmax_bytes = {BUDGET}\n"),
+        1,
+    );
+    std::fs::write(service.config(), config).unwrap();
+    service.start();
+    let inbox = service.inbox();
+    let mut archive = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(true);
+    archive.start_file("clip.npy", deflated).unwrap();
+    archive.write_all(&npy("<f4", "(8192, 1024)", &[])).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..288 {
+        archive.write_all(&zeros).unwrap();
+    }
+    std::fs::write(
+        inbox.join("bomb.npz"),
+        archive.finish().unwrap().into_inner(),
+    )
+    .unwrap();
+    let sparse = std::fs::File::create(inbox.join("sparse.npy")).unwrap();
+    (&sparse)
+        .write_all(&npy("<f4", "(8192, 1024)", &[]))
+        .unwrap();
+    sparse.set_len(25_000_000_000).unwrap();
+    drop(sparse);
+    std::fs::write(inbox.join("after.npy"), good_npy(90, 16, 1)).unwrap();
+    let status = service.wait_finished(3, Duration::from_secs(120));
+    let pid = service.child.as_ref().unwrap().id();
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kb: u64 = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    let c = counts(&status);
+    assert_eq!(
+        c["done"], 2,
+        "the bomb's claimed 32 MiB is within budget: {status:#}"
+    );
+    assert_eq!(
+        c["quarantined"], 1,
+        "the sparse file is too large: {status:#}"
+    );
+    let bound_kb = (2 * BUDGET + (256 << 20)) >> 10;
+    eprintln!("peak RSS {peak_kb} kB, bound {bound_kb} kB");
+    assert!(
+        peak_kb < bound_kb,
+        "peak RSS {peak_kb} kB over {bound_kb} kB"
+    );
+}
