@@ -982,7 +982,7 @@ fn bad_names_end_in_quarantine_and_deleted_folders_come_back() {
 }
 
 /// The daemon's peak memory (VmHWM) while it takes a deflate bomb (a member whose header
-/// claims 32 MiB, followed by 256 MiB of zeros that compress to almost nothing) and a sparse
+/// claims 32 MiB and that holds 288 MiB of zeros, compressed to almost nothing) and a sparse
 /// 25 GB file stays under max_bytes × workers + 256 MiB.
 #[test]
 fn peak_memory_stays_within_the_byte_budget() {
