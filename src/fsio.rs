@@ -124,6 +124,12 @@ pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether the file system refused a name for its length (ENAMETOOLONG): trying again never
+/// helps, and a file by that name cannot exist.
+pub fn is_name_too_long(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENAMETOOLONG)
+}
+
 /// Opens `path` for reading only if it is a regular file, without ever blocking: opened with
 /// `O_NONBLOCK` (a FIFO opens at once instead of waiting for a writer) and checked with
 /// `fstat` on what was opened (no race with a rename), so a FIFO, a socket or a device (a

@@ -191,7 +191,7 @@ impl Problem {
     pub fn code(&self) -> Reason {
         match self {
             Problem::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Reason::Truncated,
-            Problem::Io(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => Reason::BadName,
+            Problem::Io(e) if crate::fsio::is_name_too_long(e) => Reason::BadName,
             Problem::Io(_) => Reason::Io,
             Problem::BadMagic => Reason::BadMagic,
             Problem::BadHeader(_) => Reason::BadHeader,
@@ -245,8 +245,7 @@ impl IngestError {
     pub fn is_transient(&self) -> bool {
         match &self.problem {
             Problem::Io(e) => {
-                e.kind() != std::io::ErrorKind::UnexpectedEof
-                    && e.raw_os_error() != Some(libc::ENAMETOOLONG)
+                e.kind() != std::io::ErrorKind::UnexpectedEof && !crate::fsio::is_name_too_long(e)
             }
             // Memory may be free again later; tries are counted, so this ends.
             Problem::OutOfMemory { .. } => true,

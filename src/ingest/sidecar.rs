@@ -100,10 +100,7 @@ fn read_sidecar(path: &Path) -> Result<Option<Sidecar>, Problem> {
     let file = match crate::fsio::open_regular(path, true) {
         Ok(file) => file,
         // No sidecar, or none can exist: its name would be too long for the file system.
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc::ENAMETOOLONG) =>
-        {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || crate::fsio::is_name_too_long(&e) => {
             return Ok(None)
         }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return Err(bad(e.to_string())),

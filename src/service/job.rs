@@ -8,7 +8,7 @@ use super::record::{FileStat, InputRecord, QuarantineRecord, VideoResult};
 use super::Folders;
 use crate::config::GroupDurability;
 use crate::failure::{Failure, Reason, Stage};
-use crate::fsio::{open_regular, probe, stage, Staged};
+use crate::fsio::{is_name_too_long, open_regular, probe, stage, Staged};
 use crate::ingest::{check_video_id, list_videos, FileKind, VideoRef, MAX_SIDECAR_BYTES};
 use crate::processor::{ingest_failure, Processed, Source, StageTimes, VideoProcessor};
 use std::collections::{HashMap, HashSet};
@@ -320,7 +320,7 @@ fn is_refused_sidecar(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
-    ) || e.raw_os_error() == Some(libc::ENAMETOOLONG)
+    ) || is_name_too_long(e)
 }
 
 /// `<stem>.json` beside a single-video feature file.
@@ -531,10 +531,10 @@ fn in_folders<T>(ctx: &Context, write: impl Fn() -> std::io::Result<T>) -> std::
 
 fn cannot_write(target: &Path, e: std::io::Error) -> Failure {
     let message = format!("cannot write {}: {e}", target.display());
-    match e.raw_os_error() {
-        // Trying again will not shorten the name.
-        Some(libc::ENAMETOOLONG) => Failure::permanent(Reason::BadName, Stage::Write, message),
-        _ => Failure::io(Stage::Write, message),
+    if is_name_too_long(&e) {
+        Failure::permanent(Reason::BadName, Stage::Write, message)
+    } else {
+        Failure::io(Stage::Write, message)
     }
 }
 
