@@ -197,6 +197,7 @@ pub struct DaemonConfig {
     pub state: PathBuf,
     pub workers: usize,
     pub max_in_flight: usize,
+    pub max_in_flight_bytes: u64,
     pub settle_ms: u64,
     pub rescan_s: u64,
     pub follow_symlinks: bool,
@@ -472,6 +473,11 @@ impl Config {
                 "must be at least 1",
             ),
             ("daemon.commit_max", d.commit_max >= 1, "must be at least 1"),
+            (
+                "daemon.max_in_flight_bytes",
+                d.max_in_flight_bytes == 0 || d.max_in_flight_bytes >= self.ingest.max_bytes,
+                "must be 0 (automatic) or at least ingest.max_bytes",
+            ),
             (
                 "daemon.shard_videos",
                 d.shard_videos >= 1,

@@ -26,7 +26,7 @@ pub fn is_temporary_output(name: &str) -> bool {
 /// Writes to a hidden temporary name in the same folder, then renames over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let staged = stage(dir, path, bytes, durability != Durability::None)?;
+    let mut staged = stage(dir, path, bytes, durability != Durability::None)?;
     staged.publish()?;
     if durability == Durability::Full {
         sync_dir(staged.folder())?;
@@ -35,21 +35,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::i
 }
 
 /// A whole file under a hidden temporary name, waiting to be renamed into place; the caller
-/// may make many durable at once ([`sync_filesystem`]) before publishing them.
+/// may make many durable at once ([`sync_filesystem`]) before publishing them. It keeps its
+/// bytes until then: a temporary file deleted before its publish (its folder removed by hand
+/// while a group waited for its commit) is written again rather than lost.
 #[derive(Debug)]
 pub struct Staged {
     temp: PathBuf,
     target: PathBuf,
+    bytes: Vec<u8>,
+    published: bool,
 }
 
 impl Staged {
-    /// Renames the file into place. Publishing twice is harmless, so a caller may retry a group
-    /// in which some renames already happened.
-    pub fn publish(&self) -> std::io::Result<()> {
-        match std::fs::rename(&self.temp, &self.target) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.target.exists() => Ok(()),
-            other => other,
+    /// Renames the file into place, writing it again (data fsynced) if its temporary file is
+    /// gone. Publishing twice is harmless, so a caller may retry a group in which some renames
+    /// already happened.
+    pub fn publish(&mut self) -> std::io::Result<()> {
+        if self.published {
+            return Ok(());
         }
+        match std::fs::rename(&self.temp, &self.target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.temp.exists() => {
+                write_temp(&self.temp, &self.bytes, true)?;
+                std::fs::rename(&self.temp, &self.target)?;
+            }
+            other => other?,
+        }
+        self.published = true;
+        self.bytes = Vec::new();
+        Ok(())
     }
 
     /// Where it will be published.
@@ -66,8 +80,26 @@ impl Staged {
 /// A staged file that is dropped unpublished (its result was thrown away) leaves nothing.
 impl Drop for Staged {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.temp);
+        if !self.published {
+            let _ = std::fs::remove_file(&self.temp);
+        }
     }
+}
+
+/// Writes `bytes` to `temp` (made anew), fsynced if `sync_data`; a partial file is removed.
+fn write_temp(temp: &Path, bytes: &[u8], sync_data: bool) -> std::io::Result<()> {
+    let result = (|| {
+        let mut file = std::fs::File::create(temp)?;
+        file.write_all(bytes)?;
+        if sync_data {
+            file.sync_data()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(temp);
+    }
+    result
 }
 
 /// Writes `bytes` to a hidden temporary name in `dir` (fsynced with `sync_data`); nothing is
@@ -89,21 +121,12 @@ pub fn stage(dir: &Path, path: &Path, bytes: &[u8], sync_data: bool) -> std::io:
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        if sync_data {
-            file.sync_data()?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
+    write_temp(&temp, bytes, sync_data)?;
     Ok(Staged {
         temp,
         target: path.to_path_buf(),
+        bytes: bytes.to_vec(),
+        published: false,
     })
 }
 
@@ -173,7 +196,7 @@ mod tests {
     fn staged_files_appear_only_when_published() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.json");
-        let staged = stage(dir.path(), &path, b"whole", false).unwrap();
+        let mut staged = stage(dir.path(), &path, b"whole", false).unwrap();
         assert!(!path.exists());
         staged.publish().unwrap();
         staged.publish().unwrap();
@@ -182,6 +205,21 @@ mod tests {
         drop(stage(dir.path(), &path, b"thrown away", true).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_staged_file_deleted_before_its_publish_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join(".staging");
+        std::fs::create_dir(&staging).unwrap();
+        let path = dir.path().join("out.json");
+        let mut staged = stage(&staging, &path, b"kept in memory", false).unwrap();
+        std::fs::remove_dir_all(&staging).unwrap();
+        assert!(staged.publish().is_err(), "no folder to write it again in");
+        std::fs::create_dir(&staging).unwrap();
+        staged.publish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept in memory");
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     }
 
     #[test]

@@ -33,10 +33,23 @@ impl Service {
     fn with_sections(settle_ms: u64, extra: &str, sections: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
+        // The tests' own defaults, unless `extra` sets the key.
+        let defaults: String = [
+            "commit_ms = 20",
+            "shard_videos = 300",
+            "shard_flush_ms = 100",
+        ]
+        .into_iter()
+        .filter(|line| {
+            let key = line.split(' ').next().unwrap();
+            !extra.lines().any(|l| l.split(' ').next() == Some(key))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
         let config = format!(
             "{sections}\n[ingest]\nfeatures_per_second = 2.0\n\n[daemon]\ninbox = \"{}\"\noutput = \"{}\"\n\
-             quarantine = \"{}\"\nstate = \"{}\"\nsettle_ms = {settle_ms}\ncommit_ms = 20\n\
-             shard_videos = 300\nshard_flush_ms = 100\nretry_base_ms = 100\n{extra}\n",
+             quarantine = \"{}\"\nstate = \"{}\"\nsettle_ms = {settle_ms}\n{defaults}\
+             retry_base_ms = 100\n{extra}\n",
             p(&root.join("in")),
             p(&root.join("out")),
             p(&root.join("q")),
@@ -1043,4 +1056,106 @@ fn peak_memory_stays_within_the_byte_budget() {
         peak_kb < bound_kb,
         "peak RSS {peak_kb} kB over {bound_kb} kB"
     );
+}
+
+/// Two inputs with one video id: the second is quarantined `duplicate_video_id`, and taken
+/// again once the first is deleted. In an HDF5 file, a key too long to name a result file is
+/// quarantined alone; the file's other videos are done.
+#[test]
+fn a_duplicate_is_taken_when_its_winner_goes_and_a_bad_hdf5_key_costs_only_itself() {
+    let mut service = Service::new(150, "");
+    service.start();
+    let inbox = service.inbox();
+    for folder in ["a", "b"] {
+        std::fs::create_dir_all(inbox.join(folder)).unwrap();
+    }
+    std::fs::write(inbox.join("a/dd.npy"), good_npy(60, 16, 1)).unwrap();
+    service.wait_finished(1, Duration::from_secs(60));
+    std::fs::write(inbox.join("b/dd.npy"), good_npy(70, 16, 2)).unwrap();
+    let long_key = "k".repeat(300);
+    {
+        let file = hdf5::File::create(inbox.join("many.h5")).unwrap();
+        for (i, key) in ["good1", long_key.as_str(), "good2"]
+            .into_iter()
+            .enumerate()
+        {
+            let data = ndarray::Array2::<f32>::from_shape_fn((50 + i * 10, 16), |(t, d)| {
+                ((t / 10 + 1) * (d % 5 + 1)) as f32 + ((t * 7 + d * 3) % 5) as f32 * 0.1
+            });
+            file.create_group(key)
+                .unwrap()
+                .new_dataset_builder()
+                .with_data(&data)
+                .create("c3d_features")
+                .unwrap();
+        }
+        file.close().unwrap();
+    }
+    let status = service.wait_finished(3, Duration::from_secs(60));
+    let c = counts(&status);
+    assert_eq!((c["done"], c["quarantined"]), (2, 1), "{status:#}");
+    let record = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(service.path(&format!("q/{name}"))).unwrap()).unwrap()
+    };
+    let duplicate = record("dd.error.json");
+    assert_eq!(duplicate["reason"], "duplicate_video_id", "{duplicate:#}");
+    assert!(duplicate["input"].as_str().unwrap().ends_with("b/dd.npy"));
+    for good in ["good1", "good2"] {
+        assert!(service.path(&format!("out/proposals/{good}.json")).exists());
+    }
+    let long_records: Vec<Value> = files_in(&service.path("q"))
+        .iter()
+        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("kkk"))
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect();
+    assert_eq!(long_records.len(), 1, "{long_records:#?}");
+    assert_eq!(long_records[0]["reason"], "bad_name");
+    assert_eq!(long_records[0]["vid"], long_key.as_str());
+    // The winner goes: the loser takes the id, and its own features are what is published.
+    std::fs::remove_file(inbox.join("a/dd.npy")).unwrap();
+    wait_until(Duration::from_secs(60), || {
+        let status = service.status();
+        let c = counts(&status);
+        done_or(c["quarantined"] == 0 && c["done"] == 3, || format!("{c:?}"))
+    });
+    let published: Value =
+        serde_json::from_slice(&std::fs::read(service.path("out/proposals/dd.json")).unwrap())
+            .unwrap();
+    // 70 steps at 2 per second: b's, not a's 60.
+    assert_eq!(published["duration"].as_f64(), Some(35.0), "{published:#}");
+    assert!(!service.path("q/dd.error.json").exists());
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
+
+/// A ledger deleted together with half the inputs: at the restart the daemon starts a new
+/// ledger and redoes what is left, and the shards the old ledger wrote are removed, so no
+/// video is in the dataset twice and none of the deleted ones is.
+#[test]
+fn shards_of_a_deleted_ledger_are_removed_at_start_up() {
+    let mut service = Service::new(100, "shard_videos = 3\n");
+    let vids = make_inputs(&service.inbox(), 12, 0, 16);
+    service.start();
+    service.wait_finished(12, Duration::from_secs(120));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    let shards_before = files_in(&service.path("out/dataset")).len();
+    assert!(shards_before >= 4 * 3, "{shards_before} shard files");
+    for file in files_in(&service.path("state")) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("ledger.sqlite") {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+    let mut kept = HashSet::new();
+    for (i, vid) in vids.iter().enumerate() {
+        if i % 2 == 0 {
+            std::fs::remove_file(service.inbox().join(format!("{vid}.npy"))).unwrap();
+            std::fs::remove_file(service.path(&format!("out/proposals/{vid}.json"))).unwrap();
+        } else {
+            kept.insert(vid.clone());
+        }
+    }
+    service.start();
+    service.wait_finished(6, Duration::from_secs(120));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    service.check_outputs(&kept);
 }

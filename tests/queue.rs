@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    check_results, done_or, files_in, http_get, make_inputs, momentminer, p, text, wait_exit,
-    wait_until,
+    check_results, done_or, files_in, good_npy, http_get, make_inputs, momentminer, p, text,
+    wait_exit, wait_until,
 };
 use serde_json::Value;
 use std::collections::HashSet;
@@ -451,4 +451,42 @@ fn a_consumer_serves_metrics_like_the_watcher() {
         assert!(metrics.contains(expected), "{expected}\n{metrics}");
     }
     cluster.stop_all();
+}
+
+/// Two inputs with one video id, taken by two workers that never met: the second is
+/// quarantined `duplicate_video_id` (the owners are shared through Redis), so `proposals/`
+/// holds the first one's result and `merge` agrees with it.
+#[test]
+fn two_workers_never_publish_one_video_id_twice() {
+    let mut cluster = Cluster::new(150, "");
+    let inputs = cluster.path("inputs");
+    for folder in ["a", "b"] {
+        std::fs::create_dir_all(inputs.join(folder)).unwrap();
+    }
+    std::fs::write(inputs.join("a/dd.npy"), good_npy(60, 32, 1)).unwrap();
+    std::fs::write(inputs.join("b/dd.npy"), good_npy(70, 32, 2)).unwrap();
+    assert_eq!(cluster.enqueue(&inputs.join("a/dd.npy")), 1);
+    cluster.start_worker("w1");
+    cluster.wait_drained(1, Duration::from_secs(60));
+    cluster.stop_all();
+    assert_eq!(cluster.enqueue(&inputs.join("b/dd.npy")), 1);
+    cluster.start_worker("w2");
+    wait_until(Duration::from_secs(60), || {
+        let status = cluster.queue_status();
+        let record = cluster.path("q/dd.error.json");
+        done_or(
+            record.exists() && status["pending"] == 0 && status["lag"] == 0,
+            || format!("{status:#}"),
+        )
+    });
+    cluster.stop_all();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(cluster.path("q/dd.error.json")).unwrap()).unwrap();
+    assert_eq!(record["reason"], "duplicate_video_id", "{record:#}");
+    assert!(record["message"].as_str().unwrap().contains("a/dd.npy"));
+    let published: Value =
+        serde_json::from_slice(&std::fs::read(cluster.path("out/proposals/dd.json")).unwrap())
+            .unwrap();
+    assert_eq!(published["duration"].as_f64(), Some(30.0), "a's 60 steps");
+    cluster.merge_and_check(&["dd".to_string()].into());
 }

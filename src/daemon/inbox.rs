@@ -28,12 +28,15 @@ impl Inbox {
                         Change::Rescan("the kernel's event queue overflowed".into())
                     }
                     Ok(event) => match event.kind {
+                        // A removal matters too: the video ids its file held are free
+                        // again for an input quarantined as their duplicate.
                         EventKind::Create(_)
                         | EventKind::Modify(_)
+                        | EventKind::Remove(_)
                         | EventKind::Access(AccessKind::Close(AccessMode::Write))
                         | EventKind::Any
                         | EventKind::Other => Change::Paths(event.paths),
-                        EventKind::Access(_) | EventKind::Remove(_) => return,
+                        EventKind::Access(_) => return,
                     },
                     Err(e) => Change::Rescan(format!("watch error: {e}")),
                 };

@@ -18,7 +18,7 @@ mod settle;
 pub mod status;
 
 use crate::config::{Config, ConfigError, DaemonConfig};
-use crate::failure::{Failure, Stage};
+use crate::failure::{Failure, Reason, Stage};
 use crate::queue::{QueueError, Redis};
 use crate::service::job::{self, Context, Job, Outcome};
 use crate::service::ledger::Change;
@@ -171,7 +171,11 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         published: None,
     };
     daemon.rescan("start-up");
-    daemon.retry_caption_quarantines("start-up");
+    // What was refused for the caption settings or a video id another input held may pass
+    // now: the settings or that input may have changed while the daemon was down.
+    daemon.retake_quarantined("start-up", |reason| {
+        reason.is_caption() || reason == Reason::DuplicateVideoId
+    });
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     daemon.serve(events);
     drop(watcher);
@@ -323,26 +327,27 @@ impl Daemon {
     }
 
     /// Inputs quarantined for what the caption settings ask of them (a stream the file lacks,
-    /// features as wide as no text tower) may be fine under other settings: they are taken
-    /// again, as if their content had changed.
+    /// features as wide as no text tower) may be fine under other settings.
     fn retry_caption_quarantines(&mut self, why: &str) {
+        self.retake_quarantined(why, Reason::is_caption);
+    }
+
+    /// Takes again, as if their content had changed, the inputs quarantined for a reason that
+    /// may no longer hold: caption settings that changed, or a video id whose other input
+    /// is gone.
+    pub(super) fn retake_quarantined(&mut self, why: &str, wanted: impl Fn(Reason) -> bool) {
         let paths: Vec<PathBuf> = self
             .index
             .iter()
             .filter(|(_, e)| {
-                e.record.state == Some(State::Quarantined)
-                    && e.record.reason.is_some_and(|r| r.is_caption())
+                e.record.state == Some(State::Quarantined) && e.record.reason.is_some_and(&wanted)
             })
             .map(|(path, _)| path.clone())
             .collect();
         if paths.is_empty() {
             return;
         }
-        tracing::info!(
-            inputs = paths.len(),
-            why,
-            "taking again the inputs quarantined for their caption settings"
-        );
+        tracing::info!(inputs = paths.len(), why, "taking quarantined inputs again");
         for path in paths {
             if let Some(entry) = self.index.get_mut(&path) {
                 entry.record.hash = None;

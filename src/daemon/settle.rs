@@ -4,6 +4,7 @@
 //! needs work and when it is ready.
 
 use super::Daemon;
+use crate::failure::Reason;
 use crate::fsio::probe;
 use crate::service::record::{FileStat, State};
 use std::cmp::Reverse;
@@ -53,6 +54,15 @@ impl Daemon {
         }
         let Ok(meta) = probe(path, self.settings().follow_symlinks) else {
             self.settling.remove(path);
+            let held_ids = self
+                .index
+                .get(path)
+                .is_some_and(|e| !e.record.vids.is_empty());
+            if held_ids {
+                self.retake_quarantined("an input holding video ids is gone", |reason| {
+                    reason == Reason::DuplicateVideoId
+                });
+            }
             return;
         };
         if meta.file_type().is_symlink() && path.is_dir() {

@@ -5,6 +5,7 @@
 //! and acknowledges (XACK) only what is committed. A message delivered `max_attempts` times
 //! without success goes to the dead-letter stream with its last error.
 
+use super::owners::RedisOwners;
 use super::{path_arg, Backoff, QueueError, Redis, RedisError};
 use crate::config::Config;
 use crate::service::job::{self, Outcome};
@@ -101,6 +102,10 @@ pub fn run(config: Config) -> Result<(), QueueError> {
     let redis = Redis::open(&config.queue.url)?;
     let backoff = Backoff::new(&config.queue);
     let (mut service, events) = service::open(config, Role::Consumer { name: name.clone() })?;
+    service.share_owners(Box::new(RedisOwners::new(
+        Redis::open(&service.config.queue.url)?,
+        &service.config.queue.stream,
+    )));
     let known = std::mem::take(&mut service.inputs).into_iter().collect();
     let roots = resolved_roots(&service.config);
     tracing::info!(

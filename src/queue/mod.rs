@@ -1,6 +1,6 @@
 //! Scale-out through Redis Streams: `enqueue` adds one message per input file to a stream, and
 //! `worker`s on any number of machines read it through one consumer group
-//! ([`worker::run`]), with the daemon's stages and durable outputs. Redis keeps what was
+//! ([`consumer::run`]), with the daemon's stages and durable outputs. Redis keeps what was
 //! delivered and not yet acknowledged; a worker acknowledges only after its outputs are
 //! committed, so every input is done at least once and, outputs being idempotent, effectively
 //! once.
@@ -8,6 +8,7 @@
 mod connection;
 pub mod consumer;
 pub mod merge;
+mod owners;
 
 use crate::config::QueueConfig;
 use crate::ingest::{walk, FileKind};

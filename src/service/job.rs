@@ -4,6 +4,7 @@
 //! [`process`] are separate so a front-end may hand an examined file elsewhere (the inbox
 //! watcher enqueues it for the Redis consumers) instead of processing it.
 
+use super::memory::{decode_bound, MemoryBudget};
 use super::record::{FileStat, InputRecord, QuarantineRecord, VideoResult};
 use super::Folders;
 use crate::config::GroupDurability;
@@ -14,7 +15,7 @@ use crate::processor::{ingest_failure, Processed, Source, StageTimes, VideoProce
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What became of a job.
 #[derive(Debug)]
@@ -75,10 +76,32 @@ pub struct Job {
     pub retry_attempts: u32,
 }
 
-/// Which input owns which video id, so two inputs never write the same output file.
-#[derive(Debug, Default)]
+/// Which input owns which video id, so two inputs never write the same output file: this
+/// process's own map, and the one its peers share when they serve one queue.
+#[derive(Default)]
 pub struct Owners {
     by_vid: Mutex<HashMap<String, PathBuf>>,
+    shared: OnceLock<Box<dyn SharedOwners>>,
+}
+
+/// Video-id owners that several processes share (the queue's consumers, through Redis), so a
+/// second input with the same id is refused on whichever process sees it second.
+pub trait SharedOwners: Send + Sync {
+    /// Makes `input` the owner of `vid` if it has none; returns the owner now.
+    fn hold(&self, vid: &str, input: &Path) -> Result<PathBuf, String>;
+    /// Makes `input` the owner of `vid` if `gone` still is; whether it did.
+    fn replace(&self, vid: &str, gone: &Path, input: &Path) -> Result<bool, String>;
+    /// Frees `vid` if `input` owns it.
+    fn release(&self, vid: &str, input: &Path) -> Result<(), String>;
+}
+
+/// Why a video id cannot be taken.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// Another input that still exists owns it.
+    HeldBy(PathBuf),
+    /// The shared owners cannot be asked.
+    Unreachable(String),
 }
 
 impl Owners {
@@ -86,23 +109,68 @@ impl Owners {
     pub fn new(by_vid: HashMap<String, PathBuf>) -> Owners {
         Owners {
             by_vid: Mutex::new(by_vid),
+            shared: OnceLock::new(),
         }
     }
 
-    /// Takes `vid` for `input` unless another input that still exists holds it; returns that
-    /// holder otherwise.
-    fn claim(&self, vid: &str, input: &Path) -> Result<(), PathBuf> {
-        let mut map = self.by_vid.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(vid) {
-            Some(owner) if owner != input && owner.symlink_metadata().is_ok() => Err(owner.clone()),
-            _ => {
-                map.insert(vid.to_string(), input.to_path_buf());
-                Ok(())
+    /// From now on, also claims ids in `shared` (set once, before the first job).
+    pub fn share(&self, shared: Box<dyn SharedOwners>) {
+        if self.shared.set(shared).is_err() {
+            tracing::warn!("the shared video-id owners were already set; keeping the first");
+        }
+    }
+
+    /// Takes `vid` for `input` unless another input that still exists holds it, here or in the
+    /// shared owners.
+    fn claim(&self, vid: &str, input: &Path) -> Result<(), Refusal> {
+        {
+            let mut map = self.by_vid.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(vid) {
+                Some(owner) if owner != input && owner.symlink_metadata().is_ok() => {
+                    return Err(Refusal::HeldBy(owner.clone()))
+                }
+                _ => {
+                    map.insert(vid.to_string(), input.to_path_buf());
+                }
+            }
+        }
+        let Some(shared) = self.shared.get() else {
+            return Ok(());
+        };
+        let claimed = (|| {
+            // An owner that is gone is replaced; a race with another process doing the same
+            // is settled by the compare-and-set, and asked again.
+            for _ in 0..3 {
+                let owner = shared.hold(vid, input)?;
+                if owner == input {
+                    return Ok(Ok(()));
+                }
+                if owner.symlink_metadata().is_ok() {
+                    return Ok(Err(Refusal::HeldBy(owner)));
+                }
+                if shared.replace(vid, &owner, input)? {
+                    return Ok(Ok(()));
+                }
+            }
+            Err("the owner kept changing".to_string())
+        })();
+        let result = claimed.unwrap_or_else(|e| Err(Refusal::Unreachable(e)));
+        if result.is_err() {
+            self.release_local(vid, input);
+        }
+        result
+    }
+
+    fn release(&self, vid: &str, input: &Path) {
+        self.release_local(vid, input);
+        if let Some(shared) = self.shared.get() {
+            if let Err(e) = shared.release(vid, input) {
+                tracing::warn!(vid, input = %input.display(), "cannot free a video id in the shared owners: {e}");
             }
         }
     }
 
-    fn release(&self, vid: &str, input: &Path) {
+    fn release_local(&self, vid: &str, input: &Path) {
         let mut map = self.by_vid.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(vid).is_some_and(|owner| owner == input) {
             map.remove(vid);
@@ -118,6 +186,8 @@ pub struct Context {
     pub folders: Folders,
     /// Which input owns which video id.
     pub owners: Arc<Owners>,
+    /// Room for decoding, shared by every job.
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// A file that passed the checks and whose content is new.
@@ -179,8 +249,13 @@ pub fn examine(job: &Job, ctx: &Context) -> Result<Examined, Box<Outcome>> {
 /// Processes every video of an examined file and writes its results.
 pub fn process(job: &Job, ctx: &Context, examined: Examined) -> Outcome {
     let Examined { stat, hash } = examined;
-    let follow = ctx.processor.config().daemon.follow_symlinks;
-    let result = process_videos(job, ctx);
+    let config = ctx.processor.config();
+    let follow = config.daemon.follow_symlinks;
+    let room = decode_bound(&job.path, stat.size, config.ingest.max_bytes);
+    let result = {
+        let _room = ctx.memory.reserve(room);
+        process_videos(job, ctx)
+    };
     // A writer that was still at work makes whatever was read worthless.
     if probe(&job.path, follow).map(|m| FileStat::of(&m)).ok() != Some(stat) {
         return Outcome::Changed;
@@ -352,15 +427,19 @@ fn process_videos(job: &Job, ctx: &Context) -> Result<Results, Failure> {
         let outcome = ctx
             .owners
             .claim(&vid, &job.path)
-            .map_err(|owner| {
-                Failure::permanent(
+            .map_err(|refusal| match refusal {
+                Refusal::HeldBy(owner) => Failure::permanent(
                     Reason::DuplicateVideoId,
                     Stage::Check,
                     format!(
                         "video id '{vid}' is already produced by {}",
                         owner.display()
                     ),
-                )
+                ),
+                Refusal::Unreachable(e) => Failure::io(
+                    Stage::Check,
+                    format!("cannot ask who owns video id '{vid}': {e}"),
+                ),
             })
             .and_then(|()| {
                 process_video(video, ctx, &mut done.times)
@@ -512,7 +591,7 @@ fn write_record(ctx: &Context, record: &QuarantineRecord) -> Result<PathBuf, Fai
 /// folder (where a crash's leftovers are found and removed), then renamed into place.
 fn write_now(ctx: &Context, target: &Path, bytes: &[u8]) -> Result<(), Failure> {
     in_folders(ctx, || {
-        stage(&ctx.folders.staging, target, bytes, true).and_then(|staged| staged.publish())
+        stage(&ctx.folders.staging, target, bytes, true).and_then(|mut staged| staged.publish())
     })
     .map_err(|e| cannot_write(target, e))
 }
@@ -633,16 +712,77 @@ mod tests {
         let owners = Owners::default();
         assert!(owners.claim("v", &first).is_ok());
         assert!(owners.claim("v", &first).is_ok());
-        assert_eq!(owners.claim("v", &second), Err(first.clone()));
+        assert_eq!(
+            owners.claim("v", &second),
+            Err(Refusal::HeldBy(first.clone()))
+        );
         // Once the first input is gone (moved, deleted), the id may move with it.
         std::fs::remove_file(&first).unwrap();
         std::fs::create_dir_all(second.parent().unwrap()).unwrap();
         std::fs::write(&second, b"x").unwrap();
         assert!(owners.claim("v", &second).is_ok());
         owners.release("v", &first);
-        assert_eq!(owners.claim("v", &first), Err(second.clone()));
+        assert_eq!(
+            owners.claim("v", &first),
+            Err(Refusal::HeldBy(second.clone()))
+        );
         owners.release("v", &second);
         assert!(owners.claim("v", &first).is_ok());
+    }
+
+    /// Owners shared in memory, as Redis shares them between consumers.
+    #[derive(Clone, Default)]
+    struct SharedMap(Arc<Mutex<HashMap<String, PathBuf>>>);
+
+    impl SharedOwners for SharedMap {
+        fn hold(&self, vid: &str, input: &Path) -> Result<PathBuf, String> {
+            let mut map = self.0.lock().unwrap();
+            Ok(map.entry(vid.into()).or_insert(input.into()).clone())
+        }
+        fn replace(&self, vid: &str, gone: &Path, input: &Path) -> Result<bool, String> {
+            let mut map = self.0.lock().unwrap();
+            let replaced = map.get(vid).is_some_and(|o| o == gone);
+            if replaced {
+                map.insert(vid.into(), input.into());
+            }
+            Ok(replaced)
+        }
+        fn release(&self, vid: &str, input: &Path) -> Result<(), String> {
+            let mut map = self.0.lock().unwrap();
+            if map.get(vid).is_some_and(|o| o == input) {
+                map.remove(vid);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn two_processes_sharing_owners_never_take_one_id_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a/dd.npz"), dir.path().join("b/dd.npz"));
+        for path in [&a, &b] {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        let shared = SharedMap::default();
+        let (first, second) = (Owners::default(), Owners::default());
+        first.share(Box::new(shared.clone()));
+        second.share(Box::new(shared.clone()));
+        assert!(first.claim("dd", &a).is_ok());
+        assert_eq!(second.claim("dd", &b), Err(Refusal::HeldBy(a.clone())));
+        assert!(
+            second.by_vid.lock().unwrap().is_empty(),
+            "a refused claim leaves nothing behind"
+        );
+        // The owner's input is gone: the other process takes the id over.
+        std::fs::remove_file(&a).unwrap();
+        assert!(second.claim("dd", &b).is_ok());
+        assert_eq!(shared.0.lock().unwrap()["dd"], b);
+        // Freed by its owner only.
+        first.release("dd", &a);
+        assert_eq!(shared.0.lock().unwrap()["dd"], b);
+        second.release("dd", &b);
+        assert!(shared.0.lock().unwrap().is_empty());
     }
 
     #[test]

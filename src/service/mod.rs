@@ -8,6 +8,7 @@
 
 pub mod job;
 pub mod ledger;
+pub mod memory;
 pub mod metrics;
 pub mod record;
 pub mod recorder;
@@ -20,6 +21,7 @@ use crate::ingest::IngestError;
 use crate::processor::VideoProcessor;
 use job::{Context, Job, Outcome, Owners};
 use ledger::{Ledger, LedgerError};
+use memory::{machine_memory, MemoryBudget};
 use metrics::Metrics;
 use record::{format_time, now_ms, InputRecord};
 use recorder::Recorder;
@@ -73,6 +75,9 @@ pub enum ServiceError {
     /// The ledger cannot be opened or read.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// Shards an earlier ledger left cannot be removed.
+    #[error(transparent)]
+    Shards(#[from] shards::ShardError),
     /// The captioner cannot be loaded.
     #[error("caption: {0}")]
     Caption(#[from] CaptionError),
@@ -250,6 +255,7 @@ pub struct Service {
     pub metrics_addr: Option<SocketAddr>,
     role: Role,
     owners: Arc<Owners>,
+    memory: Arc<MemoryBudget>,
     ctx: Arc<Context>,
     pool: rayon::ThreadPool,
     tx: Sender<Event>,
@@ -274,6 +280,9 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
     for dir in [&folders.staging, &folders.dataset] {
         remove_temporaries(dir);
     }
+    for stale in shards::remove_unknown(&ledger, &folders.dataset)? {
+        tracing::warn!(file = %stale.display(), "removed a dataset shard the ledger does not know (an earlier ledger's)");
+    }
     let inputs = ledger.inputs()?;
     let mut by_vid = HashMap::new();
     for (path, input) in &inputs {
@@ -283,11 +292,21 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
     }
     let owners = Arc::new(Owners::new(by_vid));
     let workers = RunConfig::worker_count(config.daemon.workers);
+    let memory = Arc::new(MemoryBudget::new(MemoryBudget::total(
+        config.daemon.max_in_flight_bytes,
+        workers,
+        config.ingest.max_bytes,
+        machine_memory(),
+    )));
+    tracing::debug!(
+        bytes = memory.capacity(),
+        "memory for decoding, all workers together"
+    );
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
         .thread_name(|i| format!("momentminer-worker-{i}"))
         .build()?;
-    let ctx = Arc::new(context(&config, &role, &folders, &owners)?);
+    let ctx = Arc::new(context(&config, &role, &folders, &owners, &memory)?);
     let stall = std::time::Duration::from_secs(config.daemon.stall_s);
     let metrics = Arc::new(Metrics::with_stall_limit(stall));
     let metrics_addr = match config.daemon.metrics_addr.as_str() {
@@ -330,6 +349,7 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
             metrics_addr,
             role,
             owners,
+            memory,
             ctx,
             pool,
             tx,
@@ -362,6 +382,7 @@ fn context(
     role: &Role,
     folders: &Folders,
     owners: &Arc<Owners>,
+    memory: &Arc<MemoryBudget>,
 ) -> Result<Context, ServiceError> {
     let captioner = if *role == Role::Watcher && config.daemon.enqueue {
         Captioner::disabled()
@@ -372,6 +393,7 @@ fn context(
         processor: VideoProcessor::new(config.clone(), captioner)?,
         folders: folders.clone(),
         owners: owners.clone(),
+        memory: memory.clone(),
     })
 }
 
@@ -412,6 +434,12 @@ impl Service {
         });
     }
 
+    /// Makes jobs claim video ids in `shared` too, so processes that serve one queue never
+    /// publish two inputs under one id.
+    pub fn share_owners(&self, shared: Box<dyn job::SharedOwners>) {
+        self.owners.share(shared);
+    }
+
     /// Takes a reloaded configuration for the jobs started from now on. Folders, workers and
     /// the metrics address change only at a restart; they are kept.
     pub fn reconfigure(&mut self, mut fresh: Config) -> Result<(), ServiceError> {
@@ -441,7 +469,13 @@ impl Service {
         fresh.daemon.state = old.state.clone();
         fresh.daemon.workers = old.workers;
         fresh.daemon.metrics_addr = old.metrics_addr.clone();
-        self.ctx = Arc::new(context(&fresh, &self.role, &self.folders, &self.owners)?);
+        self.ctx = Arc::new(context(
+            &fresh,
+            &self.role,
+            &self.folders,
+            &self.owners,
+            &self.memory,
+        )?);
         self.config = fresh;
         Ok(())
     }

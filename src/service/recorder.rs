@@ -272,7 +272,7 @@ impl Recorder {
         }
         sync_filesystem(&self.folders.proposals)
             .map_err(|e| format!("cannot flush the output filesystem: {e}"))?;
-        for staged in &self.staged {
+        for staged in &mut self.staged {
             staged.publish().map_err(|e| {
                 format!(
                     "cannot rename a result into {}: {e}",
@@ -302,5 +302,38 @@ impl Recorder {
             }
             Err(e) => tracing::error!("dataset shards not written, retrying later: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::fsio::stage;
+    use crate::service::ledger::fixtures::done;
+    use crate::service::Role;
+
+    /// Someone deletes the staging folder while a group waits for its commit: the results
+    /// it held are written again from memory, published and recorded, and the commit does not
+    /// fail forever on files that are gone.
+    #[test]
+    fn results_staged_in_a_deleted_folder_are_published_and_recorded() {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = Config::load(&[], &[]).unwrap();
+        config.daemon.inbox = root.path().join("in");
+        config.daemon.output = root.path().join("out");
+        config.daemon.quarantine = root.path().join("q");
+        config.daemon.state = root.path().join("state");
+        let folders = Folders::prepare(&config.daemon, &Role::Watcher).unwrap();
+        let ledger = Ledger::open(&folders.state).unwrap();
+        let mut recorder = Recorder::new(ledger, folders.clone(), Arc::new(Metrics::default()));
+        let target = folders.proposals.join("a.json");
+        let staged = stage(&folders.staging, &target, b"{\"vid\": \"a\"}", false).unwrap();
+        recorder.record(done("/in/a.npy", &[("a", 2)]));
+        recorder.wrote(vec![staged]);
+        std::fs::remove_dir_all(&folders.staging).unwrap();
+        assert!(recorder.commit(&config.daemon, Urgency::Now));
+        assert_eq!(std::fs::read(&target).unwrap(), b"{\"vid\": \"a\"}");
+        assert_eq!(recorder.ledger().finished_videos().unwrap(), 1);
     }
 }

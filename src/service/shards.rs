@@ -6,8 +6,9 @@
 //! is repaired at the next start.
 
 use super::ledger::{Ledger, LedgerError};
-use crate::dataset::{dataset_paths, write_files, DatasetError, PseudoLabel};
+use crate::dataset::{dataset_paths, write_files, DatasetError, PseudoLabel, FORMATS};
 use crate::fsio::{sync_dir, Durability};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -61,4 +62,111 @@ pub fn flush(ledger: &Ledger, dataset: &Path) -> Result<usize, ShardError> {
         }
     }
     Ok(stale.len())
+}
+
+/// The shard a file of the dataset folder is, if it is one: `<format>-<digits>.<ext>`.
+fn shard_of(name: &str) -> Option<i64> {
+    FORMATS.iter().find_map(|(format, ext)| {
+        let digits = name
+            .strip_prefix(format)?
+            .strip_prefix('-')?
+            .strip_suffix(ext)?
+            .strip_suffix('.')?;
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok())
+            .flatten()
+    })
+}
+
+/// Removes the shard files of shards the ledger does not know: left by an earlier ledger that
+/// was deleted or replaced, their labels would otherwise be read twice next to the new
+/// shards that hold the same videos. Returns the files removed.
+pub fn remove_unknown(ledger: &Ledger, dataset: &Path) -> Result<Vec<PathBuf>, ShardError> {
+    let known: HashSet<i64> = ledger.shard_ids()?.into_iter().collect();
+    let listing = |source| ShardError::Write {
+        path: dataset.to_path_buf(),
+        source,
+    };
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dataset).map_err(listing)? {
+        let path = entry.map_err(listing)?.path();
+        let unknown = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(shard_of)
+            .is_some_and(|id| !known.contains(&id));
+        if unknown {
+            std::fs::remove_file(&path).map_err(|source| ShardError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path);
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dataset).map_err(listing)?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_files_are_told_from_other_files() {
+        assert_eq!(shard_of("psvl-000012.json"), Some(12));
+        assert_eq!(shard_of("moment_detr-000003.jsonl"), Some(3));
+        assert_eq!(shard_of("charades-1234567.txt"), Some(1_234_567));
+        for other in [
+            "psvl.json",
+            "psvl-.json",
+            "psvl-00a1.json",
+            "psvl-000001.jsonl",
+            "notes-000001.txt",
+            "charades-000001.txt.bak",
+        ] {
+            assert_eq!(shard_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn shards_an_earlier_ledger_wrote_are_removed_and_known_ones_kept() {
+        let state = tempfile::tempdir().unwrap();
+        let dataset = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(state.path()).unwrap();
+        ledger
+            .commit(
+                &[crate::service::ledger::fixtures::done(
+                    "/in/a.npy",
+                    &[("a", 2)],
+                )],
+                10,
+            )
+            .unwrap();
+        assert_eq!(flush(&ledger, dataset.path()).unwrap(), 1);
+        for old in shard_paths(dataset.path(), 7) {
+            std::fs::write(old, "an earlier ledger's labels").unwrap();
+        }
+        std::fs::write(dataset.path().join("readme.txt"), "mine").unwrap();
+        let mut removed = remove_unknown(&ledger, dataset.path()).unwrap();
+        removed.sort();
+        let mut expected = shard_paths(dataset.path(), 7);
+        expected.sort();
+        assert_eq!(removed, expected);
+        let mut left: Vec<String> = std::fs::read_dir(dataset.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "charades-000001.txt",
+                "moment_detr-000001.jsonl",
+                "psvl-000001.json",
+                "readme.txt"
+            ]
+        );
+    }
 }

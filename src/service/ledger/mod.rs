@@ -307,6 +307,17 @@ impl Ledger {
         rows.map(|r| r.map_err(&fail)).collect()
     }
 
+    /// Every shard the ledger knows, in order.
+    pub fn shard_ids(&self) -> Result<Vec<i64>, LedgerError> {
+        let fail = self.fail();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM shards ORDER BY id")
+            .map_err(&fail)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(&fail)?;
+        rows.map(|r| r.map_err(&fail)).collect()
+    }
+
     /// The labels of one shard, or of every shard, in qid order (a video's labels are
     /// consecutive: one commit wrote them).
     pub fn labels(&self, shard: Option<i64>) -> Result<Vec<LabelRow>, LedgerError> {
