@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use momentminer::bench::BenchOptions;
+use momentminer::dataset::AnnotationFormat;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -19,17 +20,22 @@ pub(crate) struct Cli {
     /// Override one configuration key, e.g. --set events.k=6 (repeatable).
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     pub(crate) overrides: Vec<String>,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
-    pub(crate) log_format: LogFormat,
+    /// Log format on stderr. Default: journald under systemd (JOURNAL_STREAM set), else human,
+    /// in colour only on a terminal and never with NO_COLOR.
+    #[arg(long, global = true, value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum LogFormat {
+    /// Time, level and message, one line each.
     Human,
+    /// One JSON object per line.
     Json,
+    /// Level and message only: journald stamps each line itself.
+    Journald,
 }
 
 #[derive(Subcommand)]
@@ -95,9 +101,13 @@ pub(crate) enum Command {
     /// Recall of ranked proposals against ground truth, with sliding-window and random baselines.
     EvalProposals {
         /// Annotations: Charades-STA .txt, Moment-DETR .jsonl (e.g. synth's gt.jsonl),
-        /// ActivityNet Captions .json or PSVL .json.
+        /// ActivityNet Captions, PSVL, TACoS, DiDeMo or MAD .json.
         #[arg(long)]
         gt: PathBuf,
+        /// The annotation format, when its name and content do not say it: charades,
+        /// moment-detr, activitynet, psvl, tacos, didemo or mad.
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<AnnotationFormat>,
         /// The output folder of `propose` (or its proposals/ folder).
         #[arg(long)]
         proposals: PathBuf,
@@ -119,6 +129,18 @@ pub(crate) enum Command {
     /// Run the daemon: watch [daemon].inbox, write proposals, dataset shards and quarantine
     /// records, keep the ledger. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the config.
     Watch,
+    /// Checks everything a run needs before it starts: the configuration, ONNX Runtime and
+    /// every configured model and tower, that the tower fits a sample input's visual stream,
+    /// that the folders can be written, that the metrics address is allowed. One line per
+    /// check; exit 1 if any fails (the systemd units run it as ExecStartPre=).
+    Check {
+        /// Also print the effective configuration, every file and --set merged.
+        #[arg(long)]
+        print: bool,
+        /// A feature file to read and check the caption tower against.
+        #[arg(long, value_name = "FILE")]
+        sample: Option<PathBuf>,
+    },
     /// What the daemon's ledger says: inputs per state, throughput, latency, recent problems.
     /// With --queue, what the Redis stream says instead.
     Status {
@@ -158,6 +180,10 @@ pub(crate) enum Command {
     Train {
         #[arg(long)]
         dataset: PathBuf,
+        /// The annotation format, when its name and content do not say it: charades,
+        /// moment-detr, activitynet, psvl, tacos, didemo or mad.
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<AnnotationFormat>,
         /// Feature files or folders holding every video of the dataset.
         #[arg(long, required = true)]
         features: Vec<PathBuf>,
@@ -188,9 +214,14 @@ pub(crate) enum Command {
     Eval {
         #[arg(long)]
         model: PathBuf,
-        /// Charades-STA .txt, ActivityNet Captions .json, Moment-DETR .jsonl or PSVL .json.
+        /// Charades-STA .txt, Moment-DETR .jsonl, or ActivityNet Captions, PSVL, TACoS, DiDeMo
+        /// or MAD .json.
         #[arg(long)]
         annotations: PathBuf,
+        /// The annotation format, when its name and content do not say it: charades,
+        /// moment-detr, activitynet, psvl, tacos, didemo or mad.
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<AnnotationFormat>,
         #[arg(long, required = true)]
         features: Vec<PathBuf>,
         /// Also rank each video's proposals by text similarity (no model) and at random.

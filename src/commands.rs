@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use momentminer::batch::{collect_videos, propose_all, BatchReport};
 use momentminer::config::Config;
+use momentminer::dataset::AnnotationFormat;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::processor::{Source, VideoProcessor};
 use momentminer::{caption, eval, ground, synth, train};
@@ -28,7 +29,7 @@ pub(crate) fn demo(
     println!("2/6 proposing and captioning");
     propose_paths(&[out.join("features")], out, &config, Source::Propose)?;
     println!("3/6 proposals and pseudo-queries against the planted events");
-    print_evaluation(&out.join("gt.jsonl"), out, &config)?;
+    print_evaluation(&out.join("gt.jsonl"), None, out, &config)?;
     let test = out.join("test");
     let mut test_world = config.synth.clone();
     test_world.first_index = config.synth.first_index + config.synth.videos;
@@ -42,9 +43,16 @@ pub(crate) fn demo(
     config.train.epochs = epochs;
     let features = [out.join("features")];
     println!("5/6 training on the pseudo-labels ({epochs} epochs), and on the ground truth (the ceiling)");
-    train_model(&out.join("dataset"), &features, &out.join("model"), &config)?;
+    train_model(
+        &out.join("dataset"),
+        None,
+        &features,
+        &out.join("model"),
+        &config,
+    )?;
     train_model(
         &out.join("gt.jsonl"),
+        None,
         &features,
         &out.join("model-gt"),
         &config,
@@ -75,6 +83,7 @@ pub(crate) fn demo(
     evaluate_model(
         &out.join("model"),
         &test.join("gt.jsonl"),
+        None,
         &test_features,
         true,
         None,
@@ -84,6 +93,7 @@ pub(crate) fn demo(
     evaluate_model(
         &out.join("model-gt"),
         &test.join("gt.jsonl"),
+        None,
         &test_features,
         false,
         None,
@@ -156,6 +166,7 @@ pub(crate) fn load_video(
 
 pub(crate) fn train_model(
     dataset: &Path,
+    format: Option<AnnotationFormat>,
     features: &[PathBuf],
     out: &Path,
     config: &Config,
@@ -171,7 +182,7 @@ pub(crate) fn train_model(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = train::train(dataset, features, out, config, |record, best| {
+    let report = train::train(dataset, format, features, out, config, |record, best| {
         let line = format!(
             "epoch {:>3}: loss {:.4}, validation loss {:.4} R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best loss {:.4}), {:.0} pairs/s",
             record.epoch,
@@ -226,6 +237,7 @@ pub(crate) fn train_model(
 pub(crate) fn evaluate_model(
     model: &Path,
     annotations: &Path,
+    format: Option<AnnotationFormat>,
     features: &[PathBuf],
     baselines: bool,
     per_query: Option<&Path>,
@@ -234,7 +246,7 @@ pub(crate) fn evaluate_model(
     let grounder = ground::Grounder::load(model, config)?;
     let started = std::time::Instant::now();
     let (tables, results) =
-        eval::grounding_report(&grounder, annotations, features, config, baselines)?;
+        eval::grounding_report(&grounder, annotations, format, features, config, baselines)?;
     print!("{}", eval::format_table(&tables));
     println!(
         "{} queries in {:.2} s ({:.1} ms per query, proposals and baselines included)",
@@ -254,11 +266,20 @@ pub(crate) fn evaluate_model(
 }
 
 /// Proposal recall, and caption accuracy where the ground truth names verbs and nouns.
-pub(crate) fn print_evaluation(gt: &Path, proposals: &Path, config: &Config) -> Result<()> {
+pub(crate) fn print_evaluation(
+    gt: &Path,
+    format: Option<AnnotationFormat>,
+    proposals: &Path,
+    config: &Config,
+) -> Result<()> {
     print!(
         "{}",
-        eval::format_table(&eval::proposal_report(gt, proposals)?)
+        eval::format_table(&eval::proposal_report(gt, format, proposals)?)
     );
+    // Caption accuracy needs the words the captions were made of.
+    if config.caption.vocabulary.as_os_str().is_empty() {
+        return Ok(());
+    }
     let vocabulary = caption::configured_vocabulary(config)?;
     if let Some(accuracy) = eval::caption_report(gt, proposals, config.caption.verbs, &vocabulary)?
     {
@@ -300,4 +321,42 @@ pub(crate) fn propose_paths(
         }
     }
     Ok(report)
+}
+
+/// `momentminer check`: one line per check, `ok` or `FAIL` with what to set; exit 1 on any
+/// failure, a configuration that does not load included.
+pub(crate) fn check(
+    loaded: Result<Config, momentminer::config::ConfigError>,
+    print: bool,
+    sample: Option<&Path>,
+) -> Result<std::process::ExitCode> {
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            println!("FAIL  configuration: {e}");
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    println!("ok    configuration: loaded and valid");
+    let checks = momentminer::check::run(&config, sample);
+    for check in &checks {
+        match &check.outcome {
+            Ok(found) => println!("ok    {}: {found}", check.what),
+            Err(problem) => println!("FAIL  {}: {problem}", check.what),
+        }
+    }
+    if print {
+        println!(
+            "\n# The effective configuration\n{}",
+            toml::to_string(&config)?
+        );
+    }
+    let failed = checks.iter().filter(|c| c.outcome.is_err()).count();
+    Ok(match failed {
+        0 => std::process::ExitCode::SUCCESS,
+        _ => {
+            println!("{failed} check(s) failed");
+            std::process::ExitCode::from(1)
+        }
+    })
 }

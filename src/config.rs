@@ -299,12 +299,33 @@ pub enum Checkpoint {
     Last,
 }
 
+impl CaptionConfig {
+    /// Whether a text tower (`clip_text_model` or `tower_anchors`) and a `vocabulary` are set:
+    /// what making pseudo-queries of words needs.
+    pub fn has_words(&self) -> bool {
+        let set = |path: &Path| !path.as_os_str().is_empty();
+        (set(&self.clip_text_model) || set(&self.tower_anchors)) && set(&self.vocabulary)
+    }
+
+    /// The mode in effect: `auto` is words when [`CaptionConfig::has_words`], else `off`.
+    pub fn effective_mode(&self) -> CaptionMode {
+        match self.mode {
+            CaptionMode::Auto if self.has_words() => CaptionMode::Vocabulary,
+            CaptionMode::Auto => CaptionMode::Off,
+            mode => mode,
+        }
+    }
+}
+
 /// What a proposal's pseudo-query is.
 // Mirrors a part of config/momentminer.toml, where each key is documented.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptionMode {
+    /// Words when a text tower and a vocabulary are configured and the tower is as wide as
+    /// a file's visual stream; proposals without pseudo-queries otherwise.
+    Auto,
     /// Words of a vocabulary scored against the visual embedding by a CLIP-style text tower.
     Vocabulary,
     /// The visual embedding itself, stored as the query feature.

@@ -5,7 +5,9 @@ use crate::batch::collect_videos;
 use crate::caption::vocab::Vocabulary;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
 use crate::config::Config;
-use crate::dataset::{moment_detr, read_annotations, read_moments, DatasetError, Moment};
+use crate::dataset::{
+    moment_detr, read_annotations, read_moments, AnnotationFormat, DatasetError, Moment,
+};
 use crate::ground::{proposal_spans, Grounder};
 use crate::ingest::{read_video, Durations, VideoRef};
 use crate::processor::VideoProposals;
@@ -201,8 +203,12 @@ pub fn load_proposals(dir: &Path) -> Result<HashMap<String, VideoProposals>, Eva
 }
 
 /// Our proposals against sliding windows and random spans of the same count per video.
-pub fn proposal_report(gt: &Path, proposals_dir: &Path) -> Result<Vec<RecallTable>, EvalError> {
-    let moments = read_annotations(gt)?;
+pub fn proposal_report(
+    gt: &Path,
+    format: Option<AnnotationFormat>,
+    proposals_dir: &Path,
+) -> Result<Vec<RecallTable>, EvalError> {
+    let moments = read_annotations(gt, format)?;
     let ours = load_proposals(proposals_dir)?;
     let spans = |f: &dyn Fn(&VideoProposals) -> Vec<[f64; 2]>| -> HashMap<String, Vec<[f64; 2]>> {
         ours.iter().map(|(vid, v)| (vid.clone(), f(v))).collect()
@@ -381,11 +387,12 @@ pub struct QueryResult {
 pub fn grounding_report(
     grounder: &Grounder,
     annotations: &Path,
+    format: Option<AnnotationFormat>,
     features: &[PathBuf],
     config: &Config,
     baselines: bool,
 ) -> Result<(Vec<RecallTable>, Vec<QueryResult>), EvalError> {
-    let moments = read_moments(annotations)?;
+    let moments = read_moments(annotations, format)?;
     let (refs, _) = collect_videos(features);
     let by_id: HashMap<String, &VideoRef> = refs.iter().map(|r| (r.id(), r)).collect();
     let mut by_vid: HashMap<&str, Vec<usize>> = HashMap::new();

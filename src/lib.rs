@@ -9,7 +9,8 @@
 //! the Redis consumer ([`queue`]). Beside the path: [`dataset`] (annotation and dataset
 //! formats), [`train`], [`ground`] and [`eval`] (the grounding model and the metrics, with
 //! [`span`] below them), [`synth`] (a world with known answers, which hands the product its
-//! text tower and vocabulary as files), [`inspect`] (pictures). Imports flow one way:
+//! text tower and vocabulary as files), [`inspect`] (pictures), [`check`] (what a run needs,
+//! tried before it starts). Imports flow one way:
 //! `scripts/import-cycles.py` fails CI on any circle.
 
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@
 pub mod batch;
 pub mod bench;
 pub mod caption;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod dataset;

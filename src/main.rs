@@ -19,26 +19,56 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             std::process::ExitCode::from(2)
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// An error and its causes on one line, each said once: many library errors already
+/// include their source's message, which `{:#}` would print a second time.
+fn chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !line.contains(&message) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&message);
+        }
+    }
+    line
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let colour = std::io::stderr().is_terminal() && !no_color;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
+    let format = format.unwrap_or(match under_journald {
+        true => LogFormat::Journald,
+        false => LogFormat::Human,
+    });
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+        LogFormat::Journald => builder.without_time().with_target(false).init(),
     }
 }
 
 fn run(cli: Cli) -> Result<std::process::ExitCode> {
-    let mut config = Config::load(&cli.config, &cli.overrides)?;
+    let loaded = Config::load(&cli.config, &cli.overrides);
+    if let Command::Check { print, sample } = &cli.command {
+        return commands::check(loaded, *print, sample.as_deref());
+    }
+    let mut config = loaded?;
     match cli.command {
         Command::Propose {
             inputs,
@@ -96,13 +126,18 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out.join(synth::CAPTION_SETTINGS).display()
             );
         }
-        Command::EvalProposals { gt, proposals } => print_evaluation(&gt, &proposals, &config)?,
+        Command::EvalProposals {
+            gt,
+            format,
+            proposals,
+        } => print_evaluation(&gt, format, &proposals, &config)?,
         Command::Demo {
             out,
             epochs,
             test_videos,
         } => commands::demo(&out, epochs, test_videos, config)?,
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
+        Command::Check { .. } => unreachable!("answered above"),
         Command::Watch => {
             let (file, overrides) = (cli.config.clone(), cli.overrides.clone());
             let reload = Box::new(move || Config::load(&file, &overrides));
@@ -156,9 +191,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Train {
             dataset,
+            format,
             features,
             out,
-        } => train_model(&dataset, &features, &out, &config)?,
+        } => train_model(&dataset, format, &features, &out, &config)?,
         Command::Ground {
             model,
             features,
@@ -178,12 +214,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Eval {
             model,
             annotations,
+            format,
             features,
             baselines,
             per_query,
         } => evaluate_model(
             &model,
             &annotations,
+            format,
             &features,
             baselines,
             per_query.as_deref(),

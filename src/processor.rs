@@ -60,6 +60,11 @@ impl VideoProcessor {
         &self.config
     }
 
+    /// What makes its pseudo-queries.
+    pub fn captioner(&self) -> &Captioner {
+        &self.captioner
+    }
+
     /// Reads one video: features, streams and duration.
     pub fn read(&self, video: &VideoRef) -> Result<Video, IngestError> {
         read_video(video, &self.config.ingest, &self.durations)

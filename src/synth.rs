@@ -775,7 +775,7 @@ mod tests {
     fn generate_writes_features_sidecars_and_ground_truth() {
         let dir = tempfile::tempdir().unwrap();
         let truth = generate(dir.path(), &small()).unwrap();
-        let moments = crate::dataset::read_annotations(&dir.path().join("gt.jsonl")).unwrap();
+        let moments = crate::dataset::read_annotations(&dir.path().join("gt.jsonl"), None).unwrap();
         assert_eq!(moments.len(), truth.len());
         for vid in ["synth_00000", "synth_00003"] {
             assert!(dir.path().join(format!("features/{vid}.npz")).exists());

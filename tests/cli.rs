@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{f32_bytes, malformed_cases, momentminer, npy, p, text, wait_exit};
+use common::{f32_bytes, good_npy, malformed_cases, momentminer, npy, p, text, wait_exit};
 use std::path::{Path, PathBuf};
 
 /// The R@1/R@5/R@all triples of one method row of the recall table.
@@ -387,6 +387,59 @@ fn configuration_mistakes_are_clear_errors() {
     assert!(text(&out).contains("nope.toml"), "{}", text(&out));
 }
 
+/// With the default `caption.mode = "auto"`, features no tower fits still get their proposals:
+/// with no tower at all, and with one of another width; the log says once what to set.
+#[test]
+fn by_default_real_features_get_proposals_without_a_fitting_tower() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("i3d");
+    std::fs::create_dir_all(&inputs).unwrap();
+    for (i, vid) in ["AO8RW", "3MSZA"].iter().enumerate() {
+        std::fs::write(inputs.join(format!("{vid}.npy")), good_npy(80, 1024, i)).unwrap();
+    }
+    let world = dir.path().join("world");
+    let out = momentminer(&["synth", "--out", p(&world), "--videos", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let world_settings = world.join("caption.toml");
+    for (run, extra) in [
+        ("none", vec![]),
+        ("unfit", vec!["--config", p(&world_settings)]),
+    ] {
+        let out_dir = dir.path().join(run);
+        let mut args = vec![
+            "propose",
+            p(&inputs),
+            "--out",
+            p(&out_dir),
+            "--set",
+            "ingest.features_per_second=1",
+        ];
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_momentminer"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let report = text(&out);
+        assert!(out.status.success(), "{report}");
+        for vid in ["AO8RW", "3MSZA"] {
+            let result: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(out_dir.join(format!("proposals/{vid}.json"))).unwrap(),
+            )
+            .unwrap();
+            let proposals = result["proposals"].as_array().unwrap();
+            assert!(!proposals.is_empty(), "{result}");
+            let no_query = |p: &serde_json::Value| p.get("query").is_none_or(|q| q == "");
+            assert!(proposals.iter().all(no_query), "{result}");
+        }
+        let told = match run {
+            "none" => "caption.tower_anchors",
+            _ => "such videos get proposals without pseudo-queries",
+        };
+        assert_eq!(report.matches(told).count(), 1, "{report}");
+    }
+}
+
 #[test]
 fn captioning_mistakes_are_clear_errors_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -412,14 +465,25 @@ fn captioning_mistakes_are_clear_errors_before_any_work() {
             p(dir.path()),
             "--set",
             "ingest.features_per_second=0.5",
+            "--set",
+            "caption.mode=vocabulary",
         ];
         all.extend(args);
         let out = momentminer(&all);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(!dir.path().join("proposals/vid.json").exists());
-        text(&out)
+        let report = text(&out);
+        let first_line = report
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or("");
+        let message = first_line.trim_start_matches("error: ");
+        if let Some(cut) = message.get(..40) {
+            assert_eq!(message.matches(cut).count(), 1, "said twice: {message}");
+        }
+        report
     };
-    // Nothing says which tower scores the words: the error names what to set.
+    // Words asked for and nothing says which tower scores them: the error names what to set.
     let report = run(&[]);
     assert!(
         report.contains("caption.clip_text_model") && report.contains("caption.tower_anchors"),
@@ -651,5 +715,89 @@ fn propose_refuses_what_would_block_it_and_takes_each_file_once() {
         labels.len(),
         pairs,
         "the video's labels appear once, not three times"
+    );
+}
+
+/// `check` says, one line each, whether a run has what it needs, and names what to set when
+/// it does not: a tower of the wrong width for the sample, a missing model, a folder that
+/// cannot be written.
+#[test]
+fn check_names_what_is_wrong_before_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    let out = momentminer(&["synth", "--out", p(&world), "--videos", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let settings = world.join("caption.toml");
+    let sample = std::fs::read_dir(world.join("features"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| f.extension().is_some_and(|e| e == "npz"))
+        .expect("a world video");
+    let i3d = dir.path().join("i3d.npy");
+    std::fs::write(&i3d, good_npy(40, 1024, 1)).unwrap();
+    let folders = |root: &str| {
+        ["inbox", "output", "quarantine", "state"]
+            .map(|key| format!("daemon.{key}={}", p(&dir.path().join(root).join(key))))
+    };
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--config",
+            p(&settings),
+            "--set",
+            "ingest.features_per_second=1",
+        ];
+        let folders = folders("run");
+        for setting in &folders {
+            args.extend(["--set", setting.as_str()]);
+        }
+        args.extend(extra);
+        momentminer(&args)
+    };
+    let out = check(&["--sample", p(&sample), "--print"]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(!report.contains("FAIL"), "{report}");
+    assert!(report.contains("ok    captions: words of a"), "{report}");
+    assert!(
+        report.contains("[caption]") && report.contains("tower_anchors"),
+        "{report}"
+    );
+    // A tower that does not fit the sample, with words asked for.
+    let out = check(&["--sample", p(&i3d), "--set", "caption.mode=vocabulary"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  sample input") && report.contains("caption.visual_stream"),
+        "{report}"
+    );
+    // A model that is not there.
+    let out = check(&[
+        "--set",
+        "caption.clip_text_model=/nonexistent/text.onnx",
+        "--set",
+        "caption.clip_tokenizer=models/fixtures/clip/tokenizer.json",
+    ]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  captions") && report.contains("/nonexistent/text.onnx"),
+        "{report}"
+    );
+    // A folder that cannot be written.
+    let out = check(&["--set", "daemon.output=/proc/momentminer-out"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  output folder: /proc/momentminer-out"),
+        "{report}"
+    );
+    // A configuration that does not load is a failed check too.
+    let out = check(&["--set", "events.k=0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAIL  configuration: invalid configuration: events.k"),
+        "{}",
+        text(&out)
     );
 }

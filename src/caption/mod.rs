@@ -19,6 +19,7 @@ use anchored::AnchoredTower;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use text::{unit, TextEncoder};
 use thiserror::Error;
 use vocab::{ScoredVocabulary, Vocabulary, WordChoice};
@@ -138,6 +139,10 @@ pub fn configured_vocabulary(config: &Config) -> Result<Vocabulary, CaptionError
 /// Turns proposals into pseudo-queries; loaded once at start-up, shared by every worker.
 pub struct Captioner {
     mode: CaptionMode,
+    /// `caption.mode = "auto"`: a file whose visual stream the tower does not fit gets
+    /// proposals without pseudo-queries, said once, instead of an error.
+    auto: bool,
+    told_unfit: AtomicBool,
     stream: String,
     words: WordChoice,
     verb_contrast: bool,
@@ -151,7 +156,16 @@ impl Captioner {
     /// `caption.cache_dir`).
     pub fn load(config: &Config) -> Result<Captioner, CaptionError> {
         let caption = &config.caption;
-        let vocabulary = match caption.mode {
+        let mode = caption.effective_mode();
+        if caption.mode == CaptionMode::Auto && mode == CaptionMode::Off {
+            tracing::info!(
+                "captions off (caption.mode = \"auto\" and no text tower): proposals are written \
+                 without pseudo-queries; to get them, set caption.clip_text_model (an exported CLIP \
+                 text tower, with caption.clip_tokenizer) or caption.tower_anchors, and \
+                 caption.vocabulary"
+            );
+        }
+        let vocabulary = match mode {
             CaptionMode::Vocabulary => {
                 let key = tower_key(config)?;
                 let vocabulary = configured_vocabulary(config)?;
@@ -171,10 +185,12 @@ impl Captioner {
                 );
                 Some(scored)
             }
-            CaptionMode::LanguageFree | CaptionMode::Off => None,
+            CaptionMode::Auto | CaptionMode::LanguageFree | CaptionMode::Off => None,
         };
         Ok(Captioner {
-            mode: caption.mode,
+            mode,
+            auto: caption.mode == CaptionMode::Auto,
+            told_unfit: AtomicBool::new(false),
             stream: caption.visual_stream.clone(),
             words: WordChoice {
                 verbs: caption.verbs,
@@ -191,6 +207,8 @@ impl Captioner {
     pub fn disabled() -> Captioner {
         Captioner {
             mode: CaptionMode::Off,
+            auto: false,
+            told_unfit: AtomicBool::new(false),
             stream: String::new(),
             words: WordChoice {
                 verbs: 0,
@@ -203,21 +221,63 @@ impl Captioner {
         }
     }
 
+    /// What it makes, in a few words, for start-up logs and `check`.
+    pub fn summary(&self) -> String {
+        let auto = if self.auto {
+            " (caption.mode = \"auto\")"
+        } else {
+            ""
+        };
+        match (&self.vocabulary, self.mode) {
+            (Some(vocabulary), _) => format!(
+                "words of a {}-word vocabulary through a {}-d text tower{auto}",
+                vocabulary.len(),
+                vocabulary.dim()
+            ),
+            (None, CaptionMode::LanguageFree) => {
+                "language-free: the span's visual embedding as its query feature".into()
+            }
+            (None, _) if self.auto => {
+                "off: no text tower and vocabulary set (caption.mode = \"auto\"); \
+                 set caption.clip_text_model or caption.tower_anchors, and caption.vocabulary"
+                    .into()
+            }
+            (None, _) => "off (caption.mode = \"off\")".into(),
+        }
+    }
+
     /// Whether it leaves queries empty (`caption.mode = "off"`).
     pub fn is_off(&self) -> bool {
         self.mode == CaptionMode::Off
     }
 
     /// The stream the visual embedding comes from, checked against the text tower: what a
-    /// batch checks on its first video before it starts.
-    pub fn visual_features<'v>(&self, video: &'v Video) -> Result<&'v Features, CaptionError> {
+    /// batch checks on its first video before it starts. `None` in `auto` mode when the tower
+    /// does not fit it: that video gets no pseudo-queries.
+    pub fn visual_features<'v>(
+        &self,
+        video: &'v Video,
+    ) -> Result<Option<&'v Features>, CaptionError> {
         let features = visual_stream(video, &self.stream)?;
         match &self.vocabulary {
-            Some(vocabulary) if vocabulary.dim() != features.dim => Err(CaptionError::Dimensions {
-                visual: features.dim,
-                text: vocabulary.dim(),
-            }),
-            _ => Ok(features),
+            Some(vocabulary) if vocabulary.dim() != features.dim => {
+                let unfit = CaptionError::Dimensions {
+                    visual: features.dim,
+                    text: vocabulary.dim(),
+                };
+                if !self.auto {
+                    return Err(unfit);
+                }
+                if !self.told_unfit.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        video = %video.id,
+                        "caption.mode = \"auto\": {unfit}; such videos get proposals without \
+                         pseudo-queries (said once)"
+                    );
+                }
+                Ok(None)
+            }
+            _ => Ok(Some(features)),
         }
     }
 
@@ -229,10 +289,13 @@ impl Captioner {
         video: &Video,
         spans: &[(f64, f64)],
     ) -> Result<Vec<Caption>, CaptionError> {
-        if self.is_off() {
+        let features = match self.is_off() {
+            true => None,
+            false => self.visual_features(video)?,
+        };
+        let Some(features) = features else {
             return Ok(vec![Caption::default(); spans.len()]);
-        }
-        let features = self.visual_features(video)?;
+        };
         let video_mean = self.verb_contrast.then(|| mean_over(features, 0.0, 1.0));
         let mut captions = spans
             .iter()

@@ -145,6 +145,7 @@ pub fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         source,
     })?;
     let retrainer = retrain::Retrainer::new(service.folders.output(), &service.folders.inbox);
+    service.log_start_up();
     tracing::info!(
         inbox = %service.folders.inbox.display(),
         workers = service.workers,

@@ -89,7 +89,7 @@ impl Retrainer {
         }
         let every = config.train.retrain_after_videos;
         if every == 0
-            || config.caption.mode != CaptionMode::Vocabulary
+            || config.caption.effective_mode() != CaptionMode::Vocabulary
             || Instant::now() < self.next_check
         {
             return;

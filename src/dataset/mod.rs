@@ -1,10 +1,14 @@
 //! Annotation and dataset formats of the field: Charades-STA text lines, ActivityNet Captions
-//! JSON, Moment-DETR/QVHighlights JSONL and PSVL's JSON list.
+//! JSON, Moment-DETR/QVHighlights JSONL, PSVL's JSON list, TACoS (times in frames), DiDeMo
+//! (5-second segments) and MAD (long movies).
 
 pub mod activitynet;
 pub mod charades;
+pub mod didemo;
+pub mod mad;
 pub mod moment_detr;
 pub mod psvl;
+pub mod tacos;
 
 use crate::fsio::{write_atomic, Durability};
 use crate::processor::VideoProposals;
@@ -139,12 +143,108 @@ impl DatasetError {
     }
 }
 
-/// Reads pairs from an annotation or dataset file, or from a folder of our dataset files (the
-/// Moment-DETR files when there are any, since the other formats repeat them). Times become
-/// fractions of the video's duration, from the file or else from the video's features.
-pub fn read_moments(path: &Path) -> Result<Vec<Moment>, DatasetError> {
+/// The annotation formats read, as `--format` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnotationFormat {
+    /// Charades-STA lines: `vid start end##sentence`.
+    Charades,
+    /// Moment-DETR / QVHighlights JSONL.
+    MomentDetr,
+    /// ActivityNet Captions JSON.
+    Activitynet,
+    /// PSVL's JSON list.
+    Psvl,
+    /// TACoS JSON, times in frames.
+    Tacos,
+    /// DiDeMo JSON, 5-second segments.
+    Didemo,
+    /// MAD JSON.
+    Mad,
+}
+
+impl AnnotationFormat {
+    /// Every format, with its name.
+    pub const ALL: [(&'static str, AnnotationFormat); 7] = [
+        ("charades", AnnotationFormat::Charades),
+        ("moment-detr", AnnotationFormat::MomentDetr),
+        ("activitynet", AnnotationFormat::Activitynet),
+        ("psvl", AnnotationFormat::Psvl),
+        ("tacos", AnnotationFormat::Tacos),
+        ("didemo", AnnotationFormat::Didemo),
+        ("mad", AnnotationFormat::Mad),
+    ];
+
+    /// The format a file's name and content say: the extension when it is one of ours, else
+    /// the text's shape (a JSON list, object or lines, and the fields of its first entry).
+    pub fn detect(path: &Path, text: &str) -> AnnotationFormat {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let trimmed = text.trim_start();
+        match ext.as_str() {
+            "txt" => return AnnotationFormat::Charades,
+            "jsonl" => return AnnotationFormat::MomentDetr,
+            _ => {}
+        }
+        let first: Option<serde_json::Value> = match trimmed.chars().next() {
+            Some('[') | Some('{') => serde_json::from_str(trimmed).ok(),
+            _ => None,
+        };
+        match first {
+            Some(serde_json::Value::Array(items)) => {
+                let didemo = items
+                    .first()
+                    .is_some_and(|i| i.get("times").is_some() && i.get("description").is_some());
+                match didemo {
+                    true => AnnotationFormat::Didemo,
+                    false => AnnotationFormat::Psvl,
+                }
+            }
+            Some(serde_json::Value::Object(entries)) => {
+                let entry = entries.values().next();
+                let has = |key: &str| entry.is_some_and(|e| e.get(key).is_some());
+                if has("num_frames") {
+                    AnnotationFormat::Tacos
+                } else if has("movie") {
+                    AnnotationFormat::Mad
+                } else {
+                    AnnotationFormat::Activitynet
+                }
+            }
+            // Not one JSON document: JSON lines if its first line is an object, else
+            // Charades-STA lines.
+            _ if trimmed.starts_with('{') => AnnotationFormat::MomentDetr,
+            _ => AnnotationFormat::Charades,
+        }
+    }
+}
+
+impl std::str::FromStr for AnnotationFormat {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        AnnotationFormat::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = AnnotationFormat::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown format {name:?}; one of {}", names.join(", "))
+            })
+    }
+}
+
+/// Reads pairs from an annotation or dataset file (in `format`, or the one it looks like), or
+/// from a folder of our dataset files (the Moment-DETR files when there are any, since the
+/// other formats repeat them). Times become fractions of the video's duration, from the file
+/// or else from the video's features.
+pub fn read_moments(
+    path: &Path,
+    format: Option<AnnotationFormat>,
+) -> Result<Vec<Moment>, DatasetError> {
     if !path.is_dir() {
-        return read_annotations(path);
+        return read_annotations(path, format);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| DatasetError::new(path, None, format!("cannot list: {e}")))?
@@ -181,33 +281,28 @@ pub fn read_moments(path: &Path) -> Result<Vec<Moment>, DatasetError> {
     })?;
     let mut moments = Vec::new();
     for file in chosen {
-        moments.extend(read_annotations(&file)?);
+        moments.extend(read_annotations(&file, None)?);
     }
     Ok(moments)
 }
 
-/// Reads an annotation file, recognising its format by extension and shape:
-/// `.txt` Charades-STA, `.jsonl` Moment-DETR, `.json` ActivityNet (an object) or PSVL (a list).
-pub fn read_annotations(path: &Path) -> Result<Vec<Moment>, DatasetError> {
+/// Reads an annotation file in `format`, or in the one its name and content say
+/// ([`AnnotationFormat::detect`]).
+pub fn read_annotations(
+    path: &Path,
+    format: Option<AnnotationFormat>,
+) -> Result<Vec<Moment>, DatasetError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DatasetError::new(path, None, format!("cannot read: {e}")))?;
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    let moments = match ext.as_str() {
-        "txt" => charades::parse(path, &text)?,
-        "jsonl" => moment_detr::parse(path, &text)?,
-        "json" if text.trim_start().starts_with('[') => psvl::parse(path, &text)?,
-        "json" => activitynet::parse(path, &text)?,
-        _ => {
-            return Err(DatasetError::new(
-                path,
-                None,
-                "unknown annotation format (expected .txt Charades-STA, .jsonl Moment-DETR, \
-                 .json ActivityNet Captions or PSVL)",
-            ))
-        }
+    let format = format.unwrap_or_else(|| AnnotationFormat::detect(path, &text));
+    let moments = match format {
+        AnnotationFormat::Charades => charades::parse(path, &text)?,
+        AnnotationFormat::MomentDetr => moment_detr::parse(path, &text)?,
+        AnnotationFormat::Activitynet => activitynet::parse(path, &text)?,
+        AnnotationFormat::Psvl => psvl::parse(path, &text)?,
+        AnnotationFormat::Tacos => tacos::parse(path, &text)?,
+        AnnotationFormat::Didemo => didemo::parse(path, &text)?,
+        AnnotationFormat::Mad => mad::parse(path, &text)?,
     };
     for m in &moments {
         if m.windows
@@ -254,7 +349,7 @@ mod tests {
                     path.display()
                 );
             }
-            let moments = read_annotations(&path).unwrap();
+            let moments = read_annotations(&path, None).unwrap();
             assert_eq!(moments.len(), count, "{rel}");
             assert!(
                 moments
@@ -295,7 +390,7 @@ mod tests {
             (&paths[2], query, false),
         ];
         for (path, query_of, has_duration) in checks {
-            let moments = read_annotations(path).unwrap();
+            let moments = read_annotations(path, None).unwrap();
             assert_eq!(moments.len(), labels.len());
             for (m, l) in moments.iter().zip(&labels) {
                 assert_eq!(m.vid, l.vid, "{}", path.display());
@@ -387,7 +482,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.txt");
         std::fs::write(&path, "v1 0 3##ok\nv2 zero 3##bad\n").unwrap();
-        let err = read_annotations(&path).unwrap_err().to_string();
+        let err = read_annotations(&path, None).unwrap_err().to_string();
         assert!(err.contains("a.txt line 2"), "{err}");
+    }
+
+    #[test]
+    fn formats_are_told_by_content_when_the_name_does_not_say() {
+        let cases = [
+            ("v1 0 3##a man sits\n", AnnotationFormat::Charades),
+            (
+                r#"{"qid": 1, "query": "q", "vid": "v"}"#,
+                AnnotationFormat::MomentDetr,
+            ),
+            (
+                r#"{"v": {"duration": 3, "timestamps": [], "sentences": []}}"#,
+                AnnotationFormat::Activitynet,
+            ),
+            (
+                r#"{"v.avi": {"num_frames": 3, "fps": 1, "timestamps": [], "sentences": []}}"#,
+                AnnotationFormat::Tacos,
+            ),
+            (
+                r#"{"1": {"movie": "m", "sentence": "s", "timestamps": [0, 1], "movie_duration": 9}}"#,
+                AnnotationFormat::Mad,
+            ),
+            (
+                r#"[{"video": "v.mp4", "description": "d", "times": [[0, 0]]}]"#,
+                AnnotationFormat::Didemo,
+            ),
+            (
+                r#"[["v", 30.0, [0, 3], "a man sits"]]"#,
+                AnnotationFormat::Psvl,
+            ),
+        ];
+        for (text, format) in cases {
+            assert_eq!(
+                AnnotationFormat::detect(Path::new("queries.txt.hidden"), text),
+                format,
+                "{text}"
+            );
+        }
+        // The name decides when it is one of ours, and --format over both.
+        let dir = tempfile::tempdir().unwrap();
+        let hidden = dir.path().join("queries.txt.hidden");
+        std::fs::write(&hidden, "v1 0 3##a man sits\n").unwrap();
+        assert_eq!(read_annotations(&hidden, None).unwrap().len(), 1);
+        let forced = read_annotations(&hidden, Some(AnnotationFormat::MomentDetr));
+        assert!(forced.is_err());
+        assert_eq!("tacos".parse(), Ok(AnnotationFormat::Tacos));
+        assert!("c3d"
+            .parse::<AnnotationFormat>()
+            .unwrap_err()
+            .contains("moment-detr"));
     }
 }

@@ -108,6 +108,7 @@ pub fn run(config: Config) -> Result<(), QueueError> {
     )));
     let known = std::mem::take(&mut service.inputs).into_iter().collect();
     let roots = resolved_roots(&service.config);
+    service.log_start_up();
     tracing::info!(
         consumer = %name,
         stream = %service.config.queue.stream,

@@ -163,7 +163,7 @@ mod tests {
         assert_eq!((report.ledgers, report.videos, report.labels), (2, 3, 6));
         assert_eq!((report.duplicates_dropped, report.shards_written), (1, 2));
         let first =
-            crate::dataset::read_annotations(&out.join("moment_detr-000001.jsonl")).unwrap();
+            crate::dataset::read_annotations(&out.join("moment_detr-000001.jsonl"), None).unwrap();
         assert_eq!(
             first.iter().map(|m| m.vid.as_str()).collect::<Vec<_>>(),
             ["a", "a", "b"]

@@ -309,20 +309,14 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
     let ctx = Arc::new(context(&config, &role, &folders, &owners, &memory)?);
     let stall = std::time::Duration::from_secs(config.daemon.stall_s);
     let metrics = Arc::new(Metrics::with_stall_limit(stall));
-    let metrics_addr = match config.daemon.metrics_addr.as_str() {
-        "" => None,
-        addr => {
-            let fail = |source| ServiceError::Metrics {
-                addr: addr.to_string(),
-                source,
-            };
-            let resolved: Vec<SocketAddr> = addr.to_socket_addrs().map_err(fail)?.collect();
-            if !config.daemon.metrics_public && !resolved.iter().all(|a| a.ip().is_loopback()) {
-                return Err(ServiceError::PublicMetrics {
+    let metrics_addr = match allowed_metrics_addr(&config.daemon)? {
+        None => None,
+        Some(addr) => {
+            let bound =
+                metrics::serve(addr, metrics.clone()).map_err(|source| ServiceError::Metrics {
                     addr: addr.to_string(),
-                });
-            }
-            let bound = metrics::serve(addr, metrics.clone()).map_err(fail)?;
+                    source,
+                })?;
             tracing::info!(addr = %bound, "serving /metrics and /healthz");
             Some(bound)
         }
@@ -358,6 +352,28 @@ pub fn open(config: Config, role: Role) -> Result<(Service, Receiver<Event>), Se
         },
         rx,
     ))
+}
+
+/// `daemon.metrics_addr`, if set, once it resolves and is allowed: a loopback address, or any
+/// with `daemon.metrics_public = true`.
+pub fn allowed_metrics_addr(daemon: &DaemonConfig) -> Result<Option<&str>, ServiceError> {
+    let addr = match daemon.metrics_addr.as_str() {
+        "" => return Ok(None),
+        addr => addr,
+    };
+    let resolved: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|source| ServiceError::Metrics {
+            addr: addr.to_string(),
+            source,
+        })?
+        .collect();
+    if !daemon.metrics_public && !resolved.iter().all(|a| a.ip().is_loopback()) {
+        return Err(ServiceError::PublicMetrics {
+            addr: addr.to_string(),
+        });
+    }
+    Ok(Some(addr))
 }
 
 /// Jobs in flight at once. A watcher's queue is its own, and a deep one keeps the workers busy
@@ -432,6 +448,40 @@ impl Service {
                 message,
             })));
         });
+    }
+
+    /// Says in a few lines what the service runs with: its folders, where it computes, what
+    /// makes the pseudo-queries (or why there are none), the model in use and where metrics
+    /// are served.
+    pub fn log_start_up(&self) {
+        let f = &self.folders;
+        tracing::info!(
+            inbox = %f.inbox.display(),
+            output = %f.output().display(),
+            quarantine = %f.quarantine.display(),
+            state = %f.state.display(),
+            "folders"
+        );
+        tracing::info!(
+            workers = self.workers,
+            max_in_flight = self.max_in_flight,
+            decode_bytes = self.memory.capacity(),
+            "compute: cpu"
+        );
+        if self.role == Role::Watcher && self.config.daemon.enqueue {
+            tracing::info!("captions: made by the queue's consumers (daemon.enqueue)");
+        } else {
+            tracing::info!("captions: {}", self.ctx.processor.captioner().summary());
+        }
+        let models = f.output().join("models");
+        match crate::daemon::retrain::current(&models) {
+            Some(version) => tracing::info!("model: {version} in {}", models.display()),
+            None => tracing::info!("model: none trained yet (train.retrain_after_videos)"),
+        }
+        match self.metrics_addr {
+            Some(addr) => tracing::info!("metrics: http://{addr}/metrics and /healthz"),
+            None => tracing::info!("metrics: not served (daemon.metrics_addr)"),
+        }
     }
 
     /// Makes jobs claim video ids in `shared` too, so processes that serve one queue never

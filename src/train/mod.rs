@@ -21,7 +21,7 @@ pub mod query;
 
 use crate::caption::text::TextEncoder;
 use crate::config::{Checkpoint, Config, TrainConfig};
-use crate::dataset::read_moments;
+use crate::dataset::{read_moments, AnnotationFormat};
 use crate::rng::Rng;
 use crate::span::{iou, IOU_THRESHOLDS};
 pub use checkpoint::*;
@@ -52,6 +52,7 @@ pub struct TrainReport {
 /// the same. `progress` is called after every epoch.
 pub fn train(
     dataset: &Path,
+    format: Option<AnnotationFormat>,
     features: &[PathBuf],
     out: &Path,
     config: &Config,
@@ -59,7 +60,7 @@ pub fn train(
 ) -> Result<TrainReport, TrainError> {
     let train_config = &config.train;
     let started = Instant::now();
-    let moments = first_per_video(read_moments(dataset)?, train_config.pairs_per_video);
+    let moments = first_per_video(read_moments(dataset, format)?, train_config.pairs_per_video);
     if moments.is_empty() {
         return Err(TrainError::Data(format!(
             "{}: no pairs to train on",
