@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use momentminer::bench::BenchOptions;
 use momentminer::dataset::AnnotationFormat;
+use momentminer::release::Release;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -97,6 +98,11 @@ pub(crate) enum Command {
         /// Index of the first video: a later range of the same world (a test set).
         #[arg(long)]
         first_index: Option<usize>,
+        /// Also write the world in a public release's layout, as its preset in
+        /// config/presets/ reads it: charades-i3d, activitynet-c3d, qvhighlights-clip,
+        /// tacos-c3d, didemo or mad-clip (into OUT/<release>/).
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<Release>,
     },
     /// Recall of ranked proposals against ground truth, with sliding-window and random baselines.
     EvalProposals {

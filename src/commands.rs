@@ -360,3 +360,30 @@ pub(crate) fn check(
         }
     })
 }
+
+/// `synth --release`: the world just made, in a release's layout, and the commands that read
+/// it with the release's preset.
+pub(crate) fn write_release(world: &Path, release: momentminer::release::Release) -> Result<()> {
+    let name = momentminer::release::Release::ALL
+        .iter()
+        .find(|(_, r)| *r == release)
+        .map_or("release", |(n, _)| *n);
+    let out = world.join(name);
+    let written = momentminer::release::write(world, release, &out)?;
+    let durations = written
+        .durations
+        .as_ref()
+        .map(|d| format!(" --set ingest.durations_file={}", d.display()))
+        .unwrap_or_default();
+    println!(
+        "{name} layout in {}: features {}, annotations {}\n  momentminer propose {} --out {} --config config/presets/{name}.toml{durations}\n  momentminer eval-proposals --gt {} --proposals {}",
+        out.display(),
+        written.features.display(),
+        written.annotations.display(),
+        written.features.display(),
+        out.join("run").display(),
+        written.annotations.display(),
+        out.join("run").display(),
+    );
+    Ok(())
+}

@@ -400,7 +400,7 @@ pub fn grounding_report(
         by_vid.entry(m.vid.as_str()).or_default().push(i);
     }
     let tower = if baselines {
-        Some(TextTower::open(config)?)
+        Some(TextTower::open(grounder.config())?)
     } else {
         None
     };

@@ -68,7 +68,13 @@ impl Grounder {
                 ),
             });
         }
-        let mut config = config.clone();
+        let mut config = card
+            .captions
+            .apply(config)
+            .map_err(|message| TrainError::Model {
+                path: dir.to_path_buf(),
+                message,
+            })?;
         config.train = card.config.clone();
         Ok(Grounder {
             lexicon: card.lexicon.iter().cloned().collect(),
@@ -78,6 +84,12 @@ impl Grounder {
             encoder,
             config,
         })
+    }
+
+    /// The configuration it answers with: the caller's, with the model's training settings
+    /// and, where the caller names none, the text tower and vocabulary it was trained with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Top-`top_k` segments for each query over `video`, ranked among `candidates` (the

@@ -9,7 +9,8 @@
 //! the Redis consumer ([`queue`]). Beside the path: [`dataset`] (annotation and dataset
 //! formats), [`train`], [`ground`] and [`eval`] (the grounding model and the metrics, with
 //! [`span`] below them), [`synth`] (a world with known answers, which hands the product its
-//! text tower and vocabulary as files), [`inspect`] (pictures), [`check`] (what a run needs,
+//! text tower and vocabulary as files) and [`release`] (that world in the layouts of public
+//! feature releases), [`inspect`] (pictures), [`check`] (what a run needs,
 //! tried before it starts). Imports flow one way:
 //! `scripts/import-cycles.py` fails CI on any circle.
 
@@ -32,6 +33,7 @@ pub mod inspect;
 pub mod processor;
 pub mod proposals;
 pub mod queue;
+pub mod release;
 pub mod rng;
 pub mod sample;
 pub mod service;

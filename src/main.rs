@@ -111,6 +111,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             seed,
             dim,
             first_index,
+            release,
         } => {
             config.synth.first_index = first_index.unwrap_or(config.synth.first_index);
             config.synth.videos = videos.unwrap_or(config.synth.videos);
@@ -125,6 +126,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out.join("gt.jsonl").display(),
                 out.join(synth::CAPTION_SETTINGS).display()
             );
+            if let Some(release) = release {
+                commands::write_release(&out, release)?;
+            }
         }
         Command::EvalProposals {
             gt,

@@ -801,3 +801,107 @@ fn check_names_what_is_wrong_before_a_run() {
         text(&out)
     );
 }
+
+/// Each preset of config/presets/ reads its release's layout end to end: a small world written
+/// in that layout (`synth --release`), proposed with the preset, and its annotation file read
+/// back in the release's own format for `eval-proposals`.
+#[test]
+fn every_preset_reads_its_release_layout_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    let releases = [
+        (
+            "charades-i3d",
+            "i3d_features",
+            "charades_sta_test.txt",
+            "charades",
+            Some("durations.json"),
+        ),
+        (
+            "activitynet-c3d",
+            "sub_activitynet_v1-3.c3d.hdf5",
+            "val_1.json",
+            "activitynet",
+            Some("val_1.json"),
+        ),
+        (
+            "qvhighlights-clip",
+            "clip_features",
+            "highlight_val_release.jsonl",
+            "moment-detr",
+            None,
+        ),
+        (
+            "tacos-c3d",
+            "tall_c3d_features.hdf5",
+            "test.json",
+            "tacos",
+            Some("test.json"),
+        ),
+        (
+            "didemo",
+            "didemo_features.h5",
+            "val_data.json",
+            "didemo",
+            None,
+        ),
+        (
+            "mad-clip",
+            "CLIP_frames_features_5fps.h5",
+            "MAD_val.json",
+            "mad",
+            None,
+        ),
+    ];
+    for (release, features, annotations, format, durations) in releases {
+        let out = momentminer(&[
+            "synth",
+            "--out",
+            p(&world),
+            "--videos",
+            "3",
+            "--release",
+            release,
+        ]);
+        assert!(out.status.success(), "{release}: {}", text(&out));
+        let layout = world.join(release);
+        let run = layout.join("run");
+        let preset = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config/presets")
+            .join(format!("{release}.toml"));
+        let durations_setting =
+            durations.map(|d| format!("ingest.durations_file={}", p(&layout.join(d))));
+        let features = layout.join(features);
+        let mut args = vec![
+            "propose",
+            p(&features),
+            "--out",
+            p(&run),
+            "--config",
+            p(&preset),
+        ];
+        if let Some(setting) = &durations_setting {
+            args.extend(["--set", setting.as_str()]);
+        }
+        let out = momentminer(&args);
+        assert!(out.status.success(), "{release}: {}", text(&out));
+        let results = std::fs::read_dir(run.join("proposals")).unwrap().count();
+        assert_eq!(results, 3, "{release}: {}", text(&out));
+        let out = momentminer(&[
+            "eval-proposals",
+            "--gt",
+            p(&layout.join(annotations)),
+            "--format",
+            format,
+            "--proposals",
+            p(&run),
+        ]);
+        let report = text(&out);
+        assert!(out.status.success(), "{release}: {report}");
+        let ours = report
+            .lines()
+            .find(|l| l.starts_with("proposals"))
+            .unwrap_or("");
+        assert!(!ours.is_empty(), "{release}: {report}");
+    }
+}

@@ -292,6 +292,37 @@ fn grounding_mistakes_are_clear_errors() {
         report.contains("48-d features") && report.contains("64-d"),
         "{report}"
     );
+    // The model carries the tower and vocabulary it was trained with: `eval --baselines`
+    // without the caption settings scores with them, and another world's are refused.
+    let report = must(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--annotations",
+        p(&truth),
+        "--features",
+        p(&features),
+        "--baselines",
+    ]);
+    assert!(
+        report.lines().any(|l| l.starts_with("text similarity")),
+        "{report}"
+    );
+    let report = fail(&[
+        "ground",
+        "--config",
+        p(&other.join("caption.toml")),
+        "--model",
+        p(&model),
+        "--features",
+        p(&video),
+        "--query",
+        "a door",
+    ]);
+    assert!(
+        report.contains("another text tower") && report.contains("caption.tower_anchors"),
+        "{report}"
+    );
     let card_path = model.join("model.json");
     let card = std::fs::read_to_string(&card_path).unwrap();
     std::fs::write(

@@ -89,8 +89,9 @@ impl TextTower {
     }
 }
 
-/// Names the text tower's weights for caches of its embeddings, without loading it.
-fn tower_key(config: &Config) -> Result<String, CaptionError> {
+/// Names the text tower's weights for caches of its embeddings and model cards, without
+/// loading it.
+pub fn tower_key(config: &Config) -> Result<String, CaptionError> {
     let caption = &config.caption;
     let anchored = caption.clip_text_model.as_os_str().is_empty();
     let (model, tokenizer) = if anchored {

@@ -4,16 +4,18 @@
 use super::error::TrainError;
 use super::model::Network;
 use super::optim::*;
-use crate::config::TrainConfig;
+use crate::config::{Config, TrainConfig};
 use crate::fsio::{write_atomic, Durability};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The model card's format; a folder written by another version is refused.
-pub const CARD_VERSION: u32 = 2;
+pub const CARD_VERSION: u32 = 3;
+/// The oldest card read: version 2 lacks only [`ModelCard::captions`].
+const OLDEST_CARD_VERSION: u32 = 2;
 /// The model card's file in a model folder.
 pub const CARD_FILE: &str = "model.json";
 /// The weights' file in a model folder.
@@ -89,6 +91,9 @@ pub struct ModelCard {
     /// The words queries are brought to ([`query::content_words`]): the captioner's
     /// vocabulary when training began; empty = queries read as written.
     pub lexicon: Vec<String>,
+    /// The caption settings its pseudo-queries were made with.
+    #[serde(default)]
+    pub captions: CaptionRecord,
     /// What it was trained on.
     pub data: DataSummary,
     /// The epoch whose weights these are.
@@ -127,14 +132,109 @@ impl ModelCard {
         let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
-        let version = value["version"].as_u64();
-        if value["format"] != "momentminer-grounding" || version != Some(CARD_VERSION.into()) {
+        let version = value["version"].as_u64().unwrap_or(0);
+        let known = u64::from(OLDEST_CARD_VERSION)..=u64::from(CARD_VERSION);
+        if value["format"] != "momentminer-grounding" || !known.contains(&version) {
             return Err(fail(format!(
-                "format {} version {}; this momentminer reads momentminer-grounding version {CARD_VERSION}",
+                "format {} version {}; this momentminer reads momentminer-grounding versions \
+                 {OLDEST_CARD_VERSION} to {CARD_VERSION}",
                 value["format"], value["version"]
             )));
         }
         serde_json::from_value(value).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// The text tower and vocabulary the training pairs' pseudo-queries came from, as set when
+/// training began, with their content hashes: `ground` and `eval` use them unless the
+/// configuration names the same ones, and refuse others.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaptionRecord {
+    /// `caption.clip_text_model`.
+    pub clip_text_model: PathBuf,
+    /// `caption.clip_tokenizer`.
+    pub clip_tokenizer: PathBuf,
+    /// `caption.tower_anchors`.
+    pub tower_anchors: PathBuf,
+    /// The tower's weights ([`crate::caption::tower_key`]); empty when none was set.
+    pub tower_hash: String,
+    /// `caption.vocabulary`.
+    pub vocabulary: PathBuf,
+    /// xxh3 of the vocabulary file; empty when none was set.
+    pub vocabulary_hash: String,
+}
+
+fn file_hash(path: &Path) -> Result<String, String> {
+    std::fs::read(path)
+        .map(|bytes| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes)))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl CaptionRecord {
+    /// What `caption` names, hashed.
+    pub fn of(config: &Config) -> Result<CaptionRecord, String> {
+        let caption = &config.caption;
+        let set = |path: &Path| !path.as_os_str().is_empty();
+        let tower_hash = match set(&caption.clip_text_model) || set(&caption.tower_anchors) {
+            true => crate::caption::tower_key(config).map_err(|e| e.to_string())?,
+            false => String::new(),
+        };
+        let vocabulary_hash = match set(&caption.vocabulary) {
+            true => file_hash(&caption.vocabulary)?,
+            false => String::new(),
+        };
+        Ok(CaptionRecord {
+            clip_text_model: caption.clip_text_model.clone(),
+            clip_tokenizer: caption.clip_tokenizer.clone(),
+            tower_anchors: caption.tower_anchors.clone(),
+            tower_hash,
+            vocabulary: caption.vocabulary.clone(),
+            vocabulary_hash,
+        })
+    }
+
+    /// `config` with this record's tower and vocabulary where it names none; an error naming
+    /// both when it names others.
+    pub fn apply(&self, config: &Config) -> Result<Config, String> {
+        let configured = CaptionRecord::of(config)?;
+        let mut config = config.clone();
+        let caption = &mut config.caption;
+        if configured.tower_hash.is_empty() {
+            caption.clip_text_model = self.clip_text_model.clone();
+            caption.clip_tokenizer = self.clip_tokenizer.clone();
+            caption.tower_anchors = self.tower_anchors.clone();
+        } else if !self.tower_hash.is_empty() && configured.tower_hash != self.tower_hash {
+            return Err(format!(
+                "it was trained on pseudo-queries of another text tower ({}) than the one \
+                 configured ({}); leave caption.clip_text_model and caption.tower_anchors unset \
+                 to use the model's",
+                self.tower_name(),
+                configured.tower_name()
+            ));
+        }
+        if configured.vocabulary_hash.is_empty() {
+            caption.vocabulary = self.vocabulary.clone();
+        } else if !self.vocabulary_hash.is_empty()
+            && configured.vocabulary_hash != self.vocabulary_hash
+        {
+            return Err(format!(
+                "it was trained with the vocabulary {} and caption.vocabulary names another \
+                 ({}); leave caption.vocabulary unset to use the model's",
+                self.vocabulary.display(),
+                configured.vocabulary.display()
+            ));
+        }
+        Ok(config)
+    }
+
+    fn tower_name(&self) -> String {
+        match self.clip_text_model.as_os_str().is_empty() {
+            true => format!("caption.tower_anchors = {}", self.tower_anchors.display()),
+            false => format!(
+                "caption.clip_text_model = {}",
+                self.clip_text_model.display()
+            ),
+        }
     }
 }
 

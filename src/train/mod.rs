@@ -85,6 +85,10 @@ pub fn train(
         &lexicon.iter().cloned().collect(),
         train_config.max_query_words,
     )?;
+    let captions = CaptionRecord::of(config).map_err(|message| TrainError::Model {
+        path: out.to_path_buf(),
+        message: format!("cannot record the caption settings: {message}"),
+    })?;
     let (training, validation) = split(&pairs, train_config.validation_share);
     let data = DataSummary {
         source: dataset.display().to_string(),
@@ -183,6 +187,7 @@ pub fn train(
                 feature_dim: videos.feature_dim,
                 query_encoder: encoder.model_key()?,
                 lexicon: lexicon.clone(),
+                captions: captions.clone(),
                 data: data.clone(),
                 best_epoch: epoch,
                 validation: check,
