@@ -201,6 +201,12 @@ impl AnnotationFormat {
                     false => AnnotationFormat::Psvl,
                 }
             }
+            // One record of JSON lines, not a map of videos.
+            Some(serde_json::Value::Object(entries))
+                if entries.get("vid").is_some_and(|v| v.is_string()) =>
+            {
+                AnnotationFormat::MomentDetr
+            }
             Some(serde_json::Value::Object(entries)) => {
                 let entry = entries.values().next();
                 let has = |key: &str| entry.is_some_and(|e| e.get(key).is_some());
