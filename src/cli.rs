@@ -135,6 +135,22 @@ pub(crate) enum Command {
     /// Run the daemon: watch [daemon].inbox, write proposals, dataset shards and quarantine
     /// records, keep the ledger. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the config.
     Watch,
+    /// A static HTML report of a run (the output folder of propose or of the daemon): the
+    /// run's figures and one row per video in OUT/index.html, a page per video with its
+    /// self-similarity picture and its proposals on a time axis. Opens from disk in any browser.
+    Report {
+        /// The run's output folder (or its proposals/ folder).
+        run: PathBuf,
+        /// Where the report goes.
+        #[arg(long)]
+        out: PathBuf,
+        /// Ground truth to set beside the proposals (any annotation format).
+        #[arg(long)]
+        gt: Option<PathBuf>,
+        /// The ground truth's format, when its name and content do not say it.
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<AnnotationFormat>,
+    },
     /// Checks everything a run needs before it starts: the configuration, ONNX Runtime and
     /// every configured model and tower, that the tower fits a sample input's visual stream,
     /// that the folders can be written, that the metrics address is allowed. One line per

@@ -10,7 +10,7 @@
 //! formats), [`train`], [`ground`] and [`eval`] (the grounding model and the metrics, with
 //! [`span`] below them), [`synth`] (a world with known answers, which hands the product its
 //! text tower and vocabulary as files) and [`release`] (that world in the layouts of public
-//! feature releases), [`inspect`] (pictures), [`check`] (what a run needs,
+//! feature releases), [`inspect`] (pictures) and [`report`] (a run as HTML), [`check`] (what a run needs,
 //! tried before it starts). Imports flow one way:
 //! `scripts/import-cycles.py` fails CI on any circle.
 
@@ -34,6 +34,7 @@ pub mod processor;
 pub mod proposals;
 pub mod queue;
 pub mod release;
+pub mod report;
 pub mod rng;
 pub mod sample;
 pub mod service;

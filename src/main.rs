@@ -11,7 +11,7 @@ use commands::{evaluate_model, load_video, print_evaluation, propose_paths, trai
 use momentminer::bench;
 use momentminer::config::Config;
 use momentminer::processor::{analyse, Source, StageTimes};
-use momentminer::{caption, daemon, inspect, queue, synth};
+use momentminer::{caption, daemon, inspect, queue, report, synth};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -142,6 +142,21 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         } => commands::demo(&out, epochs, test_videos, config)?,
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
         Command::Check { .. } => unreachable!("answered above"),
+        Command::Report {
+            run,
+            out,
+            gt,
+            format,
+        } => {
+            let truth = gt.as_deref().map(|path| report::Truth { path, format });
+            let summary = report::write(&run, &out, &config, truth)?;
+            println!(
+                "report of {} videos ({} with a self-similarity picture): {}",
+                summary.videos,
+                summary.pictures,
+                summary.index.display()
+            );
+        }
         Command::Watch => {
             let (file, overrides) = (cli.config.clone(), cli.overrides.clone());
             let reload = Box::new(move || Config::load(&file, &overrides));

@@ -905,3 +905,109 @@ fn every_preset_reads_its_release_layout_end_to_end() {
         assert!(!ours.is_empty(), "{release}: {report}");
     }
 }
+
+/// Checks that every non-void element of `html` is closed in order; returns the first
+/// mismatch.
+fn balanced(html: &str) -> Result<(), String> {
+    const VOID: [&str; 4] = ["meta", "img", "input", "br"];
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        rest = &rest[start + 1..];
+        let end = rest.find('>').ok_or("a tag is never closed")?;
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('!') {
+            continue;
+        }
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if tag.starts_with('/') {
+            match open.pop() {
+                Some(last) if last == name => {}
+                other => return Err(format!("</{name}> closes {other:?}")),
+            }
+        } else if !VOID.contains(&name.as_str()) && !tag.ends_with('/') {
+            open.push(name.clone());
+        }
+        if name == "script" && !tag.starts_with('/') {
+            // Script text is not markup.
+            let close = rest.find("</script>").ok_or("a script is never closed")?;
+            rest = &rest[close..];
+        }
+    }
+    match open.is_empty() {
+        true => Ok(()),
+        false => Err(format!("never closed: {open:?}")),
+    }
+}
+
+/// `report` makes a static site of a run: every video linked from the index, every page and
+/// picture present, well-formed HTML without external assets.
+#[test]
+fn the_report_links_every_video_and_its_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    let out = momentminer(&["synth", "--out", p(&world), "--videos", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let settings = world.join("caption.toml");
+    let run = dir.path().join("run");
+    let out = momentminer(&[
+        "propose",
+        p(&world.join("features")),
+        "--out",
+        p(&run),
+        "--config",
+        p(&settings),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let site = dir.path().join("report");
+    let out = momentminer(&[
+        "report",
+        p(&run),
+        "--out",
+        p(&site),
+        "--gt",
+        p(&world.join("gt.jsonl")),
+        "--config",
+        p(&settings),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("5 videos (5 with a self-similarity picture)"));
+    let index = std::fs::read_to_string(site.join("index.html")).unwrap();
+    balanced(&index).unwrap_or_else(|e| panic!("index.html: {e}"));
+    for expected in [
+        "R@1",
+        "proposals",
+        "sliding windows",
+        "pseudo-queries",
+        "<script>",
+    ] {
+        assert!(index.contains(expected), "{expected}");
+    }
+    let links: Vec<&str> = index
+        .split("href=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .collect();
+    assert_eq!(links.len(), 5, "{links:?}");
+    for link in links {
+        let page = std::fs::read_to_string(site.join(link)).unwrap();
+        balanced(&page).unwrap_or_else(|e| panic!("{link}: {e}"));
+        assert!(page.contains("truth: "), "{link}: no true moment drawn");
+        let src = page.split("<img src=\"").nth(1).expect("a picture");
+        let picture = site.join("videos").join(&src[..src.find('"').unwrap()]);
+        assert_eq!(&std::fs::read(&picture).unwrap()[..4], b"\x89PNG", "{link}");
+    }
+    let all = std::fs::read_dir(site.join("videos"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .chain([index])
+        .collect::<String>();
+    for external in ["src=\"http", "href=\"http", "url(", "@import"] {
+        assert!(!all.contains(external), "an external asset: {external}");
+    }
+}

@@ -308,10 +308,20 @@ fn grounding_mistakes_are_clear_errors() {
         report.lines().any(|l| l.starts_with("text similarity")),
         "{report}"
     );
+    let elsewhere = dir.path().join("elsewhere");
+    must(&[
+        "synth",
+        "--out",
+        p(&elsewhere),
+        "--videos",
+        "1",
+        "--seed",
+        "99",
+    ]);
     let report = fail(&[
         "ground",
         "--config",
-        p(&other.join("caption.toml")),
+        p(&elsewhere.join("caption.toml")),
         "--model",
         p(&model),
         "--features",
