@@ -39,6 +39,15 @@ pub(crate) enum LogFormat {
     Journald,
 }
 
+/// How `ground` and `eval` answer.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GroundMethod {
+    /// A model trained on pseudo-labels (--model).
+    Model,
+    /// No training: the text tower's similarity to the spans' mean visual embedding.
+    Similarity,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Propose temporal events for feature files and folders and caption them (caption.mode);
@@ -215,8 +224,13 @@ pub(crate) enum Command {
     },
     /// Where in a video does a sentence happen? Prints JSON: the top-k segments in seconds.
     Ground {
+        /// A trained model's folder (for --method model).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
+        /// model: the trained model; similarity: no training, the caption text tower's
+        /// similarity to the video's proposals and sliding windows.
+        #[arg(long, value_enum, default_value_t = GroundMethod::Model)]
+        method: GroundMethod,
         /// One feature file (the first video of a many-video file unless --video names one).
         #[arg(long)]
         features: PathBuf,
@@ -232,10 +246,15 @@ pub(crate) enum Command {
         #[arg(long)]
         top_k: Option<usize>,
     },
-    /// R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU of a trained model on annotated sentences.
+    /// R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU of a trained model (or of the training-free
+    /// similarity grounder) on annotated sentences.
     Eval {
+        /// A trained model's folder (for --method model).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
+        /// model: the trained model; similarity: the training-free grounder.
+        #[arg(long, value_enum, default_value_t = GroundMethod::Model)]
+        method: GroundMethod,
         /// Charades-STA .txt, Moment-DETR .jsonl, or ActivityNet Captions, PSVL, TACoS, DiDeMo
         /// or MAD .json.
         #[arg(long)]

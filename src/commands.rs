@@ -1,6 +1,7 @@
 //! What the subcommands do beyond calling one library function: reading their arguments,
 //! printing their reports. The library does the work; these only drive it.
 
+use crate::cli::GroundMethod;
 use anyhow::{bail, Context, Result};
 use momentminer::batch::{collect_videos, propose_all, BatchReport};
 use momentminer::config::Config;
@@ -81,7 +82,8 @@ pub(crate) fn demo(
     );
     let test_features = [test.join("features")];
     evaluate_model(
-        &out.join("model"),
+        GroundMethod::Model,
+        Some(&out.join("model")),
         &test.join("gt.jsonl"),
         None,
         &test_features,
@@ -91,7 +93,8 @@ pub(crate) fn demo(
     )?;
     println!("the ceiling: the same model trained on the ground truth");
     evaluate_model(
-        &out.join("model-gt"),
+        GroundMethod::Model,
+        Some(&out.join("model-gt")),
         &test.join("gt.jsonl"),
         None,
         &test_features,
@@ -103,8 +106,24 @@ pub(crate) fn demo(
 }
 
 /// `momentminer ground`: the best segments of one video for each sentence, as JSON.
+/// The model folder `--method` needs: one for `model`, none for `similarity`.
+fn model_for(method: GroundMethod, model: Option<&Path>) -> Result<Option<&Path>> {
+    match (method, model) {
+        (GroundMethod::Model, Some(model)) => Ok(Some(model)),
+        (GroundMethod::Model, None) => {
+            bail!("--model FOLDER is needed with --method model (or use --method similarity)")
+        }
+        (GroundMethod::Similarity, Some(_)) => {
+            bail!("--method similarity uses no trained model; leave out --model")
+        }
+        (GroundMethod::Similarity, None) => Ok(None),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ground(
-    model: &Path,
+    method: GroundMethod,
+    model: Option<&Path>,
     features: &Path,
     video: Option<&str>,
     query: Vec<String>,
@@ -126,16 +145,22 @@ pub(crate) fn ground(
     if sentences.is_empty() {
         bail!("no query: give --query \"...\" or --queries FILE");
     }
+    let model = model_for(method, model)?;
     let loaded = load_video(features, video, config)?;
-    let grounder = ground::Grounder::load(model, config)?;
     let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    let candidates = ground::proposal_spans(&loaded, config);
-    let answers = grounder.ground(
-        &loaded,
-        &texts,
-        &candidates,
-        top_k.unwrap_or(config.train.top_k),
-    )?;
+    let top_k = top_k.unwrap_or(config.train.top_k);
+    let answers = match model {
+        Some(model) => {
+            let grounder = ground::Grounder::load(model, config)?;
+            let candidates = ground::proposal_spans(&loaded, config);
+            grounder.ground(&loaded, &texts, &candidates, top_k)?
+        }
+        None => {
+            let grounder = ground::SimilarityGrounder::load(config)?;
+            let candidates = ground::SimilarityGrounder::candidates(&loaded, config);
+            grounder.ground(&loaded, &texts, &candidates, top_k)?
+        }
+    };
     let out = serde_json::json!({
         "vid": loaded.id,
         "duration": loaded.duration,
@@ -234,8 +259,10 @@ pub(crate) fn train_model(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn evaluate_model(
-    model: &Path,
+    method: GroundMethod,
+    model: Option<&Path>,
     annotations: &Path,
     format: Option<AnnotationFormat>,
     features: &[PathBuf],
@@ -243,10 +270,19 @@ pub(crate) fn evaluate_model(
     per_query: Option<&Path>,
     config: &Config,
 ) -> Result<()> {
-    let grounder = ground::Grounder::load(model, config)?;
+    let grounder = match model_for(method, model)? {
+        Some(model) => Some(ground::Grounder::load(model, config)?),
+        None => None,
+    };
     let started = std::time::Instant::now();
-    let (tables, results) =
-        eval::grounding_report(&grounder, annotations, format, features, config, baselines)?;
+    let (tables, results) = eval::grounding_report(
+        grounder.as_ref(),
+        annotations,
+        format,
+        features,
+        config,
+        baselines,
+    )?;
     print!("{}", eval::format_table(&tables));
     println!(
         "{} queries in {:.2} s ({:.1} ms per query, proposals and baselines included)",

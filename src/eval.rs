@@ -3,17 +3,16 @@
 
 use crate::batch::collect_videos;
 use crate::caption::vocab::Vocabulary;
-use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
+use crate::caption::CaptionError;
 use crate::config::Config;
 use crate::dataset::{
     moment_detr, read_annotations, read_moments, AnnotationFormat, DatasetError, Moment,
 };
-use crate::ground::{proposal_spans, Grounder};
+use crate::ground::{proposal_spans, Answer, Grounder, SimilarityGrounder, SIMILARITY_WINDOWS};
 use crate::ingest::{read_video, Durations, VideoRef};
 use crate::processor::VideoProposals;
 use crate::rng::{hash_str, Rng};
-use crate::similarity::dot;
-use crate::span::{iou, IOU_THRESHOLDS};
+use crate::span::{iou, sliding_windows, IOU_THRESHOLDS};
 use crate::train::TrainError;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -132,31 +131,6 @@ pub fn best_iou(prediction: [f64; 2], moment: &Moment) -> f64 {
         .iter()
         .map(|w| iou(prediction, *w))
         .fold(0.0, f64::max)
-}
-
-/// `count` multi-scale sliding windows with half-window stride, taken round-robin over scales
-/// (lengths 1/2, 1/3, 1/4, ... of the video) so any prefix mixes scales.
-pub fn sliding_windows(duration: f64, count: usize) -> Vec<[f64; 2]> {
-    let mut scales: Vec<Vec<[f64; 2]>> = Vec::new();
-    let mut total = 0;
-    let mut m = 2;
-    while total < count {
-        let len = 1.0 / m as f64;
-        let windows: Vec<[f64; 2]> = (0..2 * m - 1)
-            .map(|i| {
-                let s = i as f64 * len / 2.0;
-                [s * duration, (s + len).min(1.0) * duration]
-            })
-            .collect();
-        total += windows.len();
-        scales.push(windows);
-        m += 1;
-    }
-    let longest = scales.iter().map(Vec::len).max().unwrap_or(0);
-    (0..longest)
-        .flat_map(|i| scales.iter().filter_map(move |s| s.get(i).copied()))
-        .take(count)
-        .collect()
 }
 
 /// `count` spans with uniformly random ends, at least 5% of the video long.
@@ -381,11 +355,13 @@ pub struct QueryResult {
     pub iou_top1: f64,
 }
 
-/// A trained model on annotated sentences: R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU, with, when
-/// `baselines`, the video's proposals ranked by the CLIP-style text tower's similarity (no
-/// trained model) and in random order. Queries whose video has no features count as misses.
+/// A grounder on annotated sentences: R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU of a trained model
+/// (`model`) or, without one, of the training-free [`SimilarityGrounder`] over the video's
+/// proposals. With `baselines`, also the text tower's similarity over the proposals (when a
+/// model is judged) and over sliding windows, and the proposals in random order. Queries whose
+/// video has no features count as misses.
 pub fn grounding_report(
-    grounder: &Grounder,
+    model: Option<&Grounder>,
     annotations: &Path,
     format: Option<AnnotationFormat>,
     features: &[PathBuf],
@@ -399,14 +375,26 @@ pub fn grounding_report(
     for (i, m) in moments.iter().enumerate() {
         by_vid.entry(m.vid.as_str()).or_default().push(i);
     }
-    let tower = if baselines {
-        Some(TextTower::open(grounder.config())?)
-    } else {
-        None
+    // The tower the model's pseudo-queries came from, unless the configuration names it.
+    let tower_config = model.map_or(config, Grounder::config);
+    let similarity = match model.is_none() || baselines {
+        true => Some(SimilarityGrounder::load(tower_config)?),
+        false => None,
     };
+    let mut methods = vec![match model {
+        Some(_) => "model",
+        None => "similarity",
+    }];
+    if baselines {
+        // Without a model the similarity over proposals is the method itself.
+        if model.is_some() {
+            methods.push("text similarity");
+        }
+        methods.extend(["text similarity, windows", "random proposal"]);
+    }
     let durations = Durations::load(&config.ingest.durations_file).map_err(TrainError::from)?;
     let top_k = config.train.top_k.max(5);
-    type Ranked = Vec<(usize, [Vec<[f64; 2]>; 3])>;
+    type Ranked = Vec<(usize, Vec<Vec<[f64; 2]>>)>;
     let answered: Vec<Ranked> = by_vid
         .par_iter()
         .filter_map(|(vid, indices)| Some((by_id.get(*vid)?, indices)))
@@ -420,58 +408,63 @@ pub fn grounding_report(
             })?;
             let queries: Vec<&str> = indices.iter().map(|&i| moments[i].query.as_str()).collect();
             let proposals = proposal_spans(&video, config);
-            let answers = grounder.ground(&video, &queries, &proposals, top_k)?;
-            let seconds = |s: &[f64; 2]| [s[0] * video.duration, s[1] * video.duration];
-            let by_text = match &tower {
-                Some(tower) => {
-                    let stream = visual_stream(&video, &config.caption.visual_stream)?;
-                    let visual: Vec<Vec<f32>> = proposals
-                        .iter()
-                        .map(|p| mean_over(stream, p[0], p[1]))
-                        .collect();
-                    let texts = tower.embed(&queries)?;
-                    texts
-                        .iter()
-                        .map(|text| {
-                            let mut scored: Vec<(f32, [f64; 2])> = visual
-                                .iter()
-                                .zip(&proposals)
-                                .map(|(v, p)| {
-                                    (dot(v, text) / dot(v, v).sqrt().max(1e-12), seconds(p))
-                                })
-                                .collect();
-                            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-                            scored.into_iter().map(|(_, p)| p).collect()
-                        })
-                        .collect()
-                }
-                None => vec![Vec::new(); queries.len()],
+            let spans = |answers: Vec<Answer>| -> Vec<Vec<[f64; 2]>> {
+                answers
+                    .into_iter()
+                    .map(|a| a.segments.iter().map(|s| [s.start, s.end]).collect())
+                    .collect()
             };
+            let mut lists: Vec<Vec<Vec<[f64; 2]>>> = Vec::new();
+            match (model, &similarity) {
+                (Some(model), _) => {
+                    lists.push(spans(model.ground(&video, &queries, &proposals, top_k)?))
+                }
+                (None, Some(similarity)) => {
+                    let candidates = SimilarityGrounder::candidates(&video, config);
+                    lists.push(spans(similarity.ground(
+                        &video,
+                        &queries,
+                        &candidates,
+                        top_k,
+                    )?));
+                }
+                (None, None) => unreachable!("loaded when there is no model"),
+            }
+            if let (true, Some(similarity)) = (baselines, &similarity) {
+                if model.is_some() {
+                    lists.push(spans(
+                        similarity.ground(&video, &queries, &proposals, top_k)?,
+                    ));
+                }
+                let windows = sliding_windows(1.0, SIMILARITY_WINDOWS);
+                lists.push(spans(similarity.ground(&video, &queries, &windows, top_k)?));
+                let seconds = |s: &[f64; 2]| [s[0] * video.duration, s[1] * video.duration];
+                lists.push(
+                    indices
+                        .iter()
+                        .map(|&i| {
+                            let mut random: Vec<[f64; 2]> = proposals.iter().map(seconds).collect();
+                            Rng::new(hash_str(&moments[i].vid) ^ i as u64).shuffle(&mut random);
+                            random
+                        })
+                        .collect(),
+                );
+            }
             Ok(indices
                 .iter()
-                .zip(answers)
-                .zip(by_text)
-                .map(|((&i, answer), text)| {
-                    let mut random: Vec<[f64; 2]> = proposals.iter().map(seconds).collect();
-                    Rng::new(hash_str(&moments[i].vid) ^ i as u64).shuffle(&mut random);
-                    let model = answer.segments.iter().map(|s| [s.start, s.end]).collect();
-                    (i, [model, text, random])
-                })
+                .enumerate()
+                .map(|(q, &i)| (i, lists.iter().map(|l| l[q].clone()).collect()))
                 .collect())
         })
         .collect::<Result<_, EvalError>>()?;
-    let mut ranked: Vec<Option<[Vec<[f64; 2]>; 3]>> = vec![None; moments.len()];
+    let mut ranked: Vec<Option<Vec<Vec<[f64; 2]>>>> = vec![None; moments.len()];
     for (i, lists) in answered.into_iter().flatten() {
         ranked[i] = Some(lists);
     }
-    let methods: &[(&str, usize)] = if baselines {
-        &[("model", 0), ("text similarity", 1), ("random proposal", 2)]
-    } else {
-        &[("model", 0)]
-    };
     let tables = methods
         .iter()
-        .map(|&(name, index)| {
+        .enumerate()
+        .map(|(index, name)| {
             let lists: Vec<Option<&[[f64; 2]]>> = ranked
                 .iter()
                 .map(|r| r.as_ref().map(|lists| lists[index].as_slice()))
@@ -502,7 +495,7 @@ pub fn grounding_report(
 /// A plain-text table, one row per method.
 pub fn format_table(tables: &[RecallTable]) -> String {
     let mut out = format!(
-        "{:<16} {:>7} {:>6}  {:^20}  {:^20}  {:^20}  {:>6}\n{:<16} {:>7} {:>6}  {:^20}  {:^20}  {:^20}  {:>6}\n",
+        "{:<24} {:>7} {:>6}  {:^20}  {:^20}  {:^20}  {:>6}\n{:<24} {:>7} {:>6}  {:^20}  {:^20}  {:^20}  {:>6}\n",
         "method", "queries", "per-v", "R@1 IoU .3/.5/.7", "R@5 IoU .3/.5/.7", "R@all IoU .3/.5/.7", "mIoU@1",
         "", "", "video", "", "", "", ""
     );
@@ -516,7 +509,7 @@ pub fn format_table(tables: &[RecallTable]) -> String {
     };
     for t in tables {
         out.push_str(&format!(
-            "{:<16} {:>7} {:>6.1}  {:^20}  {:^20}  {:^20}  {:>6.1}\n",
+            "{:<24} {:>7} {:>6.1}  {:^20}  {:^20}  {:^20}  {:>6.1}\n",
             t.method,
             t.queries,
             t.per_video,

@@ -216,13 +216,15 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         } => train_model(&dataset, format, &features, &out, &config)?,
         Command::Ground {
             model,
+            method,
             features,
             video,
             query,
             queries,
             top_k,
         } => commands::ground(
-            &model,
+            method,
+            model.as_deref(),
             &features,
             video.as_deref(),
             query,
@@ -232,13 +234,15 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         )?,
         Command::Eval {
             model,
+            method,
             annotations,
             format,
             features,
             baselines,
             per_query,
         } => evaluate_model(
-            &model,
+            method,
+            model.as_deref(),
             &annotations,
             format,
             &features,

@@ -1,5 +1,5 @@
-//! Temporal spans as the field judges them: intersection over union, and the IoU thresholds
-//! recall is reported at. Below [`crate::eval`], [`crate::ground`] and [`crate::train`], which
+//! Temporal spans as the field judges them: intersection over union, the IoU thresholds
+//! recall is reported at, and the multi-scale sliding windows every baseline starts from. Below [`crate::eval`], [`crate::ground`] and [`crate::train`], which
 //! all measure spans the same way.
 
 /// The IoU thresholds R@n is reported at (the field's 0.3, 0.5 and 0.7).
@@ -14,6 +14,31 @@ pub fn iou(a: [f64; 2], b: [f64; 2]) -> f64 {
     } else {
         inter / union
     }
+}
+
+/// `count` multi-scale sliding windows with half-window stride, taken round-robin over scales
+/// (lengths 1/2, 1/3, 1/4, ... of the video) so any prefix mixes scales.
+pub fn sliding_windows(duration: f64, count: usize) -> Vec<[f64; 2]> {
+    let mut scales: Vec<Vec<[f64; 2]>> = Vec::new();
+    let mut total = 0;
+    let mut m = 2;
+    while total < count {
+        let len = 1.0 / m as f64;
+        let windows: Vec<[f64; 2]> = (0..2 * m - 1)
+            .map(|i| {
+                let s = i as f64 * len / 2.0;
+                [s * duration, (s + len).min(1.0) * duration]
+            })
+            .collect();
+        total += windows.len();
+        scales.push(windows);
+        m += 1;
+    }
+    let longest = scales.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| scales.iter().filter_map(move |s| s.get(i).copied()))
+        .take(count)
+        .collect()
 }
 
 #[cfg(test)]

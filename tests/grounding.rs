@@ -210,9 +210,30 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         "--per-query",
         p(&per_query),
     ]);
-    for method in ["model", "text similarity", "random proposal"] {
+    for method in [
+        "model",
+        "text similarity",
+        "text similarity, windows",
+        "random proposal",
+    ] {
         assert!(report.lines().any(|l| l.starts_with(method)), "{report}");
     }
+    // The training-free grounder needs no model: the text tower alone.
+    let report = must(&[
+        "eval",
+        "--method",
+        "similarity",
+        "--config",
+        p(&caption),
+        "--annotations",
+        p(&test.join("gt.jsonl")),
+        "--features",
+        p(&test.join("features")),
+    ]);
+    assert!(
+        report.lines().any(|l| l.starts_with("similarity")),
+        "{report}"
+    );
     let lines = std::fs::read_to_string(&per_query).unwrap();
     let truth = std::fs::read_to_string(test.join("gt.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), truth.lines().count());
@@ -292,6 +313,33 @@ fn grounding_mistakes_are_clear_errors() {
         report.contains("48-d features") && report.contains("64-d"),
         "{report}"
     );
+    // --method decides whether a model is needed.
+    let report = fail(&["ground", "--features", p(&video), "--query", "a door"]);
+    assert!(report.contains("--model FOLDER is needed"), "{report}");
+    let report = fail(&[
+        "ground",
+        "--method",
+        "similarity",
+        "--model",
+        p(&model),
+        "--features",
+        p(&video),
+        "--query",
+        "a door",
+    ]);
+    assert!(report.contains("leave out --model"), "{report}");
+    let answer = must(&[
+        "ground",
+        "--method",
+        "similarity",
+        "--config",
+        p(&caption),
+        "--features",
+        p(&video),
+        "--query",
+        "a person opens the door",
+    ]);
+    assert!(answer.contains("\"segments\""), "{answer}");
     // The model carries the tower and vocabulary it was trained with: `eval --baselines`
     // without the caption settings scores with them, and another world's are refused.
     let report = must(&[
