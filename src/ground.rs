@@ -149,14 +149,10 @@ impl Grounder {
             .zip(predictions)
             .map(|(query, (start, end, attention))| Answer {
                 query: query.to_string(),
-                segments: rank(&[start, end], candidates, &attention, top_k)
-                    .into_iter()
-                    .map(|s| Segment {
-                        start: s.start * video.duration,
-                        end: s.end * video.duration,
-                        score: s.score,
-                    })
-                    .collect(),
+                segments: in_seconds(
+                    rank(&[start, end], candidates, &attention, top_k),
+                    video.duration,
+                ),
             })
             .collect())
     }
@@ -227,14 +223,7 @@ impl SimilarityGrounder {
                 });
                 Answer {
                     query: query.to_string(),
-                    segments: best_apart(scored.collect(), top_k)
-                        .into_iter()
-                        .map(|s| Segment {
-                            start: s.start * video.duration,
-                            end: s.end * video.duration,
-                            score: s.score,
-                        })
-                        .collect(),
+                    segments: in_seconds(best_apart(scored.collect(), top_k), video.duration),
                 }
             })
             .collect())
@@ -283,6 +272,18 @@ fn rank(
         })
         .collect();
     best_apart(ranked, top_k)
+}
+
+/// Normalised segments in seconds of a video `duration` long.
+fn in_seconds(segments: Vec<Segment>, duration: f64) -> Vec<Segment> {
+    segments
+        .into_iter()
+        .map(|s| Segment {
+            start: s.start * duration,
+            end: s.end * duration,
+            score: s.score,
+        })
+        .collect()
 }
 
 /// The best `top_k` segments by score, each overlapping none better than it by

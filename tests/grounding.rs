@@ -366,17 +366,21 @@ fn grounding_mistakes_are_clear_errors() {
         "--seed",
         "99",
     ]);
-    let report = fail(&[
-        "ground",
-        "--config",
-        p(&elsewhere.join("caption.toml")),
-        "--model",
-        p(&model),
-        "--features",
-        p(&video),
-        "--query",
-        "a door",
-    ]);
+    // `ground` of "a door" on one video with the model, under `settings`.
+    let ground_a_door = |settings: &Path| {
+        fail(&[
+            "ground",
+            "--config",
+            p(settings),
+            "--model",
+            p(&model),
+            "--features",
+            p(&video),
+            "--query",
+            "a door",
+        ])
+    };
+    let report = ground_a_door(&elsewhere.join("caption.toml"));
     assert!(
         report.contains("another text tower") && report.contains("caption.tower_anchors"),
         "{report}"
@@ -391,17 +395,7 @@ fn grounding_mistakes_are_clear_errors() {
         ),
     )
     .unwrap();
-    let report = fail(&[
-        "ground",
-        "--config",
-        p(&caption),
-        "--model",
-        p(&model),
-        "--features",
-        p(&video),
-        "--query",
-        "a door",
-    ]);
+    let report = ground_a_door(&caption);
     assert!(
         report.contains("model.json") && report.contains("version 99"),
         "{report}"
