@@ -107,6 +107,10 @@ pub(crate) enum Command {
         /// Index of the first video: a later range of the same world (a test set).
         #[arg(long)]
         first_index: Option<usize>,
+        /// Build a development world on this annotation file's temporal structure instead
+        /// (a Charades-STA .txt or ActivityNet Captions .json of a train split; [structure]).
+        #[arg(long, value_name = "FILE", conflicts_with = "release")]
+        structure: Option<PathBuf>,
         /// Also write the world in a public release's layout, as its preset in
         /// config/presets/ reads it: charades-i3d, activitynet-c3d, qvhighlights-clip,
         /// tacos-c3d, didemo or mad-clip (into OUT/<release>/).

@@ -59,6 +59,7 @@ pub struct Config {
     pub caption: CaptionConfig,
     pub train: TrainConfig,
     pub synth: SynthConfig,
+    pub structure: StructureConfig,
 }
 
 // Mirrors a part of config/momentminer.toml, where each key is documented.
@@ -254,6 +255,7 @@ pub struct CaptionConfig {
     pub verbs: usize,
     pub nouns: usize,
     pub verb_contrast: bool,
+    pub noun_contrast: bool,
     pub explain_nouns: usize,
     pub pairs: PairSelection,
     pub cache_dir: PathBuf,
@@ -284,6 +286,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub threads: usize,
     pub top_k: usize,
+    // Model cards written before it was a setting carry none.
+    #[serde(default)]
+    pub similarity_weight: f64,
     pub retrain_after_videos: usize,
 }
 
@@ -386,6 +391,25 @@ pub struct SynthConfig {
     pub clip_linger: f64,
     pub clip_incidental: f64,
     pub clip_clutter: f32,
+}
+
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StructureConfig {
+    pub videos: usize,
+    pub first_index: usize,
+    pub seed: u64,
+    pub dim: usize,
+    pub features_per_second: f64,
+    pub scene: f32,
+    pub scene_text: f32,
+    pub noise: f32,
+    pub correlation: f32,
+    pub distractors: f64,
+    pub boundary_s: f64,
+    pub tower_gap: f32,
 }
 
 impl Default for Config {
@@ -577,6 +601,11 @@ impl Config {
                 "must lie in [0, 1)",
             ),
             ("train.top_k", t.top_k >= 1, "must be at least 1"),
+            (
+                "train.similarity_weight",
+                t.similarity_weight >= 0.0 && t.similarity_weight.is_finite(),
+                "must be 0 or more",
+            ),
             ("synth.frames_min", y.frames_min >= 8, "must be at least 8"),
             (
                 "synth.frames_min",
@@ -605,6 +634,31 @@ impl Config {
                 "must lie in [0, 1)",
             ),
             ("synth.dim", y.dim >= 1, "must be at least 1"),
+            (
+                "structure.videos",
+                self.structure.videos >= 1,
+                "must be at least 1",
+            ),
+            (
+                "structure.dim",
+                self.structure.dim >= 1,
+                "must be at least 1",
+            ),
+            (
+                "structure.features_per_second",
+                self.structure.features_per_second > 0.0,
+                "must be positive",
+            ),
+            (
+                "structure.correlation",
+                (0.0..1.0).contains(&self.structure.correlation),
+                "must lie in [0, 1)",
+            ),
+            (
+                "structure.distractors",
+                self.structure.distractors >= 0.0,
+                "must be non-negative",
+            ),
             (
                 "synth.seconds_per_frame",
                 y.seconds_per_frame > 0.0,

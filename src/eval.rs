@@ -16,7 +16,7 @@ use crate::span::{iou, sliding_windows, IOU_THRESHOLDS};
 use crate::train::TrainError;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -210,7 +210,7 @@ pub fn proposal_report(
 pub struct CaptionAccuracy {
     /// Proposals with a pseudo-query.
     pub proposals: usize,
-    /// Of them, those one planted event covers for at least half their length.
+    /// Of them, those one annotated moment covers for at least half their length.
     pub judged: usize,
     /// Top-1 and top-3 shares.
     pub verb: [f64; 2],
@@ -224,12 +224,57 @@ pub struct CaptionAccuracy {
     pub random_noun: [f64; 2],
 }
 
-/// A planted event's window (seconds), verb and noun.
-type PlantedEvent<'a> = ([f64; 2], &'a str, &'a str);
+/// What one annotated moment accepts as a right word: the planted verb and noun of the
+/// synthetic world's gt.jsonl, or any word of a real sentence.
+struct Truth {
+    window: [f64; 2],
+    verbs: HashSet<String>,
+    nouns: HashSet<String>,
+}
 
-/// Caption accuracy against ground truth whose lines carry the event's `verb` and `noun` (the
-/// synthetic world's gt.jsonl); `None` for ground truth without them or uncaptioned results.
-/// The first `verbs` tokens of a query are its verbs, then come its nouns.
+impl Truth {
+    fn of(line: &moment_detr::Line) -> Option<Truth> {
+        let window = *line.relevant_windows.first()?;
+        let word = |key: &str| line.extra.get(key).and_then(|v| v.as_str());
+        if let (Some(verb), Some(noun)) = (word("verb"), word("noun")) {
+            return Some(Truth {
+                window,
+                verbs: HashSet::from([verb.to_string()]),
+                nouns: HashSet::from([noun.to_string()]),
+            });
+        }
+        let words: HashSet<String> = line
+            .query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        Some(Truth {
+            window,
+            verbs: words.clone(),
+            nouns: words,
+        })
+    }
+}
+
+/// Chance that a word drawn uniformly from `vocabulary` is in `truth`, and that one of three
+/// distinct drawn words is.
+fn chance(vocabulary: &[String], truth: &HashSet<String>) -> [f64; 2] {
+    let size = vocabulary.len() as f64;
+    let right = vocabulary.iter().filter(|w| truth.contains(*w)).count() as f64;
+    let all_wrong = (0..3)
+        .map(|i| ((size - right - i as f64) / (size - i as f64)).max(0.0))
+        .product::<f64>();
+    [right / size.max(1.0), (1.0 - all_wrong).clamp(0.0, 1.0)]
+}
+
+/// Caption accuracy: for each captioned proposal that one annotated moment covers for at least
+/// half its length, whether its first (and any of its first three) verbs and nouns are right.
+/// Right means the planted word where the ground truth names one (the synthetic world's
+/// gt.jsonl carries `verb` and `noun`), else a word of the moment's sentence. Beside it, what
+/// words drawn uniformly from the same vocabulary would score on the same proposals. `None`
+/// for ground truth that is not Moment-DETR lines or results without captions. The first
+/// `verbs` tokens of a query are its verbs, then come its nouns.
 pub fn caption_report(
     gt: &Path,
     proposals_dir: &Path,
@@ -241,34 +286,33 @@ pub fn caption_report(
     let Ok(lines) = moment_detr::read(gt, &text) else {
         return Ok(None);
     };
-    let mut events: HashMap<&str, Vec<PlantedEvent>> = HashMap::new();
+    let mut moments: HashMap<&str, Vec<Truth>> = HashMap::new();
     for line in &lines {
-        let word = |key: &str| line.extra.get(key).and_then(|v| v.as_str());
-        let (Some(verb), Some(noun), Some(window)) =
-            (word("verb"), word("noun"), line.relevant_windows.first())
-        else {
-            return Ok(None);
-        };
-        events
-            .entry(&line.vid)
-            .or_default()
-            .push((*window, verb, noun));
+        if let Some(truth) = Truth::of(line) {
+            moments.entry(&line.vid).or_default().push(truth);
+        }
     }
     let ours = load_proposals(proposals_dir)?;
     let (mut proposals, mut judged) = (0, 0);
     let (mut verb, mut noun, mut both) = ([0usize; 2], [0usize; 2], 0);
+    let (mut random_verb, mut random_noun) = ([0.0; 2], [0.0; 2]);
     for video in ours.values() {
         for p in &video.proposals {
             if p.caption.tokens.is_empty() {
                 continue;
             }
             proposals += 1;
-            let covering = events.get(video.vid.as_str()).and_then(|list| {
+            let covering = moments.get(video.vid.as_str()).and_then(|list| {
                 list.iter()
-                    .map(|(w, v, n)| ((p.end.min(w[1]) - p.start.max(w[0])).max(0.0), v, n))
+                    .map(|t| {
+                        (
+                            (p.end.min(t.window[1]) - p.start.max(t.window[0])).max(0.0),
+                            t,
+                        )
+                    })
                     .max_by(|a, b| a.0.total_cmp(&b.0))
             });
-            let Some((overlap, gt_verb, gt_noun)) = covering else {
+            let Some((overlap, truth)) = covering else {
                 continue;
             };
             if overlap < 0.5 * (p.end - p.start) {
@@ -277,28 +321,42 @@ pub fn caption_report(
             judged += 1;
             let split = verbs.min(p.caption.tokens.len());
             let (said_verbs, said_nouns) = p.caption.tokens.split_at(split);
-            let rank = |said: &[String], truth: &str| said.iter().position(|w| w == truth);
-            let (v, n) = (rank(said_verbs, gt_verb), rank(said_nouns, gt_noun));
-            for (counts, rank) in [(&mut verb, v), (&mut noun, n)] {
-                counts[0] += usize::from(rank == Some(0));
-                counts[1] += usize::from(rank.is_some_and(|r| r < 3));
+            let right = |said: &[String], truth: &HashSet<String>, within: usize| {
+                said.iter().take(within).any(|w| truth.contains(w))
+            };
+            for (counts, said, truth) in [
+                (&mut verb, said_verbs, &truth.verbs),
+                (&mut noun, said_nouns, &truth.nouns),
+            ] {
+                counts[0] += usize::from(right(said, truth, 1));
+                counts[1] += usize::from(right(said, truth, 3));
             }
-            both += usize::from(v == Some(0) && n == Some(0));
+            both += usize::from(
+                right(said_verbs, &truth.verbs, 1) && right(said_nouns, &truth.nouns, 1),
+            );
+            for (sums, words, truth) in [
+                (&mut random_verb, &vocabulary.verbs, &truth.verbs),
+                (&mut random_noun, &vocabulary.nouns, &truth.nouns),
+            ] {
+                let odds = chance(words, truth);
+                sums[0] += odds[0];
+                sums[1] += odds[1];
+            }
         }
     }
     if proposals == 0 {
         return Ok(None);
     }
     let share = |count: usize| count as f64 / judged.max(1) as f64;
-    let chance = |words: usize| [1.0 / words as f64, (3.0 / words as f64).min(1.0)];
+    let mean = |sums: [f64; 2]| sums.map(|s| s / judged.max(1) as f64);
     Ok(Some(CaptionAccuracy {
         proposals,
         judged,
         verb: verb.map(share),
         noun: noun.map(share),
         both: share(both),
-        random_verb: chance(vocabulary.verbs.len()),
-        random_noun: chance(vocabulary.nouns.len()),
+        random_verb: mean(random_verb),
+        random_noun: mean(random_noun),
     }))
 }
 
@@ -307,7 +365,7 @@ impl std::fmt::Display for CaptionAccuracy {
         let pct = |x: f64| 100.0 * x;
         writeln!(
             f,
-            "pseudo-queries: {} of {} captioned proposals lie mostly inside one planted event",
+            "pseudo-queries: {} of {} captioned proposals lie mostly inside one annotated moment",
             self.judged, self.proposals
         )?;
         writeln!(
@@ -382,6 +440,7 @@ pub fn grounding_report(
         false => None,
     };
     let mut methods = vec![match model {
+        Some(model) if model.weighs_similarity() => "model + text similarity",
         Some(_) => "model",
         None => "similarity",
     }];
@@ -531,6 +590,31 @@ pub fn format_table(tables: &[RecallTable]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_real_sentence_accepts_any_of_its_words_and_chance_is_counted_on_it() {
+        let line = |extra: serde_json::Value| moment_detr::Line {
+            qid: None,
+            query: "A person opens the door.".into(),
+            vid: "v".into(),
+            duration: 30.0,
+            relevant_windows: vec![[1.0, 5.0]],
+            extra: extra.as_object().cloned().unwrap_or_default(),
+        };
+        let sentence = Truth::of(&line(serde_json::json!({}))).unwrap();
+        assert!(sentence.verbs.contains("opens") && sentence.nouns.contains("door"));
+        let planted = Truth::of(&line(serde_json::json!({"verb": "open", "noun": "door"})));
+        let planted = planted.unwrap();
+        assert_eq!(planted.verbs, HashSet::from(["open".to_string()]));
+        let words: Vec<String> = ["door", "box", "cup", "bed"].map(String::from).to_vec();
+        // One right word of four: 1/4 at top-1; 1 - (3/4)(2/3)(1/2) = 3/4 at top-3.
+        let odds = chance(&words, &sentence.nouns);
+        assert!(
+            (odds[0] - 0.25).abs() < 1e-9 && (odds[1] - 0.75).abs() < 1e-9,
+            "{odds:?}"
+        );
+        assert_eq!(chance(&words[1..], &sentence.nouns), [0.0, 0.0]);
+    }
 
     #[test]
     fn recall_counts_top1_top5_and_all() {

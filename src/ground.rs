@@ -55,6 +55,9 @@ pub struct Grounder {
     lexicon: HashSet<String>,
     matrix: Vec<f32>,
     config: Config,
+    /// The training-free similarity and its weight next to the model's attention
+    /// (`train.similarity_weight`), when both are there.
+    similarity: Option<(SimilarityGrounder, f64)>,
 }
 
 impl Grounder {
@@ -62,6 +65,8 @@ impl Grounder {
     /// with the query encoder configured now.
     pub fn load(dir: &Path, config: &Config) -> Result<Grounder, TrainError> {
         let card = ModelCard::read(dir)?;
+        // An answer-time setting: the caller's, not the one the model was trained under.
+        let similarity_weight = config.train.similarity_weight;
         let network = Network::load(&card.config, &dir.join(WEIGHTS_FILE))?;
         let encoder = TextEncoder::load(&config.caption)?;
         if encoder.model_key()? != card.query_encoder {
@@ -81,7 +86,20 @@ impl Grounder {
                 message,
             })?;
         config.train = card.config.clone();
+        let similarity = match similarity_weight > 0.0 {
+            true => match SimilarityGrounder::load(&config) {
+                Ok(similarity) => Some((similarity, similarity_weight)),
+                Err(e) => {
+                    tracing::info!(
+                        "answers ranked by the model alone (train.similarity_weight needs a text tower): {e}"
+                    );
+                    None
+                }
+            },
+            false => None,
+        };
         Ok(Grounder {
+            similarity,
             lexicon: card.lexicon.iter().cloned().collect(),
             matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
             network,
@@ -91,6 +109,11 @@ impl Grounder {
         })
     }
 
+    /// Whether answers are ranked with the text tower's similarity too.
+    pub fn weighs_similarity(&self) -> bool {
+        self.similarity.is_some()
+    }
+
     /// The configuration it answers with: the caller's, with the model's training settings
     /// and, where the caller names none, the text tower and vocabulary it was trained with.
     pub fn config(&self) -> &Config {
@@ -98,7 +121,8 @@ impl Grounder {
     }
 
     /// Top-`top_k` segments for each query over `video`, ranked among `candidates` (the
-    /// video's [`proposal_spans`]) after the regressed span.
+    /// video's [`proposal_spans`]) and the regressed span, by the model's attention and, with
+    /// a text tower and `train.similarity_weight`, the tower's similarity too.
     pub fn ground(
         &self,
         video: &Video,
@@ -144,17 +168,27 @@ impl Grounder {
             .collect();
         let refs: Vec<&Pair> = pairs.iter().collect();
         let predictions = self.network.predict(&refs, &bank, &texts, train)?;
-        Ok(queries
+        queries
             .iter()
             .zip(predictions)
-            .map(|(query, (start, end, attention))| Answer {
-                query: query.to_string(),
-                segments: in_seconds(
-                    rank(&[start, end], candidates, &attention, top_k),
-                    video.duration,
-                ),
+            .map(|(query, (start, end, attention))| {
+                let regressed = [start, end];
+                let similarity = match &self.similarity {
+                    Some((grounder, weight)) => {
+                        let spans: Vec<[f64; 2]> =
+                            candidates.iter().copied().chain([regressed]).collect();
+                        let scores = grounder.scores(video, &[query], &spans)?;
+                        scores.into_iter().next().map(|s| (s, *weight))
+                    }
+                    None => None,
+                };
+                let ranked = rank(&regressed, candidates, &attention, similarity, top_k);
+                Ok(Answer {
+                    query: query.to_string(),
+                    segments: in_seconds(ranked, video.duration),
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -196,6 +230,32 @@ impl SimilarityGrounder {
         candidates: &[[f64; 2]],
         top_k: usize,
     ) -> Result<Vec<Answer>, CaptionError> {
+        let scores = self.scores(video, queries, candidates)?;
+        Ok(queries
+            .iter()
+            .zip(scores)
+            .map(|(query, scores)| {
+                let scored = candidates.iter().zip(scores).map(|(c, score)| Segment {
+                    start: c[0],
+                    end: c[1],
+                    score,
+                });
+                Answer {
+                    query: query.to_string(),
+                    segments: in_seconds(best_apart(scored.collect(), top_k), video.duration),
+                }
+            })
+            .collect())
+    }
+
+    /// For each query, the cosine of its text embedding with each candidate's (normalised)
+    /// mean visual embedding.
+    pub fn scores(
+        &self,
+        video: &Video,
+        queries: &[&str],
+        candidates: &[[f64; 2]],
+    ) -> Result<Vec<Vec<f64>>, CaptionError> {
         let stream = visual_stream(video, &self.stream)?;
         let texts = self.tower.embed(queries)?;
         if let Some(text) = texts.first().filter(|t| t.len() != stream.dim) {
@@ -212,20 +272,9 @@ impl SimilarityGrounder {
                 mean.into_iter().map(|v| v / norm).collect()
             })
             .collect();
-        Ok(queries
+        Ok(texts
             .iter()
-            .zip(&texts)
-            .map(|(query, text)| {
-                let scored = candidates.iter().zip(&visual).map(|(c, v)| Segment {
-                    start: c[0],
-                    end: c[1],
-                    score: f64::from(dot(v, text)),
-                });
-                Answer {
-                    query: query.to_string(),
-                    segments: in_seconds(best_apart(scored.collect(), top_k), video.duration),
-                }
-            })
+            .map(|text| visual.iter().map(|v| f64::from(dot(v, text))).collect())
             .collect())
     }
 }
@@ -248,11 +297,14 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
 /// taking in a step only where the attention there is above average, so attention that leaks
 /// thinly over the whole video does not pull the answer long. The regressed span is not put
 /// first: where the attention is sharp it wins on its own, and where the regression is off a
-/// proposal that holds the attention answers better.
+/// proposal that holds the attention answers better. With `similarity` (the text tower's score
+/// of each candidate, then of the regressed span, and its weight), both scores are standardised
+/// over the candidates and added, so neither's scale decides.
 fn rank(
     regressed: &[f64; 2],
     candidates: &[[f64; 2]],
     attention: &[f32],
+    similarity: Option<(Vec<f64>, f64)>,
     top_k: usize,
 ) -> Vec<Segment> {
     let n = attention.len().max(1);
@@ -262,16 +314,36 @@ fn rank(
         let mass: f32 = attention[first..last].iter().sum();
         f64::from(mass) - (last - first) as f64 / n as f64
     };
-    let ranked: Vec<Segment> = candidates
+    let spans: Vec<&[f64; 2]> = candidates.iter().chain([regressed]).collect();
+    let mut scores: Vec<f64> = spans.iter().map(|c| score(c)).collect();
+    if let Some((similarity, weight)) = similarity.filter(|(s, _)| s.len() == scores.len()) {
+        let (model, text) = (standardised(&scores), standardised(&similarity));
+        scores = model
+            .iter()
+            .zip(text)
+            .map(|(m, t)| m + weight * t)
+            .collect();
+    }
+    let ranked = spans
         .iter()
-        .chain([regressed])
-        .map(|c| Segment {
+        .zip(scores)
+        .map(|(c, score)| Segment {
             start: c[0],
             end: c[1],
-            score: score(c),
+            score,
         })
         .collect();
     best_apart(ranked, top_k)
+}
+
+/// `values` less their mean, over their standard deviation (left centred when they are all
+/// alike).
+fn standardised(values: &[f64]) -> Vec<f64> {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let spread = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let scale = if spread > 1e-12 { spread } else { 1.0 };
+    values.iter().map(|v| (v - mean) / scale).collect()
 }
 
 /// Normalised segments in seconds of a video `duration` long.
@@ -320,12 +392,12 @@ mod tests {
         // The regressed span holds all the attention in the least time; [0.3, 0.9] overlaps it
         // (IoU 0.67), [0.6, 1.0] holds half of it and overlaps by 0.33 only.
         assert_eq!(
-            spans(rank(&[0.4, 0.8], &candidates, &attention, 3)),
+            spans(rank(&[0.4, 0.8], &candidates, &attention, None, 3)),
             [[0.4, 0.8], [0.6, 1.0], [0.0, 0.3]]
         );
         // A regressed span off the attention ranks below the proposals that hold it.
         assert_eq!(
-            spans(rank(&[0.0, 0.2], &candidates, &attention, 2)),
+            spans(rank(&[0.0, 0.2], &candidates, &attention, None, 2)),
             [[0.3, 0.9], [0.6, 1.0]]
         );
         // Steps 4 and 5 hold 0.2 each, the other eight 0.075 each: below the even 0.1, so the
@@ -334,8 +406,28 @@ mod tests {
         let mut leaky = [0.075f32; 10];
         leaky[4..6].fill(0.2);
         assert_eq!(
-            spans(rank(&[0.0, 1.0], &[[0.4, 0.6]], &leaky, 2)),
+            spans(rank(&[0.0, 1.0], &[[0.4, 0.6]], &leaky, None, 2)),
             [[0.4, 0.6], [0.0, 1.0]]
         );
+    }
+
+    #[test]
+    fn the_text_similarity_reorders_what_the_attention_leaves_close() {
+        // Attention split evenly between steps 0..2 and 6..8 of 10.
+        let attention = [0.25, 0.25, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.0, 0.0];
+        let candidates = [[0.0, 0.2], [0.6, 0.8], [0.3, 0.5]];
+        let regressed = [0.3, 0.5];
+        let first = |similarity| rank(&regressed, &candidates, &attention, similarity, 1)[0];
+        // The tower sees the query in the second span.
+        let text = vec![0.1, 0.9, 0.2, 0.2];
+        assert_eq!([first(None).start, first(None).end], [0.0, 0.2]);
+        let fused = first(Some((text.clone(), 1.0)));
+        assert_eq!([fused.start, fused.end], [0.6, 0.8]);
+        // A weight of 0 leaves the model's order; scores of the wrong length are ignored.
+        let alone = first(Some((text, 0.0)));
+        assert_eq!([alone.start, alone.end], [0.0, 0.2]);
+        let ignored = first(Some((vec![0.0, 1.0], 1.0)));
+        assert_eq!([ignored.start, ignored.end], [0.0, 0.2]);
+        assert_eq!(standardised(&[2.0, 2.0]), [0.0, 0.0]);
     }
 }

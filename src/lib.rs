@@ -9,8 +9,8 @@
 //! the Redis consumer ([`queue`]). Beside the path: [`dataset`] (annotation and dataset
 //! formats), [`train`], [`ground`] and [`eval`] (the grounding model and the metrics, with
 //! [`span`] below them), [`synth`] (a world with known answers, which hands the product its
-//! text tower and vocabulary as files) and [`release`] (that world in the layouts of public
-//! feature releases), [`inspect`] (pictures) and [`report`] (a run as HTML), [`check`] (what a run needs,
+//! text tower and vocabulary as files) [`release`] (that world in the layouts of public feature
+//! releases) and [`structure`] (a development world on a real annotation file's structure), [`inspect`] (pictures) and [`report`] (a run as HTML), [`check`] (what a run needs,
 //! tried before it starts). Imports flow one way:
 //! `scripts/import-cycles.py` fails CI on any circle.
 
@@ -40,5 +40,6 @@ pub mod sample;
 pub mod service;
 pub mod similarity;
 pub mod span;
+pub mod structure;
 pub mod synth;
 pub mod train;

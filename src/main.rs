@@ -111,6 +111,33 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             seed,
             dim,
             first_index,
+            structure: Some(annotations),
+            release: _,
+        } => {
+            config.structure.first_index = first_index.unwrap_or(config.structure.first_index);
+            config.structure.videos = videos.unwrap_or(config.structure.videos);
+            config.structure.seed = seed.unwrap_or(config.structure.seed);
+            config.structure.dim = dim.unwrap_or(config.structure.dim);
+            let world = momentminer::structure::generate(&annotations, &out, &config)?;
+            println!(
+                "development world on {}: {} videos, {} queries, a {}-word vocabulary; features in {}, \
+                 ground truth in {}; caption with --config {}",
+                annotations.display(),
+                world.videos,
+                world.queries,
+                world.words,
+                out.join("features").display(),
+                out.join("gt.jsonl").display(),
+                out.join(synth::CAPTION_SETTINGS).display()
+            );
+        }
+        Command::Synth {
+            out,
+            videos,
+            seed,
+            dim,
+            first_index,
+            structure: None,
             release,
         } => {
             config.synth.first_index = first_index.unwrap_or(config.synth.first_index);

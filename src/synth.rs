@@ -632,12 +632,6 @@ const DISTRACTORS: [&str; 20] = [
 /// prototype in the stream captions are scored against), the vocabulary (`vocabulary.json`:
 /// the world's words and the distractors) and [`CAPTION_SETTINGS`] naming both.
 fn write_caption_settings(out: &Path, config: &SynthConfig) -> Result<(), SynthError> {
-    let fail = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SynthError::Write { path, source }
-    };
-    let tower = out.join("tower");
-    std::fs::create_dir_all(&tower).map_err(fail(&tower))?;
     let (verbs, nouns) = words();
     let anchors: Vec<&str> = verbs.iter().chain(&nouns).copied().collect();
     let (seed, dim) = caption_space(config);
@@ -649,8 +643,30 @@ fn write_caption_settings(out: &Path, config: &SynthConfig) -> Result<(), SynthE
             .flat_map(|w| word_prototype(seed, dim, w))
             .collect(),
     };
+    let (distractor_verbs, distractor_nouns) = DISTRACTORS.split_at(10);
+    let verbs: Vec<&str> = verbs.iter().chain(distractor_verbs).copied().collect();
+    let nouns: Vec<&str> = nouns.iter().chain(distractor_nouns).copied().collect();
+    write_tower(out, &anchors, &prototypes, &verbs, &nouns)
+}
+
+/// Writes a world's text tower as anchors (`tower/words.txt`, `tower/prototypes.npy`: one
+/// row per anchor word, what it looks like in the stream captions read), its vocabulary
+/// (`vocabulary.json`) and [`CAPTION_SETTINGS`] naming both.
+pub fn write_tower(
+    out: &Path,
+    anchors: &[&str],
+    prototypes: &Features,
+    verbs: &[&str],
+    nouns: &[&str],
+) -> Result<(), SynthError> {
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SynthError::Write { path, source }
+    };
+    let tower = out.join("tower");
+    std::fs::create_dir_all(&tower).map_err(fail(&tower))?;
     let mut bytes = Vec::new();
-    npy::write(&mut bytes, &prototypes).map_err(fail(&tower))?;
+    npy::write(&mut bytes, prototypes).map_err(fail(&tower))?;
     let files = [
         (tower.join("words.txt"), anchors.join("\n").into_bytes()),
         (tower.join("prototypes.npy"), bytes),
@@ -658,11 +674,7 @@ fn write_caption_settings(out: &Path, config: &SynthConfig) -> Result<(), SynthE
     for (path, bytes) in &files {
         write_atomic(path, bytes, Durability::None).map_err(fail(path))?;
     }
-    let (distractor_verbs, distractor_nouns) = DISTRACTORS.split_at(10);
-    let vocabulary = serde_json::json!({
-        "verbs": verbs.iter().chain(distractor_verbs).collect::<Vec<_>>(),
-        "nouns": nouns.iter().chain(distractor_nouns).collect::<Vec<_>>(),
-    });
+    let vocabulary = serde_json::json!({ "verbs": verbs, "nouns": nouns });
     let vocabulary_path = out.join("vocabulary.json");
     write_atomic(
         &vocabulary_path,
@@ -679,8 +691,8 @@ fn write_caption_settings(out: &Path, config: &SynthConfig) -> Result<(), SynthE
     let mut settings = toml::Table::new();
     settings.insert("caption".into(), toml::Value::Table(caption));
     let text = format!(
-        "# This synthetic world's text tower and vocabulary. Pass this file with --config to\n\
-         # every command that captions or reads queries (propose, caption, train, eval, watch).\n{}",
+        "# This world's text tower and vocabulary. Pass this file with --config to every\n\
+         # command that captions or reads queries (propose, caption, train, eval, watch).\n{}",
         toml::to_string(&settings).unwrap_or_default()
     );
     let settings_path = out.join(CAPTION_SETTINGS);

@@ -402,3 +402,93 @@ fn grounding_mistakes_are_clear_errors() {
     );
     assert!(Path::new(&model).join("model.safetensors").exists());
 }
+
+#[test]
+fn a_development_world_on_real_structure_is_one_world_across_ranges() {
+    let annotations = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/charades-sta/charades_sta_train.txt");
+    assert!(
+        annotations.exists(),
+        "{} is missing: tests expect ../shared beside the checkout",
+        annotations.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held_out) = (dir.path().join("train"), dir.path().join("held-out"));
+    let world = |out: &Path, first: &str| {
+        must(&[
+            "synth",
+            "--structure",
+            p(&annotations),
+            "--out",
+            p(out),
+            "--videos",
+            "40",
+            "--first-index",
+            first,
+            "--set",
+            "structure.dim=64",
+        ])
+    };
+    world(&train, "0");
+    world(&held_out, "40");
+    // One projection, tower and vocabulary, whatever range is taken.
+    for file in ["tower/prototypes.npy", "tower/words.txt", "vocabulary.json"] {
+        assert_eq!(
+            std::fs::read(train.join(file)).unwrap(),
+            std::fs::read(held_out.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let features = |world: &Path| {
+        let mut vids: Vec<String> = std::fs::read_dir(world.join("features"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".npy"))
+            .collect();
+        vids.sort();
+        vids
+    };
+    let (seen, unseen) = (features(&train), features(&held_out));
+    assert_eq!((seen.len(), unseen.len()), (40, 40));
+    assert!(seen.iter().all(|v| !unseen.contains(v)), "ranges overlap");
+    // Queries are real sentences with their own windows inside their video.
+    let gt = std::fs::read_to_string(held_out.join("gt.jsonl")).unwrap();
+    let lines: Vec<Value> = gt
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let window = &line["relevant_windows"][0];
+        let (start, end) = (window[0].as_f64().unwrap(), window[1].as_f64().unwrap());
+        assert!(0.0 <= start && start < end && end <= line["duration"].as_f64().unwrap());
+        assert!(line["query"].as_str().unwrap().contains(' '));
+    }
+    // The world's caption settings carry the whole loop: proposals with pseudo-queries and
+    // the training-free grounder on the held-out range.
+    propose_world(&train);
+    let pairs = std::fs::read_to_string(train.join("dataset/moment_detr.jsonl")).unwrap();
+    assert!(pairs.lines().count() > 10, "{pairs}");
+    let report = must(&[
+        "eval",
+        "--method",
+        "similarity",
+        "--config",
+        p(&held_out.join("caption.toml")),
+        "--annotations",
+        p(&held_out.join("gt.jsonl")),
+        "--features",
+        p(&held_out.join("features")),
+    ]);
+    assert!(report.contains("similarity"), "{report}");
+    let (ok, report) = run(&[
+        "synth",
+        "--structure",
+        p(&annotations),
+        "--out",
+        p(&dir.path().join("past")),
+        "--first-index",
+        "100000",
+    ]);
+    assert!(!ok && report.contains("first_index = 100000"), "{report}");
+}

@@ -146,7 +146,6 @@ pub struct Captioner {
     told_unfit: AtomicBool,
     stream: String,
     words: WordChoice,
-    verb_contrast: bool,
     pairs: PairSelection,
     vocabulary: Option<ScoredVocabulary>,
 }
@@ -197,8 +196,9 @@ impl Captioner {
                 verbs: caption.verbs,
                 nouns: caption.nouns,
                 explain_nouns: caption.explain_nouns,
+                verb_contrast: caption.verb_contrast,
+                noun_contrast: caption.noun_contrast,
             },
-            verb_contrast: caption.verb_contrast,
             pairs: caption.pairs,
             vocabulary,
         })
@@ -215,8 +215,9 @@ impl Captioner {
                 verbs: 0,
                 nouns: 0,
                 explain_nouns: 0,
+                verb_contrast: false,
+                noun_contrast: false,
             },
-            verb_contrast: false,
             pairs: PairSelection::All,
             vocabulary: None,
         }
@@ -297,7 +298,8 @@ impl Captioner {
         let Some(features) = features else {
             return Ok(vec![Caption::default(); spans.len()]);
         };
-        let video_mean = self.verb_contrast.then(|| mean_over(features, 0.0, 1.0));
+        let video_mean = (self.words.verb_contrast || self.words.noun_contrast)
+            .then(|| mean_over(features, 0.0, 1.0));
         let mut captions = spans
             .iter()
             .map(|&(start, end)| {

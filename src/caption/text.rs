@@ -367,6 +367,8 @@ mod tests {
                 verbs: 1,
                 nouns: 1,
                 explain_nouns: 0,
+                verb_contrast: false,
+                noun_contrast: false,
             };
             let query = scored.caption(visual, None, words).unwrap();
             assert_eq!(query.tokens, [verb, noun], "{sentence}");

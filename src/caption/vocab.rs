@@ -128,11 +128,12 @@ impl ScoredVocabulary {
         self.vocabulary.verbs.len()
     }
 
-    /// The best verbs and nouns for one span. Nouns are scored against `visual`, the span's
-    /// mean embedding (any length scale). Verbs are too, unless `contrast` gives the span's
-    /// mean minus its video's: then verbs are scored against that contrast with the
-    /// directions of the `explain_nouns` best nouns taken out, since a still shows objects far
-    /// more than actions and the objects would otherwise decide the verb.
+    /// The best verbs and nouns for one span. Words are scored against `visual`, the span's
+    /// mean embedding (any length scale), unless `contrast` gives the span's mean minus its
+    /// video's and `choice` asks to read that part of speech from it. A still shows objects far
+    /// more than actions, and the scene shared by all of a video's steps most of all, so verbs
+    /// read from the contrast have the directions of the span's `explain_nouns` best nouns
+    /// taken out, and nouns read from it name what the span adds to its video, not the room.
     pub fn caption(
         &self,
         visual: &[f32],
@@ -149,17 +150,24 @@ impl ScoredVocabulary {
         }
         let verb_count = self.vocabulary.verbs.len();
         let (verb_embeddings, noun_embeddings) = self.embeddings.split_at(verb_count * self.dim);
-        let noun_scores = cosines(noun_embeddings, self.dim, visual);
+        // A span as long as its video differs from it by nothing; its mean has to do.
+        let differs = |residual: &[f32]| dot(residual, residual) > 1e-12 * dot(visual, visual);
+        let contrast = contrast.filter(|c| differs(c));
+        let nouns_in_view = cosines(noun_embeddings, self.dim, visual);
+        let noun_scores = match contrast.filter(|_| choice.noun_contrast) {
+            Some(contrast) => cosines(noun_embeddings, self.dim, contrast),
+            None => nouns_in_view.clone(),
+        };
         let action = contrast
+            .filter(|_| choice.verb_contrast)
             .map(|contrast| {
-                let explained = best_first(&noun_scores)
+                let explained = best_first(&nouns_in_view)
                     .into_iter()
                     .take(choice.explain_nouns)
                     .map(|i| &noun_embeddings[i * self.dim..(i + 1) * self.dim]);
                 without_directions(contrast, explained)
             })
-            // A span as long as its video differs from it by nothing; its mean has to do.
-            .filter(|residual| dot(residual, residual) > 1e-12 * dot(visual, visual));
+            .filter(|residual| differs(residual));
         let verb_scores = cosines(
             verb_embeddings,
             self.dim,
@@ -205,6 +213,10 @@ pub struct WordChoice {
     pub nouns: usize,
     /// Best nouns whose directions are taken out before verbs are scored (`caption.explain_nouns`).
     pub explain_nouns: usize,
+    /// Verbs read from the span's contrast with its video (`caption.verb_contrast`).
+    pub verb_contrast: bool,
+    /// Nouns read from it too (`caption.noun_contrast`).
+    pub noun_contrast: bool,
 }
 
 /// Cosine similarity of `visual` with each unit-length row of `rows`.
@@ -303,6 +315,8 @@ mod tests {
             verbs: 1,
             nouns: 2,
             explain_nouns: 0,
+            verb_contrast: false,
+            noun_contrast: false,
         };
         let query = scored.caption(&visual, None, words).unwrap();
         assert_eq!(query.tokens, ["pour", "water", "chair"]);
@@ -348,6 +362,8 @@ mod tests {
             verbs: 1,
             nouns: 1,
             explain_nouns,
+            verb_contrast: true,
+            noun_contrast: false,
         };
         let plain = scored.caption(&span, None, words(2)).unwrap();
         assert_eq!(
@@ -399,5 +415,32 @@ mod tests {
         )
         .unwrap();
         assert!(Vocabulary::load(&path).is_err());
+    }
+
+    #[test]
+    fn nouns_read_from_the_contrast_name_what_the_span_adds_to_its_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let scored = ScoredVocabulary::build(vocabulary(), "axes", dir.path(), axes).unwrap();
+        // The chair fills every step (the room); the span adds a door to it.
+        let video = [0.0, 0.0, 0.0, 0.1, 0.0, 0.9, 0.0];
+        let span = [0.0, 0.0, 0.0, 0.5, 0.0, 0.9, 0.0];
+        let contrast: Vec<f32> = span.iter().zip(video).map(|(s, v)| s - v).collect();
+        let words = |noun_contrast| WordChoice {
+            verbs: 1,
+            nouns: 1,
+            explain_nouns: 0,
+            verb_contrast: false,
+            noun_contrast,
+        };
+        let by_mean = scored
+            .caption(&span, Some(&contrast), words(false))
+            .unwrap();
+        assert_eq!(by_mean.tokens[1], "chair");
+        let by_contrast = scored.caption(&span, Some(&contrast), words(true)).unwrap();
+        assert_eq!(by_contrast.tokens[1], "door");
+        // A span as long as its video adds nothing: its mean decides.
+        let zero = vec![0.0; 7];
+        let whole = scored.caption(&video, Some(&zero), words(true)).unwrap();
+        assert_eq!(whole.tokens[1], "chair");
     }
 }
