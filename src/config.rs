@@ -255,7 +255,7 @@ pub struct CaptionConfig {
     pub verbs: usize,
     pub nouns: usize,
     pub verb_contrast: bool,
-    pub noun_contrast: bool,
+    pub noun_lift: f32,
     pub explain_nouns: usize,
     pub pairs: PairSelection,
     pub cache_dir: PathBuf,
@@ -601,6 +601,11 @@ impl Config {
                 "must lie in [0, 1)",
             ),
             ("train.top_k", t.top_k >= 1, "must be at least 1"),
+            (
+                "caption.noun_lift",
+                self.caption.noun_lift >= 0.0 && self.caption.noun_lift.is_finite(),
+                "must be 0 or more",
+            ),
             (
                 "train.similarity_weight",
                 t.similarity_weight >= 0.0 && t.similarity_weight.is_finite(),

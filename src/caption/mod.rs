@@ -197,7 +197,7 @@ impl Captioner {
                 nouns: caption.nouns,
                 explain_nouns: caption.explain_nouns,
                 verb_contrast: caption.verb_contrast,
-                noun_contrast: caption.noun_contrast,
+                noun_lift: caption.noun_lift,
             },
             pairs: caption.pairs,
             vocabulary,
@@ -216,7 +216,7 @@ impl Captioner {
                 nouns: 0,
                 explain_nouns: 0,
                 verb_contrast: false,
-                noun_contrast: false,
+                noun_lift: 0.0,
             },
             pairs: PairSelection::All,
             vocabulary: None,
@@ -298,7 +298,7 @@ impl Captioner {
         let Some(features) = features else {
             return Ok(vec![Caption::default(); spans.len()]);
         };
-        let video_mean = (self.words.verb_contrast || self.words.noun_contrast)
+        let video_mean = (self.words.verb_contrast || self.words.noun_lift > 0.0)
             .then(|| mean_over(features, 0.0, 1.0));
         let mut captions = spans
             .iter()

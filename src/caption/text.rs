@@ -368,7 +368,7 @@ mod tests {
                 nouns: 1,
                 explain_nouns: 0,
                 verb_contrast: false,
-                noun_contrast: false,
+                noun_lift: 0.0,
             };
             let query = scored.caption(visual, None, words).unwrap();
             assert_eq!(query.tokens, [verb, noun], "{sentence}");

@@ -129,11 +129,11 @@ impl ScoredVocabulary {
     }
 
     /// The best verbs and nouns for one span. Words are scored against `visual`, the span's
-    /// mean embedding (any length scale), unless `contrast` gives the span's mean minus its
-    /// video's and `choice` asks to read that part of speech from it. A still shows objects far
-    /// more than actions, and the scene shared by all of a video's steps most of all, so verbs
-    /// read from the contrast have the directions of the span's `explain_nouns` best nouns
-    /// taken out, and nouns read from it name what the span adds to its video, not the room.
+    /// mean embedding (any length scale). Where `contrast` gives the span's mean minus its
+    /// video's: then verbs are read from it, with the directions of the span's `explain_nouns`
+    /// best nouns taken out (a still shows objects far more than actions), and nouns gain
+    /// `noun_lift` times how much more the span shows them than the whole video does, so the
+    /// scene every step shows (the room) does not name every span.
     pub fn caption(
         &self,
         visual: &[f32],
@@ -154,8 +154,16 @@ impl ScoredVocabulary {
         let differs = |residual: &[f32]| dot(residual, residual) > 1e-12 * dot(visual, visual);
         let contrast = contrast.filter(|c| differs(c));
         let nouns_in_view = cosines(noun_embeddings, self.dim, visual);
-        let noun_scores = match contrast.filter(|_| choice.noun_contrast) {
-            Some(contrast) => cosines(noun_embeddings, self.dim, contrast),
+        let noun_scores = match contrast.filter(|_| choice.noun_lift > 0.0) {
+            Some(contrast) => {
+                let video: Vec<f32> = visual.iter().zip(contrast).map(|(v, c)| v - c).collect();
+                let backdrop = cosines(noun_embeddings, self.dim, &video);
+                nouns_in_view
+                    .iter()
+                    .zip(backdrop)
+                    .map(|(span, video)| span + choice.noun_lift * (span - video))
+                    .collect()
+            }
             None => nouns_in_view.clone(),
         };
         let action = contrast
@@ -215,8 +223,9 @@ pub struct WordChoice {
     pub explain_nouns: usize,
     /// Verbs read from the span's contrast with its video (`caption.verb_contrast`).
     pub verb_contrast: bool,
-    /// Nouns read from it too (`caption.noun_contrast`).
-    pub noun_contrast: bool,
+    /// Weight of a noun's lift (its score on the span less its score on the whole video)
+    /// next to its score on the span (`caption.noun_lift`).
+    pub noun_lift: f32,
 }
 
 /// Cosine similarity of `visual` with each unit-length row of `rows`.
@@ -316,7 +325,7 @@ mod tests {
             nouns: 2,
             explain_nouns: 0,
             verb_contrast: false,
-            noun_contrast: false,
+            noun_lift: 0.0,
         };
         let query = scored.caption(&visual, None, words).unwrap();
         assert_eq!(query.tokens, ["pour", "water", "chair"]);
@@ -363,7 +372,7 @@ mod tests {
             nouns: 1,
             explain_nouns,
             verb_contrast: true,
-            noun_contrast: false,
+            noun_lift: 0.0,
         };
         let plain = scored.caption(&span, None, words(2)).unwrap();
         assert_eq!(
@@ -418,29 +427,27 @@ mod tests {
     }
 
     #[test]
-    fn nouns_read_from_the_contrast_name_what_the_span_adds_to_its_room() {
+    fn a_nouns_lift_names_what_the_span_adds_to_its_room() {
         let dir = tempfile::tempdir().unwrap();
         let scored = ScoredVocabulary::build(vocabulary(), "axes", dir.path(), axes).unwrap();
         // The chair fills every step (the room); the span adds a door to it.
         let video = [0.0, 0.0, 0.0, 0.1, 0.0, 0.9, 0.0];
         let span = [0.0, 0.0, 0.0, 0.5, 0.0, 0.9, 0.0];
         let contrast: Vec<f32> = span.iter().zip(video).map(|(s, v)| s - v).collect();
-        let words = |noun_contrast| WordChoice {
+        let words = |noun_lift| WordChoice {
             verbs: 1,
             nouns: 1,
             explain_nouns: 0,
             verb_contrast: false,
-            noun_contrast,
+            noun_lift,
         };
-        let by_mean = scored
-            .caption(&span, Some(&contrast), words(false))
-            .unwrap();
+        let by_mean = scored.caption(&span, Some(&contrast), words(0.0)).unwrap();
         assert_eq!(by_mean.tokens[1], "chair");
-        let by_contrast = scored.caption(&span, Some(&contrast), words(true)).unwrap();
-        assert_eq!(by_contrast.tokens[1], "door");
+        let by_lift = scored.caption(&span, Some(&contrast), words(3.0)).unwrap();
+        assert_eq!(by_lift.tokens[1], "door");
         // A span as long as its video adds nothing: its mean decides.
         let zero = vec![0.0; 7];
-        let whole = scored.caption(&video, Some(&zero), words(true)).unwrap();
+        let whole = scored.caption(&video, Some(&zero), words(3.0)).unwrap();
         assert_eq!(whole.tokens[1], "chair");
     }
 }
