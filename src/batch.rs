@@ -28,6 +28,14 @@ pub enum BatchError {
         /// Why.
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    /// The run's summary cannot be written.
+    Summary {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     #[error("cannot start worker threads: {0}")]
     /// The worker pool cannot start.
     Threads(#[from] rayon::ThreadPoolBuildError),
@@ -78,10 +86,26 @@ pub struct BatchReport {
     pub threads: usize,
 }
 
+/// The run's figures beside its results (`OUT/run.json`), for `report` to show later.
+pub const RUN_SUMMARY: &str = "run.json";
+
 impl BatchReport {
     /// Throughput over the wall time.
     pub fn videos_per_second(&self) -> f64 {
         self.videos as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// What [`RUN_SUMMARY`] holds.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "videos": self.videos,
+            "failed": self.failures.len(),
+            "proposals": self.proposals,
+            "pairs": self.pairs,
+            "seconds": self.elapsed.as_secs_f64(),
+            "videos_per_second": self.videos_per_second(),
+            "threads": self.threads,
+        })
     }
 }
 
@@ -220,7 +244,7 @@ pub fn propose_all(
         })?;
     }
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(BatchReport {
+    let report = BatchReport {
         videos: videos.len() - failures.len(),
         proposals: results.iter().map(|r| r.proposals.len()).sum(),
         pairs: labels.len(),
@@ -228,7 +252,11 @@ pub fn propose_all(
         elapsed: started.elapsed(),
         times,
         threads,
-    })
+    };
+    let path = out.join(RUN_SUMMARY);
+    write_atomic(&path, report.summary().to_string().as_bytes(), durability)
+        .map_err(|source| BatchError::Summary { path, source })?;
+    Ok(report)
 }
 
 /// Processes one video and writes its result file; a write needs no fsync here, the run syncs

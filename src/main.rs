@@ -111,48 +111,48 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             seed,
             dim,
             first_index,
-            structure: Some(annotations),
-            release: _,
-        } => {
-            config.structure.first_index = first_index.unwrap_or(config.structure.first_index);
-            config.structure.videos = videos.unwrap_or(config.structure.videos);
-            config.structure.seed = seed.unwrap_or(config.structure.seed);
-            config.structure.dim = dim.unwrap_or(config.structure.dim);
-            let world = momentminer::structure::generate(&annotations, &out, &config)?;
-            println!(
-                "development world on {}: {} videos, {} queries, a {}-word vocabulary; features in {}, \
-                 ground truth in {}; caption with --config {}",
-                annotations.display(),
-                world.videos,
-                world.queries,
-                world.words,
-                out.join("features").display(),
-                out.join("gt.jsonl").display(),
-                out.join(synth::CAPTION_SETTINGS).display()
-            );
-        }
-        Command::Synth {
-            out,
-            videos,
-            seed,
-            dim,
-            first_index,
-            structure: None,
+            structure,
             release,
         } => {
-            config.synth.first_index = first_index.unwrap_or(config.synth.first_index);
-            config.synth.videos = videos.unwrap_or(config.synth.videos);
-            config.synth.seed = seed.unwrap_or(config.synth.seed);
-            config.synth.dim = dim.unwrap_or(config.synth.dim);
-            let truth = synth::generate(&out, &config.synth)?;
-            println!(
-                "synthetic world: {} videos, {} events, features in {}, ground truth in {}; caption with --config {}",
-                config.synth.videos,
-                truth.len(),
-                out.join("features").display(),
-                out.join("gt.jsonl").display(),
-                out.join(synth::CAPTION_SETTINGS).display()
-            );
+            let settings = out.join(synth::CAPTION_SETTINGS);
+            match structure {
+                Some(annotations) => {
+                    let world = &mut config.structure;
+                    world.first_index = first_index.unwrap_or(world.first_index);
+                    world.videos = videos.unwrap_or(world.videos);
+                    world.seed = seed.unwrap_or(world.seed);
+                    world.dim = dim.unwrap_or(world.dim);
+                    let made = momentminer::structure::generate(&annotations, &out, &config)?;
+                    println!(
+                        "development world on {}: {} videos, {} queries, a {}-word vocabulary; \
+                         features in {}, ground truth in {}; caption with --config {}",
+                        annotations.display(),
+                        made.videos,
+                        made.queries,
+                        made.words,
+                        out.join("features").display(),
+                        out.join("gt.jsonl").display(),
+                        settings.display()
+                    );
+                }
+                None => {
+                    let world = &mut config.synth;
+                    world.first_index = first_index.unwrap_or(world.first_index);
+                    world.videos = videos.unwrap_or(world.videos);
+                    world.seed = seed.unwrap_or(world.seed);
+                    world.dim = dim.unwrap_or(world.dim);
+                    let truth = synth::generate(&out, world)?;
+                    println!(
+                        "synthetic world: {} videos, {} events, features in {}, ground truth in {}; \
+                         caption with --config {}",
+                        world.videos,
+                        truth.len(),
+                        out.join("features").display(),
+                        out.join("gt.jsonl").display(),
+                        settings.display()
+                    );
+                }
+            }
             if let Some(release) = release {
                 commands::write_release(&out, release)?;
             }

@@ -1,13 +1,14 @@
 //! `momentminer report`: what a run mined, as static HTML a person can look at. An index with
-//! the run's figures (counts, the proposal recall table and caption accuracy when ground truth
-//! is given) and one sortable, searchable row per video; a page per video with its
+//! the run's figures (counts, throughput, the proposal recall table and caption accuracy when
+//! ground truth is given) and one sortable, searchable row per video; a page per video with its
 //! self-similarity picture, atomic events, proposals with their pseudo-queries and scores on a
 //! time axis, and the true moments beside them. No server and no external assets: the folder
 //! opens from disk in any browser.
 
-use crate::batch::collect_videos;
+use crate::batch::{collect_videos, RUN_SUMMARY};
 use crate::caption::configured_vocabulary;
 use crate::config::Config;
+use crate::daemon::status;
 use crate::dataset::{read_annotations, AnnotationFormat, DatasetError, Moment};
 use crate::eval::{caption_report, load_proposals, proposal_report, EvalError, RecallTable};
 use crate::fsio::{write_atomic, Durability};
@@ -73,7 +74,7 @@ pub fn write(
 ) -> Result<Summary, ReportError> {
     let mut videos: Vec<VideoProposals> = load_proposals(run)?.into_values().collect();
     videos.sort_by(|a, b| a.vid.cmp(&b.vid));
-    let mut figures = String::new();
+    let mut figures = throughput(run, config);
     let mut moments: HashMap<String, Vec<Moment>> = HashMap::new();
     if let Some(truth) = &truth {
         let tables = proposal_report(truth.path, truth.format, run)?;
@@ -128,6 +129,47 @@ pub fn write(
         pictures: pictures.iter().filter(|&&p| p).count(),
         index,
     })
+}
+
+/// How fast the run went: the batch run's summary (`run.json`), or, for the daemon's output
+/// folder, what its ledger says; nothing where neither is there.
+fn throughput(run: &Path, config: &Config) -> String {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let summary = std::fs::read(run.join(RUN_SUMMARY))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    if let Some(summary) = summary {
+        let number = |key: &str| summary.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        return format!(
+            "<p class=\"figures\"><span>{:.0} videos/s</span><span>{:.2} s wall clock</span>\
+             <span>{:.0} threads</span><span>{:.0} failed</span></p>\n",
+            number("videos_per_second"),
+            number("seconds"),
+            number("threads"),
+            number("failed")
+        );
+    }
+    if !same(run, &config.daemon.output) {
+        return String::new();
+    }
+    match status::read(&config.daemon.state, &config.daemon.output.join("models")) {
+        Ok(status) => {
+            let latency = match (status.latency_p50_ms, status.latency_p99_ms) {
+                (Some(p50), Some(p99)) => {
+                    format!("<span>latency p50 {p50:.0} ms, p99 {p99:.0} ms</span>")
+                }
+                _ => String::new(),
+            };
+            format!(
+                "<p class=\"figures\"><span>daemon: {:.1} inputs/s over ten minutes</span>{latency}</p>\n",
+                status.per_second_10m
+            )
+        }
+        Err(_) => String::new(),
+    }
 }
 
 /// The video's self-similarity picture, drawn from its features again (where its source file

@@ -985,6 +985,9 @@ fn the_report_links_every_video_and_its_picture() {
         "sliding windows",
         "pseudo-queries",
         "<script>",
+        // The batch run's throughput, from its run.json.
+        "videos/s",
+        "s wall clock",
     ] {
         assert!(index.contains(expected), "{expected}");
     }
