@@ -48,12 +48,12 @@ pub enum StructureError {
         first_index: usize,
     },
     /// A file cannot be written.
-    #[error("cannot write {path}: {message}")]
+    #[error("cannot write {path}: {source}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
-        message: String,
+        source: std::io::Error,
     },
 }
 
@@ -243,9 +243,9 @@ pub fn generate(
     let features_dir = out.join("features");
     let fail = |path: &Path| {
         let path = path.to_path_buf();
-        move |message: String| StructureError::Write { path, message }
+        move |source: std::io::Error| StructureError::Write { path, source }
     };
-    std::fs::create_dir_all(&features_dir).map_err(|e| fail(&features_dir)(e.to_string()))?;
+    std::fs::create_dir_all(&features_dir).map_err(fail(&features_dir))?;
     let mut lines = Vec::new();
     for vid in &vids {
         let moments = &by_video[vid];
@@ -266,12 +266,11 @@ pub fn generate(
         );
         let path = features_dir.join(format!("{vid}.npy"));
         let mut bytes = Vec::new();
-        npy::write(&mut bytes, &features).map_err(|e| fail(&path)(e.to_string()))?;
-        write_atomic(&path, &bytes, Durability::None).map_err(|e| fail(&path)(e.to_string()))?;
+        npy::write(&mut bytes, &features).map_err(fail(&path))?;
+        write_atomic(&path, &bytes, Durability::None).map_err(fail(&path))?;
         let sidecar = features_dir.join(format!("{vid}.json"));
         let text = serde_json::json!({ "duration": duration }).to_string();
-        write_atomic(&sidecar, text.as_bytes(), Durability::None)
-            .map_err(|e| fail(&sidecar)(e.to_string()))?;
+        write_atomic(&sidecar, text.as_bytes(), Durability::None).map_err(fail(&sidecar))?;
         // An event with one sentence is in the video but asked for by nobody: its own
         // sentence would find the very text it was made from.
         for (window, query) in events.iter().flat_map(|e| &e.queries) {
@@ -286,8 +285,8 @@ pub fn generate(
         }
     }
     let gt = out.join("gt.jsonl");
-    let text = moment_detr::write(&lines).map_err(|e| fail(&gt)(e.to_string()))?;
-    write_atomic(&gt, text.as_bytes(), Durability::None).map_err(|e| fail(&gt)(e.to_string()))?;
+    let text = moment_detr::write(&lines).map_err(|e| fail(&gt)(e.into()))?;
+    write_atomic(&gt, text.as_bytes(), Durability::None).map_err(fail(&gt))?;
     let anchors: Vec<&str> = verbs.iter().chain(&nouns).map(String::as_str).collect();
     let word_embeddings = embed(
         &encoder,
