@@ -163,6 +163,7 @@ pub struct ProposalsConfig {
     pub max_length: f64,
     pub rerank_iou: f64,
     pub length_exponent: f32,
+    pub fill_windows: bool,
     pub seed: u64,
 }
 

@@ -5,6 +5,7 @@ use crate::config::{ProposalsConfig, Sampler};
 use crate::events::AtomicEvents;
 use crate::rng::Rng;
 use crate::similarity::Ssm;
+use crate::span::sliding_windows;
 
 /// A span of steps `[start, end)` with its score (higher is better).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,7 +45,32 @@ pub fn propose(
         }
         candidates.truncate(config.cap);
     }
-    rank(candidates, config.rerank_iou)
+    let mut ranked = rank(candidates, config.rerank_iou);
+    if config.fill_windows && ranked.len() < config.cap {
+        let filling = windows_beside(&ranked, ssm, config);
+        ranked.extend(filling.into_iter().take(config.cap - ranked.len()));
+    }
+    ranked
+}
+
+/// Multi-scale sliding windows (in steps) that overlap none of `proposals` by half or more,
+/// nor each other, within the length limits, best score first.
+fn windows_beside(proposals: &[Proposal], ssm: &Ssm, config: &ProposalsConfig) -> Vec<Proposal> {
+    let n = ssm.n;
+    let mut taken: Vec<(usize, usize)> = proposals.iter().map(|p| (p.start, p.end)).collect();
+    let mut windows: Vec<Proposal> = Vec::new();
+    for w in sliding_windows(1.0, 4 * config.cap) {
+        let start = ((w[0] * n as f64).round() as usize).min(n.saturating_sub(1));
+        let end = ((w[1] * n as f64).round() as usize).clamp(start + 1, n.max(start + 1));
+        let length = (end - start) as f64 / n.max(1) as f64;
+        let fits = length >= config.min_length - 1e-9 && length <= config.max_length + 1e-9;
+        if fits && taken.iter().all(|&t| step_iou(t, (start, end)) < 0.5) {
+            taken.push((start, end));
+            windows.push(score(ssm, start, end, config.length_exponent));
+        }
+    }
+    windows.sort_by(|a, b| b.score.total_cmp(&a.score));
+    windows
 }
 
 /// Contrast between a span and its surroundings: how much more its steps resemble each other
@@ -145,7 +171,8 @@ mod tests {
     #[test]
     fn a_whole_atomic_event_outranks_spans_that_cross_boundaries() {
         let bounds = [30, 60, 100, 128];
-        let config = Config::default().proposals;
+        let mut config = Config::default().proposals;
+        config.fill_windows = false;
         let ranked = propose(&events(&bounds), &block_ssm(&bounds), &config, 0);
         // 4 events → 10 contiguous runs, all within the default length limits.
         assert_eq!(ranked.len(), 10);
@@ -202,5 +229,34 @@ mod tests {
         );
         assert_eq!((ranked[1].start, ranked[1].end), (60, 100));
         assert_eq!((ranked[2].start, ranked[2].end), (0, 52));
+    }
+
+    #[test]
+    fn windows_fill_the_list_after_the_runs_and_overlap_none_by_half() {
+        let bounds = [30, 60, 100, 128];
+        let mut config = Config::default().proposals;
+        config.fill_windows = true;
+        config.cap = 16;
+        let (ev, ssm) = (events(&bounds), block_ssm(&bounds));
+        let ranked = propose(&ev, &ssm, &config, 0);
+        assert_eq!(ranked.len(), 16);
+        let (runs, windows) = ranked.split_at(10);
+        config.fill_windows = false;
+        assert_eq!(
+            runs,
+            propose(&ev, &ssm, &config, 0),
+            "the runs come first, as before"
+        );
+        for (i, w) in windows.iter().enumerate() {
+            let earlier = runs.iter().chain(&windows[..i]);
+            assert!(earlier
+                .into_iter()
+                .all(|p| step_iou((p.start, p.end), (w.start, w.end)) < 0.5));
+        }
+        assert!(windows.windows(2).all(|w| w[0].score >= w[1].score));
+        // A full list takes none.
+        config.fill_windows = true;
+        config.cap = 10;
+        assert_eq!(propose(&ev, &ssm, &config, 0).len(), 10);
     }
 }
