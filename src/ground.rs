@@ -280,13 +280,15 @@ impl SimilarityGrounder {
 }
 
 /// The video's proposals as spans normalised to [0, 1], best first: what answers are ranked
-/// among, and what the baselines of `eval` rank.
+/// among, and what the baselines of `eval` rank. Windows filled in for recall are not among
+/// them: they are not events the video was found to hold.
 pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
     let analysis = analyse(video, config, &mut StageTimes::default());
     let steps = analysis.events.n.max(1) as f64;
     analysis
         .proposals
         .iter()
+        .filter(|p| !p.window)
         .map(|p| [p.start as f64 / steps, p.end as f64 / steps])
         .collect()
 }

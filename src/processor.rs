@@ -257,15 +257,20 @@ pub struct ScoredSpan {
     pub end: f64,
     /// Higher is better; what ranks the video's proposals.
     pub score: f64,
+    /// A window filled in beside the runs of events (`proposals.fill_windows`): listed for
+    /// recall, never captioned, paired or answered with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub window: bool,
     #[serde(flatten)]
     /// Its pseudo-query (empty when uncaptioned).
     pub caption: Caption,
 }
 
 impl ScoredSpan {
-    /// Whether the dataset takes this proposal: all but those the captioner superseded.
+    /// Whether the dataset takes this proposal: all but filled-in windows and those the
+    /// captioner superseded.
     pub fn is_pair(&self) -> bool {
-        !self.caption.superseded
+        !self.window && !self.caption.superseded
     }
 }
 
@@ -295,14 +300,11 @@ impl VideoProposals {
         })
     }
 
-    /// Gives every proposal its pseudo-query.
+    /// Gives every proposal but the filled-in windows its pseudo-query.
     pub fn caption(&mut self, video: &Video, captioner: &Captioner) -> Result<(), CaptionError> {
-        let spans: Vec<(f64, f64)> = self.proposals.iter().map(|p| (p.start, p.end)).collect();
-        for (proposal, caption) in self
-            .proposals
-            .iter_mut()
-            .zip(captioner.caption(video, &spans)?)
-        {
+        let runs: Vec<&mut ScoredSpan> = self.proposals.iter_mut().filter(|p| !p.window).collect();
+        let spans: Vec<(f64, f64)> = runs.iter().map(|p| (p.start, p.end)).collect();
+        for (proposal, caption) in runs.into_iter().zip(captioner.caption(video, &spans)?) {
             proposal.caption = caption;
         }
         Ok(())
@@ -330,6 +332,7 @@ impl VideoProposals {
                     start: seconds(p.start),
                     end: seconds(p.end),
                     score: f64::from(p.score),
+                    window: p.window,
                     caption: Caption::default(),
                 })
                 .collect(),
@@ -347,6 +350,7 @@ mod tests {
             start: 1.0,
             end: 2.0,
             score,
+            window: false,
             caption: Caption::default(),
         };
         let mut result = VideoProposals {

@@ -18,6 +18,9 @@ pub struct Proposal {
     pub score: f32,
     /// Mean self-similarity inside the span (what the compactness/diversity samplers rank by).
     pub cohesion: f32,
+    /// A window filled in beside the runs of events (`proposals.fill_windows`): listed for
+    /// recall only, never captioned, paired or answered with.
+    pub window: bool,
 }
 
 /// The video's compound proposals (runs of atomic events), ranked and capped by `config`.
@@ -66,7 +69,10 @@ fn windows_beside(proposals: &[Proposal], ssm: &Ssm, config: &ProposalsConfig) -
         let fits = length >= config.min_length - 1e-9 && length <= config.max_length + 1e-9;
         if fits && taken.iter().all(|&t| step_iou(t, (start, end)) < 0.5) {
             taken.push((start, end));
-            windows.push(score(ssm, start, end, config.length_exponent));
+            windows.push(Proposal {
+                window: true,
+                ..score(ssm, start, end, config.length_exponent)
+            });
         }
     }
     windows.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -98,6 +104,7 @@ fn score(ssm: &Ssm, start: usize, end: usize, length_exponent: f32) -> Proposal 
         end,
         score: (cohesion - context) * (len as f32 / ssm.n as f32).powf(length_exponent),
         cohesion,
+        window: false,
     }
 }
 
@@ -222,6 +229,7 @@ mod tests {
             end,
             score,
             cohesion: 0.0,
+            window: false,
         };
         let ranked = rank(
             vec![make(0, 50, 0.9), make(0, 52, 0.8), make(60, 100, 0.5)],
@@ -241,6 +249,7 @@ mod tests {
         let ranked = propose(&ev, &ssm, &config, 0);
         assert_eq!(ranked.len(), 16);
         let (runs, windows) = ranked.split_at(10);
+        assert!(runs.iter().all(|p| !p.window) && windows.iter().all(|p| p.window));
         config.fill_windows = false;
         assert_eq!(
             runs,

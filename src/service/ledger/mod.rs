@@ -435,6 +435,7 @@ pub(crate) mod fixtures {
                             start: i as f64,
                             end: 10.0 + i as f64,
                             score: 1.0,
+                            window: false,
                             caption: Caption {
                                 query: format!("open door {i}"),
                                 tokens: vec!["open".into(), "door".into()],
