@@ -168,27 +168,38 @@ impl Grounder {
             .collect();
         let refs: Vec<&Pair> = pairs.iter().collect();
         let predictions = self.network.predict(&refs, &bank, &texts, train)?;
-        queries
+        // The tower's scores of every query on the candidates and on every regressed span, in
+        // one pass: each span's mean and each query's embedding computed once.
+        let similarity = match &self.similarity {
+            Some((grounder, weight)) => {
+                let spans: Vec<[f64; 2]> = candidates
+                    .iter()
+                    .copied()
+                    .chain(predictions.iter().map(|(start, end, _)| [*start, *end]))
+                    .collect();
+                Some((grounder.scores(video, queries, &spans)?, *weight))
+            }
+            None => None,
+        };
+        Ok(queries
             .iter()
             .zip(predictions)
-            .map(|(query, (start, end, attention))| {
-                let regressed = [start, end];
-                let similarity = match &self.similarity {
-                    Some((grounder, weight)) => {
-                        let spans: Vec<[f64; 2]> =
-                            candidates.iter().copied().chain([regressed]).collect();
-                        let scores = grounder.scores(video, &[query], &spans)?;
-                        scores.into_iter().next().map(|s| (s, *weight))
-                    }
-                    None => None,
-                };
-                let ranked = rank(&regressed, candidates, &attention, similarity, top_k);
-                Ok(Answer {
+            .enumerate()
+            .map(|(i, (query, (start, end, attention)))| {
+                // This query's scores on the candidates, then on its own regressed span.
+                let own = similarity.as_ref().map(|(scores, weight)| {
+                    let row = &scores[i];
+                    let mut own = row[..candidates.len()].to_vec();
+                    own.push(row[candidates.len() + i]);
+                    (own, *weight)
+                });
+                let ranked = rank(&[start, end], candidates, &attention, own, top_k);
+                Answer {
                     query: query.to_string(),
                     segments: in_seconds(ranked, video.duration),
-                })
+                }
             })
-            .collect()
+            .collect())
     }
 }
 

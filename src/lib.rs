@@ -9,9 +9,10 @@
 //! the Redis consumer ([`queue`]). Beside the path: [`dataset`] (annotation and dataset
 //! formats), [`train`], [`ground`] and [`eval`] (the grounding model and the metrics, with
 //! [`span`] below them), [`synth`] (a world with known answers, which hands the product its
-//! text tower and vocabulary as files) [`release`] (that world in the layouts of public feature
-//! releases) and [`structure`] (a development world on a real annotation file's structure), [`inspect`] (pictures) and [`report`] (a run as HTML), [`check`] (what a run needs,
-//! tried before it starts). Imports flow one way:
+//! text tower and vocabulary as files), [`release`] (that world in the layouts of public
+//! feature releases), [`structure`] (a development world on a real annotation file's
+//! structure), [`inspect`] (pictures), [`report`] (a run as HTML) and [`check`] (what a run
+//! needs, tried before it starts). Imports flow one way:
 //! `scripts/import-cycles.py` fails CI on any circle.
 
 #![warn(missing_docs)]

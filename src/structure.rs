@@ -198,11 +198,11 @@ pub fn generate(
     // The projection, tower and vocabulary depend on the file and the seed only, so every
     // range of videos is one world.
     let projection = Projection::new(settings, &mut rng);
-    let file_sentences: Vec<String> = by_video
-        .values()
-        .flat_map(|moments| moments.iter().map(|m| m.query.clone()))
-        .collect();
-    let (verbs, nouns) = vocabulary(&file_sentences);
+    let (verbs, nouns) = vocabulary(
+        by_video
+            .values()
+            .flat_map(|moments| moments.iter().map(|m| m.query.as_str())),
+    );
     let available = vids.len();
     let vids: Vec<String> = {
         let mut taken: Vec<String> = vids
@@ -288,10 +288,7 @@ pub fn generate(
     let text = moment_detr::write(&lines).map_err(|e| fail(&gt)(e.into()))?;
     write_atomic(&gt, text.as_bytes(), Durability::None).map_err(fail(&gt))?;
     let anchors: Vec<&str> = verbs.iter().chain(&nouns).map(String::as_str).collect();
-    let word_embeddings = embed(
-        &encoder,
-        &anchors.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
-    )?;
+    let word_embeddings = embed(&encoder, &anchors)?;
     let mut gap = Rng::new(settings.seed ^ crate::rng::hash_str("tower gap"));
     let prototypes = Features {
         frames: anchors.len(),
@@ -321,10 +318,10 @@ pub fn generate(
 }
 
 /// Sentence embeddings, in batches the encoder takes comfortably.
-fn embed(encoder: &TextEncoder, texts: &[String]) -> Result<Vec<Vec<f32>>, CaptionError> {
+fn embed<S: AsRef<str>>(encoder: &TextEncoder, texts: &[S]) -> Result<Vec<Vec<f32>>, CaptionError> {
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(64) {
-        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let refs: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
         out.extend(encoder.encode(&refs)?.into_iter().map(|e| e.pooled));
     }
     Ok(out)
@@ -464,7 +461,7 @@ fn video_features(
 
 /// The captioner's vocabulary from the sentences: a word right after a subject ("person
 /// opens ...") is a verb, the other content words are nouns; the most frequent of each.
-fn vocabulary(sentences: &[String]) -> (Vec<String>, Vec<String>) {
+fn vocabulary<'a>(sentences: impl IntoIterator<Item = &'a str>) -> (Vec<String>, Vec<String>) {
     let mut verbs: HashMap<String, usize> = HashMap::new();
     let mut nouns: HashMap<String, usize> = HashMap::new();
     for sentence in sentences {
@@ -507,11 +504,11 @@ mod tests {
     #[test]
     fn words_after_a_subject_are_verbs() {
         let sentences = [
-            "person opens the door.".to_string(),
-            "a person opens a box".to_string(),
-            "someone holds the door".to_string(),
+            "person opens the door.",
+            "a person opens a box",
+            "someone holds the door",
         ];
-        let (verbs, nouns) = vocabulary(&sentences);
+        let (verbs, nouns) = vocabulary(sentences);
         assert_eq!(verbs, ["opens", "holds"]);
         assert_eq!(nouns, ["door", "box"]);
     }

@@ -154,18 +154,16 @@ impl ScoredVocabulary {
         let differs = |residual: &[f32]| dot(residual, residual) > 1e-12 * dot(visual, visual);
         let contrast = contrast.filter(|c| differs(c));
         let nouns_in_view = cosines(noun_embeddings, self.dim, visual);
-        let noun_scores = match contrast.filter(|_| choice.noun_lift > 0.0) {
-            Some(contrast) => {
-                let video: Vec<f32> = visual.iter().zip(contrast).map(|(v, c)| v - c).collect();
-                let backdrop = cosines(noun_embeddings, self.dim, &video);
-                nouns_in_view
-                    .iter()
-                    .zip(backdrop)
-                    .map(|(span, video)| span + choice.noun_lift * (span - video))
-                    .collect()
-            }
-            None => nouns_in_view.clone(),
-        };
+        let lifted: Option<Vec<f32>> = contrast.filter(|_| choice.noun_lift > 0.0).map(|c| {
+            let video: Vec<f32> = visual.iter().zip(c).map(|(v, c)| v - c).collect();
+            let backdrop = cosines(noun_embeddings, self.dim, &video);
+            nouns_in_view
+                .iter()
+                .zip(backdrop)
+                .map(|(span, video)| span + choice.noun_lift * (span - video))
+                .collect()
+        });
+        let noun_scores = lifted.as_deref().unwrap_or(&nouns_in_view);
         let action = contrast
             .filter(|_| choice.verb_contrast)
             .map(|contrast| {
@@ -189,7 +187,7 @@ impl ScoredVocabulary {
                 .collect::<Vec<_>>()
         };
         let chosen_verbs = best(&verb_scores, &self.vocabulary.verbs, choice.verbs);
-        let chosen_nouns = best(&noun_scores, &self.vocabulary.nouns, choice.nouns);
+        let chosen_nouns = best(noun_scores, &self.vocabulary.nouns, choice.nouns);
         let join = |words: &[(String, f32)]| {
             words
                 .iter()
