@@ -10,10 +10,8 @@ use crate::processor::{
     ingest_failure, timed, Processed, Source, StageTimes, VideoProcessor, VideoProposals,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -200,33 +198,40 @@ pub fn propose_all(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let failures = Mutex::new(Vec::new());
     let started = Instant::now();
-    let (times, mut results) = pool.install(|| {
-        videos
-            .par_iter()
-            .map(|video| {
-                let result = propose_one(video, &dir, processor, source);
-                progress.inc(1);
-                match result {
-                    Ok((times, result)) => (times, vec![result]),
+    let mut failures = Vec::new();
+    let mut times = StageTimes::default();
+    let mut results = Vec::new();
+    let batches: Vec<&[VideoRef]> = processor.backend().batches(videos).collect();
+    pool.install(|| {
+        // The next batch is read while the back-end works on this one.
+        let mut next = batches.first().map(|batch| processor.read_batch(batch));
+        for (i, batch) in batches.iter().enumerate() {
+            let loaded = next.take().unwrap_or_default();
+            let (following, written) = rayon::join(
+                || batches.get(i + 1).map(|batch| processor.read_batch(batch)),
+                || {
+                    processor.process_loaded(loaded, source, |at, result| {
+                        let written = write_one(&batch[at], &dir, result);
+                        progress.inc(1);
+                        written
+                    })
+                },
+            );
+            next = following;
+            for outcome in written {
+                match outcome {
+                    Ok((spent, result)) => {
+                        times += spent;
+                        results.push(result);
+                    }
                     Err(failure) => {
                         tracing::warn!(input = %failure.input, reason = %failure.failure.reason, "{}", failure.failure.message);
-                        if let Ok(mut list) = failures.lock() {
-                            list.push(failure);
-                        }
-                        (StageTimes::default(), Vec::new())
+                        failures.push(failure);
                     }
                 }
-            })
-            .reduce(
-                || (StageTimes::default(), Vec::new()),
-                |(mut times, mut results), (t, mut r)| {
-                    times += t;
-                    results.append(&mut r);
-                    (times, results)
-                },
-            )
+            }
+        }
     });
     progress.finish_and_clear();
     results.sort_by(|a, b| a.vid.cmp(&b.vid));
@@ -243,7 +248,6 @@ pub fn propose_all(
             source,
         })?;
     }
-    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     let report = BatchReport {
         videos: videos.len() - failures.len(),
         proposals: results.iter().map(|r| r.proposals.len()).sum(),
@@ -259,13 +263,12 @@ pub fn propose_all(
     Ok(report)
 }
 
-/// Processes one video and writes its result file; a write needs no fsync here, the run syncs
-/// the whole filesystem once at the end.
-fn propose_one(
+/// Writes one video's result file; a write needs no fsync here, the run syncs the whole
+/// filesystem once at the end.
+fn write_one(
     video: &VideoRef,
     dir: &Path,
-    processor: &VideoProcessor,
-    source: Source,
+    processed: Result<Processed, Failure>,
 ) -> Result<(StageTimes, VideoProposals), InputFailure> {
     let fail = |failure: Failure| InputFailure {
         input: match &video.key {
@@ -277,7 +280,7 @@ fn propose_one(
     let Processed {
         proposals,
         mut times,
-    } = processor.process(video, source).map_err(fail)?;
+    } = processed.map_err(fail)?;
     let target = dir.join(format!("{}.json", proposals.vid));
     timed(&mut times.write, || {
         let bytes = serde_json::to_vec(&proposals).map_err(std::io::Error::other)?;

@@ -71,8 +71,8 @@ pub enum BenchError {
     /// The captioner cannot be loaded.
     Caption(#[from] CaptionError),
     #[error(transparent)]
-    /// The durations file cannot be read.
-    Durations(#[from] crate::ingest::IngestError),
+    /// The durations file or the compute back-end cannot be opened.
+    Processor(#[from] crate::processor::OpenError),
     #[error("benchmark corpus unreadable: {0}")]
     /// A corpus file cannot be listed.
     Corpus(String),

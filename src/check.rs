@@ -4,6 +4,7 @@
 
 use crate::caption::text::TextEncoder;
 use crate::caption::{runtime, Captioner};
+use crate::compute::Backend;
 use crate::config::{CaptionMode, Config};
 use crate::ingest::list_videos;
 use crate::processor::VideoProcessor;
@@ -41,6 +42,12 @@ pub fn run(config: &Config, sample: Option<&Path>) -> Vec<Check> {
                 .map_err(|e| format!("{e}; set caption.text_model and caption.text_tokenizer")),
         );
     }
+    check(
+        "compute",
+        Backend::open(config)
+            .map(|backend| backend.describe())
+            .map_err(|e| e.to_string()),
+    );
     let captioner = Captioner::load(config);
     check(
         "captions",

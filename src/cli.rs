@@ -21,6 +21,10 @@ pub(crate) struct Cli {
     /// Override one configuration key, e.g. --set events.k=6 (repeatable).
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     pub(crate) overrides: Vec<String>,
+    /// Where the self-similarity and k-means run: auto, cpu, cuda or cuda:N (sets
+    /// compute.device).
+    #[arg(long, global = true, value_name = "DEVICE")]
+    pub(crate) device: Option<String>,
     /// Log format on stderr. Default: journald under systemd (JOURNAL_STREAM set), else human,
     /// in colour only on a terminal and never with NO_COLOR.
     #[arg(long, global = true, value_enum)]
@@ -175,6 +179,24 @@ pub(crate) enum Command {
         /// A feature file to read and check the caption tower against.
         #[arg(long, value_name = "FILE")]
         sample: Option<PathBuf>,
+    },
+    /// Compiles every CUDA kernel (kernels/*.cu) through NVRTC, as a CUDA start-up does, for
+    /// each architecture; needs no GPU (compute.nvrtc_library or LD_LIBRARY_PATH finds NVRTC).
+    /// Exit 1 on any compile error or warning.
+    Kernels {
+        /// Virtual architectures: compute_80 (A100), compute_90 (H100/H200); sm_NN is read as
+        /// compute_NN.
+        #[arg(long = "arch", default_values = ["compute_80", "compute_90"])]
+        archs: Vec<String>,
+        /// Also write each kernel's PTX to DIR/<kernel>.<arch>.ptx.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Then, on the CUDA device (--device), time the Gram kernel on 4,096 videos of
+        /// 128 × 1,024 (TFLOP/s, GB/s, upload GB/s) and the SSM + events of 4,096
+        /// Charades-like videos (90 × 1,024) on the device against the CPU, in
+        /// compute.batch_size batches.
+        #[arg(long)]
+        bench: bool,
     },
     /// What the daemon's ledger says: inputs per state, throughput, latency, recent problems.
     /// With --queue, what the Redis stream says instead.

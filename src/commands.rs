@@ -8,7 +8,7 @@ use momentminer::config::Config;
 use momentminer::dataset::AnnotationFormat;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::processor::{Source, VideoProcessor};
-use momentminer::{caption, eval, ground, synth, train};
+use momentminer::{caption, compute, eval, ground, synth, train};
 use std::path::{Path, PathBuf};
 
 /// `momentminer demo`: the whole loop on a synthetic world, step by step, with the figures.
@@ -421,5 +421,76 @@ pub(crate) fn write_release(world: &Path, release: momentminer::release::Release
         written.annotations.display(),
         out.join("run").display(),
     );
+    Ok(())
+}
+
+/// `momentminer kernels`: every kernel compiled for every architecture, one line each.
+pub(crate) fn kernels(archs: &[String], out: Option<&Path>, nvrtc_library: &str) -> Result<()> {
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for arch in archs {
+        let arch = match arch.strip_prefix("sm_") {
+            Some(number) => format!("compute_{number}"),
+            None => arch.clone(),
+        };
+        for kernel in compute::compile_kernels(&arch, nvrtc_library)? {
+            println!(
+                "kernels/{} for {}: {} bytes of PTX, no warnings",
+                kernel.file,
+                kernel.arch,
+                kernel.ptx.len()
+            );
+            if let Some(dir) = out {
+                let name = kernel.file.trim_end_matches(".cu");
+                let path = dir.join(format!("{name}.{}.ptx", kernel.arch));
+                std::fs::write(&path, &kernel.ptx)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `momentminer kernels --bench`: the Gram kernel's throughput and the device's SSM + events
+/// against the CPU's, in one run.
+pub(crate) fn kernel_bench(config: &Config) -> Result<()> {
+    let backend = compute::Backend::open(config)?;
+    let Some(device) = backend.cuda() else {
+        bail!(
+            "kernels --bench needs a CUDA device; --device {} gave the CPU",
+            String::from(config.compute.device)
+        );
+    };
+    let (videos, steps, dim) = (4096, 128, 1024);
+    let timing = device.time_gram(videos, steps, dim, 5)?;
+    println!(
+        "gram on {}: B={videos} T={steps} D={dim}: {:.2} ms, {:.1} TFLOP/s, {:.0} GB/s; \
+         upload {:.2} ms, {:.1} GB/s",
+        device.describe(),
+        timing.kernel_s * 1e3,
+        timing.flops / timing.kernel_s / 1e12,
+        timing.kernel_bytes / timing.kernel_s / 1e9,
+        timing.upload_s * 1e3,
+        timing.upload_bytes / timing.upload_s / 1e9,
+    );
+    let features = compute::charades_like(videos, 90, dim, 3);
+    let seeds: Vec<u64> = (0..videos as u64).collect();
+    let cpu = compute::Backend::cpu(config);
+    let mut rates = Vec::new();
+    for backend in [&backend, &cpu] {
+        let started = std::time::Instant::now();
+        for (batch, seeds) in backend.batches(&features).zip(backend.batches(&seeds)) {
+            let batch: Vec<&_> = batch.iter().collect();
+            backend.events(&batch, seeds, config);
+        }
+        let rate = videos as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "similarity + events of {videos} videos of 90 × {dim} on {}: {rate:.0} videos/s",
+            backend.describe()
+        );
+        rates.push(rate);
+    }
+    println!("device / cpu: {:.1}×", rates[0] / rates[1]);
     Ok(())
 }

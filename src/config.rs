@@ -54,6 +54,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub proposals: ProposalsConfig,
     pub run: RunConfig,
+    pub compute: ComputeConfig,
     pub daemon: DaemonConfig,
     pub queue: QueueConfig,
     pub caption: CaptionConfig,
@@ -165,6 +166,55 @@ pub struct ProposalsConfig {
     pub length_exponent: f32,
     pub fill_windows: bool,
     pub seed: u64,
+}
+
+/// `compute.device` / `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    /// CUDA device 0 when it can be used, else the CPU (with one line saying why).
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// This CUDA device, or an error.
+    Cuda(usize),
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<DeviceChoice, String> {
+        match s.as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("device '{s}' is not one of auto, cpu, cuda, cuda:N")),
+        }
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(device: DeviceChoice) -> String {
+        match device {
+            DeviceChoice::Auto => "auto".to_string(),
+            DeviceChoice::Cpu => "cpu".to_string(),
+            DeviceChoice::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+}
+
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeConfig {
+    pub device: DeviceChoice,
+    pub nvrtc_library: String,
+    pub batch_size: usize,
 }
 
 // Mirrors a part of config/momentminer.toml, where each key is documented.
@@ -473,6 +523,11 @@ impl Config {
         let unit = |x: f64| (0.0..=1.0).contains(&x);
         let checks: &[(&str, bool, &str)] = &[
             ("sample.steps", self.sample.steps >= 2, "must be at least 2"),
+            (
+                "compute.batch_size",
+                self.compute.batch_size >= 1,
+                "must be at least 1",
+            ),
             ("events.k", e.k >= 1, "must be at least 1"),
             ("events.trials", e.trials >= 1, "must be at least 1"),
             ("events.max_iter", e.max_iter >= 1, "must be at least 1"),
@@ -807,6 +862,22 @@ mod tests {
         );
         let typo = Config::load(&[], &["proposals.sampler=random".into()]).unwrap_err();
         assert!(typo.to_string().contains("random"), "{typo}");
+        let device = Config::load(&[], &["compute.device=\"gpu\"".into()]).unwrap_err();
+        assert!(
+            device
+                .to_string()
+                .contains("device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+            "{device}"
+        );
+        for (name, choice) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            let config = Config::load(&[], &[format!("compute.device=\"{name}\"")]).unwrap();
+            assert_eq!(config.compute.device, choice);
+        }
     }
 
     #[test]

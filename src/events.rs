@@ -17,9 +17,25 @@ pub struct AtomicEvents {
 /// `steps` is the configured sample size, so `min_event_steps` keeps its meaning (a share of
 /// the video) for videos that had fewer frames than that.
 pub fn atomic_events(ssm: &Ssm, config: &EventsConfig, steps: usize, seed: u64) -> AtomicEvents {
+    let problem = KmeansProblem::new(ssm, config, seed);
+    let trials = problem
+        .starts
+        .iter()
+        .map(|start| lloyd(&problem, start.clone(), config.max_iter))
+        .collect();
+    events_from_trials(ssm, config, steps, trials)
+}
+
+/// The atomic events of the best of a video's k-means trials: its labels smoothed, cut into
+/// runs and the too-short runs merged. Both compute back-ends finish here.
+pub fn events_from_trials(
+    ssm: &Ssm,
+    config: &EventsConfig,
+    steps: usize,
+    trials: Vec<Clustering>,
+) -> AtomicEvents {
     let n = ssm.n;
-    let points = contextual_features(ssm, config);
-    let labels = best_clustering(&points, config, seed);
+    let labels = best_trial(trials, config.trial_selection).unwrap_or_else(|| vec![0; n]);
     let smoothed = smooth(&labels, config.smoothing_window);
     let min_len = ((config.min_event_steps * n) as f64 / steps as f64)
         .round()
@@ -27,6 +43,47 @@ pub fn atomic_events(ssm: &Ssm, config: &EventsConfig, steps: usize, seed: u64) 
     AtomicEvents {
         n,
         spans: merge_short(runs(&smoothed), ssm, min_len),
+    }
+}
+
+/// What one video's k-means needs: its points, their squared norms, the convergence bound and
+/// one k-means++ start per trial, each trial seeded apart so a trial's result never depends on
+/// the others.
+pub struct KmeansProblem {
+    /// The points: the SSM's rows, with the optional position column.
+    pub points: Points,
+    /// Each point's squared norm.
+    pub norms: Vec<f32>,
+    /// Clusters.
+    pub k: usize,
+    /// Lloyd stops when the centres' squared move is at most this.
+    pub tol: f32,
+    /// Per trial, the `k × dim` k-means++ starting centres.
+    pub starts: Vec<Vec<f32>>,
+}
+
+impl KmeansProblem {
+    /// Builds the points from `ssm` and draws every trial's start.
+    pub fn new(ssm: &Ssm, config: &EventsConfig, seed: u64) -> KmeansProblem {
+        let points = contextual_features(ssm, config);
+        let k = config.k.min(points.n);
+        let norms: Vec<f32> = (0..points.n)
+            .map(|i| dot(points.row(i), points.row(i)))
+            .collect();
+        let tol = config.tol as f32 * mean_variance(&points);
+        let starts = (0..config.trials as u64)
+            .map(|trial| {
+                let mut rng = Rng::new(seed ^ trial.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                kmeans_plus_plus(&points, &norms, k, &mut rng)
+            })
+            .collect();
+        KmeansProblem {
+            points,
+            norms,
+            k,
+            tol,
+            starts,
+        }
     }
 }
 
@@ -55,34 +112,39 @@ fn contextual_features(ssm: &Ssm, config: &EventsConfig) -> Points {
     Points { n, dim, data }
 }
 
-struct Points {
-    n: usize,
-    dim: usize,
-    data: Vec<f32>,
+/// `n` points of `dim` values, row-major.
+pub struct Points {
+    /// How many.
+    pub n: usize,
+    /// Values per point: `n`, or `n + 1` with the position column.
+    pub dim: usize,
+    /// The values.
+    pub data: Vec<f32>,
 }
 
 impl Points {
-    fn row(&self, i: usize) -> &[f32] {
+    /// Point `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Whether each point ends with the position column.
+    pub fn with_time(&self) -> bool {
+        self.dim > self.n
     }
 }
 
-struct Clustering {
-    labels: Vec<usize>,
-    inertia: f32,
+/// One k-means run's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clustering {
+    /// Each point's cluster.
+    pub labels: Vec<usize>,
+    /// The sum of squared distances to the assigned centres.
+    pub inertia: f32,
 }
 
-fn best_clustering(points: &Points, config: &EventsConfig, seed: u64) -> Vec<usize> {
-    let k = config.k.min(points.n);
-    let norms: Vec<f32> = (0..points.n)
-        .map(|i| dot(points.row(i), points.row(i)))
-        .collect();
-    let tol = config.tol as f32 * mean_variance(points);
-    let trials = (0..config.trials as u64).map(|trial| {
-        let mut rng = Rng::new(seed ^ trial.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        kmeans(points, &norms, k, config.max_iter, tol, &mut rng)
-    });
-    let better = |a: &Clustering, b: &Clustering| match config.trial_selection {
+fn best_trial(trials: Vec<Clustering>, selection: TrialSelection) -> Option<Vec<usize>> {
+    let better = |a: &Clustering, b: &Clustering| match selection {
         TrialSelection::Inertia => a.inertia < b.inertia,
         TrialSelection::MostBoundaries => {
             let (ba, bb) = (boundaries(&a.labels), boundaries(&b.labels));
@@ -90,9 +152,9 @@ fn best_clustering(points: &Points, config: &EventsConfig, seed: u64) -> Vec<usi
         }
     };
     trials
+        .into_iter()
         .reduce(|best, next| if better(&next, &best) { next } else { best })
         .map(|c| c.labels)
-        .unwrap_or_else(|| vec![0; points.n])
 }
 
 fn boundaries(labels: &[usize]) -> usize {
@@ -120,17 +182,11 @@ fn mean_variance(points: &Points) -> f32 {
     total / (n * points.dim as f32)
 }
 
-/// Lloyd's algorithm from a k-means++ start (scikit-learn's recipe, one initialisation).
-fn kmeans(
-    points: &Points,
-    norms: &[f32],
-    k: usize,
-    max_iter: usize,
-    tol: f32,
-    rng: &mut Rng,
-) -> Clustering {
+/// Lloyd's algorithm from one start (scikit-learn's recipe). `kernels/kmeans.cu` runs the same
+/// phases in the same floating-point order; change both or neither.
+pub fn lloyd(problem: &KmeansProblem, mut centers: Vec<f32>, max_iter: usize) -> Clustering {
+    let (points, norms, k, tol) = (&problem.points, &problem.norms, problem.k, problem.tol);
     let (n, dim) = (points.n, points.dim);
-    let mut centers = kmeans_plus_plus(points, norms, k, rng);
     let mut labels = vec![0usize; n];
     let mut distances = vec![0.0f32; n];
     let mut sums = vec![0.0f32; k * dim];

@@ -21,6 +21,7 @@ pub mod batch;
 pub mod bench;
 pub mod caption;
 pub mod check;
+pub mod compute;
 pub mod config;
 pub mod daemon;
 pub mod dataset;

@@ -64,7 +64,11 @@ fn init_logging(format: Option<LogFormat>) {
 }
 
 fn run(cli: Cli) -> Result<std::process::ExitCode> {
-    let loaded = Config::load(&cli.config, &cli.overrides);
+    let mut overrides = cli.overrides.clone();
+    if let Some(device) = &cli.device {
+        overrides.push(format!("compute.device={device}"));
+    }
+    let loaded = Config::load(&cli.config, &overrides);
     if let Command::Check { print, sample } = &cli.command {
         return commands::check(loaded, *print, sample.as_deref());
     }
@@ -169,6 +173,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         } => commands::demo(&out, epochs, test_videos, config)?,
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
         Command::Check { .. } => unreachable!("answered above"),
+        Command::Kernels { archs, out, bench } => {
+            commands::kernels(&archs, out.as_deref(), &config.compute.nvrtc_library)?;
+            if bench {
+                commands::kernel_bench(&config)?;
+            }
+        }
         Command::Report {
             run,
             out,
@@ -185,7 +195,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
         }
         Command::Watch => {
-            let (file, overrides) = (cli.config.clone(), cli.overrides.clone());
+            let file = cli.config.clone();
             let reload = Box::new(move || Config::load(&file, &overrides));
             daemon::run(config, reload)?;
         }

@@ -5,17 +5,31 @@
 //! [`analyse`] is the stage chain without reading and captioning, for `inspect` and `ground`.
 
 use crate::caption::{Caption, CaptionError, Captioner};
+use crate::compute::{cpu_events, Backend, ComputeError, Found};
 use crate::config::Config;
-use crate::events::{atomic_events, AtomicEvents};
+use crate::events::AtomicEvents;
 use crate::failure::{Failure, Reason, Stage};
 use crate::ingest::{read_video, Durations, Features, IngestError, Video, VideoRef};
 use crate::proposals::{propose, Proposal};
 use crate::rng::hash_str;
 use crate::sample::sample;
-use crate::similarity::{cosine_ssm, Ssm};
+use crate::similarity::Ssm;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a processor cannot be made.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// `ingest.durations_file` cannot be read.
+    #[error(transparent)]
+    Durations(#[from] IngestError),
+    /// The compute back-end `compute.device` names cannot be used.
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+}
 
 /// Where a video's proposals come from.
 #[derive(Debug, Clone, Copy)]
@@ -37,22 +51,37 @@ pub struct Processed {
 }
 
 /// Everything that turns a video reference into its result, loaded once and shared by every
-/// worker thread: the configuration, the durations file and the captioner.
+/// worker thread: the configuration, the durations file, the compute back-end and the
+/// captioner.
 pub struct VideoProcessor {
     config: Config,
     durations: Durations,
+    backend: Backend,
     captioner: Captioner,
 }
 
+/// A video read (or the reason it could not be), with what reading it cost.
+pub struct Loaded {
+    read: Result<Video, Failure>,
+    times: StageTimes,
+}
+
 impl VideoProcessor {
-    /// Loads `ingest.durations_file`; the captioner is loaded by the caller, who knows whether
-    /// it captions at all (a watcher that only enqueues does not).
-    pub fn new(config: Config, captioner: Captioner) -> Result<VideoProcessor, IngestError> {
+    /// Loads `ingest.durations_file` and opens the compute back-end (`compute.device`); the
+    /// captioner is loaded by the caller, who knows whether it captions at all (a watcher that
+    /// only enqueues does not).
+    pub fn new(config: Config, captioner: Captioner) -> Result<VideoProcessor, OpenError> {
         Ok(VideoProcessor {
             durations: Durations::load(&config.ingest.durations_file)?,
+            backend: Backend::open(&config)?,
             config,
             captioner,
         })
+    }
+
+    /// What the heavy stages run on.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// The configuration it runs with.
@@ -78,16 +107,88 @@ impl VideoProcessor {
 
     /// The video's proposals with their pseudo-queries, best first.
     pub fn process(&self, video: &VideoRef, source: Source) -> Result<Processed, Failure> {
-        let mut times = StageTimes::default();
-        let loaded = timed(&mut times.read, || self.read(video)).map_err(|e| ingest_failure(&e))?;
-        let mut proposals = match source {
-            Source::Propose => {
-                VideoProposals::new(&loaded, &analyse(&loaded, &self.config, &mut times))
+        self.process_batch(std::slice::from_ref(video), source)
+            .pop()
+            .unwrap_or_else(|| Err(lost_in_batch()))
+    }
+
+    /// Each video's result, in order: one back-end batch for all of them.
+    pub fn process_batch(
+        &self,
+        videos: &[VideoRef],
+        source: Source,
+    ) -> Vec<Result<Processed, Failure>> {
+        self.process_loaded(self.read_batch(videos), source, |_, result| result)
+    }
+
+    /// Reads the videos across the thread pool (a batch driver reads the next batch while the
+    /// back-end works on this one).
+    pub fn read_batch(&self, videos: &[VideoRef]) -> Vec<Loaded> {
+        videos
+            .par_iter()
+            .map(|video| {
+                let mut times = StageTimes::default();
+                let read =
+                    timed(&mut times.read, || self.read(video)).map_err(|e| ingest_failure(&e));
+                Loaded { read, times }
+            })
+            .collect()
+    }
+
+    /// The results of videos already read, each handed to `then` with its index in the batch
+    /// (a driver writes it there) in the same parallel pass. A device computes the batch's
+    /// similarity and events at once first; on the CPU each video goes its whole way in that
+    /// one pass, so no stage waits for the batch's slowest video.
+    pub fn process_loaded<R: Send>(
+        &self,
+        loaded: Vec<Loaded>,
+        source: Source,
+        then: impl Fn(usize, Result<Processed, Failure>) -> R + Sync + Send,
+    ) -> Vec<R> {
+        let analysed: Vec<Option<Analysed>> = match (source, self.backend.cuda()) {
+            (Source::Propose, Some(_)) => {
+                let read: Vec<&Video> =
+                    loaded.iter().filter_map(|l| l.read.as_ref().ok()).collect();
+                let mut found = analyse_batch(&read, &self.config, &self.backend).into_iter();
+                loaded
+                    .iter()
+                    .map(|l| l.read.is_ok().then(|| found.next()).flatten())
+                    .collect()
             }
-            Source::Recaption(earlier) => read_earlier(earlier, &loaded.id)?,
+            _ => loaded.iter().map(|_| None).collect(),
+        };
+        loaded
+            .into_par_iter()
+            .zip(analysed)
+            .enumerate()
+            .map(|(i, (loaded, analysed))| then(i, self.finish(loaded, analysed, source)))
+            .collect()
+    }
+
+    /// One video's proposals (analysed now unless the batch did) with their pseudo-queries.
+    fn finish(
+        &self,
+        loaded: Loaded,
+        analysed: Option<Analysed>,
+        source: Source,
+    ) -> Result<Processed, Failure> {
+        let video = loaded.read?;
+        let mut times = loaded.times;
+        let mut proposals = match source {
+            Source::Recaption(earlier) => read_earlier(earlier, &video.id)?,
+            Source::Propose => {
+                let analysis = match analysed {
+                    Some((analysis, spent)) => {
+                        times += spent;
+                        analysis
+                    }
+                    None => analyse(&video, &self.config, &mut times),
+                };
+                VideoProposals::new(&video, &analysis)
+            }
         };
         timed(&mut times.caption, || {
-            proposals.caption(&loaded, &self.captioner)
+            proposals.caption(&video, &self.captioner)
         })
         .map_err(|e| Failure::permanent(e.code(), Stage::Caption, e.to_string()))?;
         if let Some(field) = proposals.first_non_finite() {
@@ -99,6 +200,11 @@ impl VideoProcessor {
         }
         Ok(Processed { proposals, times })
     }
+}
+
+/// A batch that answered for fewer videos than it was given: retried, it cannot recur.
+fn lost_in_batch() -> Failure {
+    Failure::io(Stage::Read, "the compute batch returned no result for it")
 }
 
 fn all_finite(values: &[f64]) -> bool {
@@ -199,34 +305,70 @@ pub struct Analysis {
     pub proposals: Vec<Proposal>,
 }
 
-/// The stage chain on a read video, without captions: sample → similarity → events → proposals,
-/// each seeded by the video id so a result never depends on the order videos come in.
+/// The stage chain on a read video, without captions, on the CPU: sample → similarity →
+/// events → proposals, each seeded by the video id so a result never depends on the order
+/// videos come in.
 pub fn analyse(video: &Video, config: &Config, times: &mut StageTimes) -> Analysis {
     let seed = hash_str(&video.id);
     let sampled = timed(&mut times.sample, || {
         sample(video.features(), &config.sample)
     });
-    let ssm = timed(&mut times.similarity, || cosine_ssm(&sampled));
-    let events = timed(&mut times.events, || {
-        atomic_events(
-            &ssm,
-            &config.events,
-            config.sample.steps,
-            seed ^ config.events.seed,
-        )
-    });
+    let found = cpu_events(&sampled, seed ^ config.events.seed, config);
+    finish_analysis(sampled, found, seed, config, times)
+}
+
+/// A video's analysis and what its stages cost.
+pub type Analysed = (Analysis, StageTimes);
+
+/// [`analyse`] for a batch of videos, the similarity and events on `backend` as one batch;
+/// each video's analysis with its stage times.
+pub fn analyse_batch(videos: &[&Video], config: &Config, backend: &Backend) -> Vec<Analysed> {
+    let seeds: Vec<u64> = videos.iter().map(|v| hash_str(&v.id)).collect();
+    let sampled: Vec<(Features, StageTimes)> = videos
+        .par_iter()
+        .map(|video| {
+            let mut times = StageTimes::default();
+            let sampled = timed(&mut times.sample, || {
+                sample(video.features(), &config.sample)
+            });
+            (sampled, times)
+        })
+        .collect();
+    let batch: Vec<&Features> = sampled.iter().map(|(f, _)| f).collect();
+    let event_seeds: Vec<u64> = seeds.iter().map(|s| s ^ config.events.seed).collect();
+    let found = backend.events(&batch, &event_seeds, config);
+    sampled
+        .into_par_iter()
+        .zip(found)
+        .zip(seeds)
+        .map(|(((sampled, mut times), found), seed)| {
+            let analysis = finish_analysis(sampled, found, seed, config, &mut times);
+            (analysis, times)
+        })
+        .collect()
+}
+
+fn finish_analysis(
+    sampled: Features,
+    found: Found,
+    seed: u64,
+    config: &Config,
+    times: &mut StageTimes,
+) -> Analysis {
+    times.similarity += found.similarity_time;
+    times.events += found.events_time;
     let proposals = timed(&mut times.proposals, || {
         propose(
-            &events,
-            &ssm,
+            &found.events,
+            &found.ssm,
             &config.proposals,
             seed ^ config.proposals.seed,
         )
     });
     Analysis {
         sampled,
-        ssm,
-        events,
+        ssm: found.ssm,
+        events: found.events,
         proposals,
     }
 }

@@ -759,6 +759,7 @@ fn check_names_what_is_wrong_before_a_run() {
     assert!(out.status.success(), "{report}");
     assert!(!report.contains("FAIL"), "{report}");
     assert!(report.contains("ok    captions: words of a"), "{report}");
+    assert!(report.contains("ok    compute: "), "{report}");
     assert!(
         report.contains("[caption]") && report.contains("tower_anchors"),
         "{report}"

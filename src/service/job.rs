@@ -422,51 +422,73 @@ pub struct Results {
 fn process_videos(job: &Job, ctx: &Context) -> Result<Results, Failure> {
     let refs = list_videos(&job.path).map_err(|e| ingest_failure(&e))?;
     let mut done = Results::default();
-    for video in &refs {
-        let vid = video.id();
-        let outcome = ctx
-            .owners
-            .claim(&vid, &job.path)
-            .map_err(|refusal| match refusal {
-                Refusal::HeldBy(owner) => Failure::permanent(
-                    Reason::DuplicateVideoId,
-                    Stage::Check,
-                    format!(
-                        "video id '{vid}' is already produced by {}",
-                        owner.display()
-                    ),
-                ),
-                Refusal::Unreachable(e) => Failure::io(
-                    Stage::Check,
-                    format!("cannot ask who owns video id '{vid}': {e}"),
-                ),
-            })
-            .and_then(|()| {
-                process_video(video, ctx, &mut done.times)
+    for batch in ctx.processor.backend().batches(&refs) {
+        let claims: Vec<Result<(), Failure>> = batch
+            .iter()
+            .map(|video| claim(ctx, &video.id(), &job.path))
+            .collect();
+        let claimed: Vec<VideoRef> = batch
+            .iter()
+            .zip(&claims)
+            .filter(|(_, claim)| claim.is_ok())
+            .map(|(video, _)| video.clone())
+            .collect();
+        let mut processed = ctx
+            .processor
+            .process_batch(&claimed, Source::Propose)
+            .into_iter();
+        for (video, claim) in batch.iter().zip(claims) {
+            let vid = video.id();
+            let outcome = claim.and_then(|()| {
+                processed
+                    .next()
+                    .unwrap_or_else(|| Err(Failure::io(Stage::Read, "the batch lost it")))
+                    .and_then(|result| write_video(result, ctx, &mut done.times))
                     .inspect_err(|_| ctx.owners.release(&vid, &job.path))
             });
-        match outcome {
-            Ok((result, output)) => {
-                done.videos.push(result);
-                match output {
-                    Written::Published(target) => done.outputs.push(target),
-                    Written::Staged(staged) => {
-                        done.outputs.push(staged.target().to_path_buf());
-                        done.staged.push(staged);
+            match outcome {
+                Ok((result, output)) => {
+                    done.videos.push(result);
+                    match output {
+                        Written::Published(target) => done.outputs.push(target),
+                        Written::Staged(staged) => {
+                            done.outputs.push(staged.target().to_path_buf());
+                            done.staged.push(staged);
+                        }
                     }
                 }
-            }
-            // One transient failure retries the whole file; a retry redoes every video.
-            Err(failure) if failure.transient => return Err(failure),
-            Err(failure) if refs.len() == 1 => return Err(failure),
-            Err(failure) => {
-                let record = quarantine_record(job, Some(vid), failure, job.attempts + 1);
-                done.outputs.push(write_record(ctx, &record)?);
-                done.quarantined.push(record);
+                // One transient failure retries the whole file; a retry redoes every video.
+                Err(failure) if failure.transient => return Err(failure),
+                Err(failure) if refs.len() == 1 => return Err(failure),
+                Err(failure) => {
+                    let record = quarantine_record(job, Some(vid), failure, job.attempts + 1);
+                    done.outputs.push(write_record(ctx, &record)?);
+                    done.quarantined.push(record);
+                }
             }
         }
     }
     Ok(done)
+}
+
+/// Takes ownership of video id `vid` for `path`, or says who holds it.
+fn claim(ctx: &Context, vid: &str, path: &Path) -> Result<(), Failure> {
+    ctx.owners
+        .claim(vid, path)
+        .map_err(|refusal| match refusal {
+            Refusal::HeldBy(owner) => Failure::permanent(
+                Reason::DuplicateVideoId,
+                Stage::Check,
+                format!(
+                    "video id '{vid}' is already produced by {}",
+                    owner.display()
+                ),
+            ),
+            Refusal::Unreachable(e) => Failure::io(
+                Stage::Check,
+                format!("cannot ask who owns video id '{vid}': {e}"),
+            ),
+        })
 }
 
 enum Written {
@@ -474,17 +496,17 @@ enum Written {
     Staged(Staged),
 }
 
-/// Processes one video and writes its result: staged for the next group commit, or durable
-/// at once (`daemon.durability`).
-fn process_video(
-    video: &VideoRef,
+/// Writes one video's result: staged for the next group commit, or durable at once
+/// (`daemon.durability`).
+fn write_video(
+    processed: Processed,
     ctx: &Context,
     times: &mut StageTimes,
 ) -> Result<(VideoResult, Written), Failure> {
     let Processed {
         proposals: result,
         times: spent,
-    } = ctx.processor.process(video, Source::Propose)?;
+    } = processed;
     *times += spent;
     let write_started = std::time::Instant::now();
     let target = ctx.folders.proposals.join(format!("{}.json", result.vid));

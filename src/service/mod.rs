@@ -17,7 +17,6 @@ pub mod shards;
 use crate::caption::{CaptionError, Captioner};
 use crate::config::{Config, DaemonConfig, RunConfig};
 use crate::fsio::is_temporary_output;
-use crate::ingest::IngestError;
 use crate::processor::VideoProcessor;
 use job::{Context, Job, Outcome, Owners};
 use ledger::{Ledger, LedgerError};
@@ -81,9 +80,9 @@ pub enum ServiceError {
     /// The captioner cannot be loaded.
     #[error("caption: {0}")]
     Caption(#[from] CaptionError),
-    /// `ingest.durations_file` cannot be read.
+    /// `ingest.durations_file` or the compute back-end cannot be opened.
     #[error(transparent)]
-    Durations(#[from] IngestError),
+    Processor(#[from] crate::processor::OpenError),
     /// Signal handlers cannot be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),

@@ -1,0 +1,205 @@
+//! The host's half of a device batch: pack the videos, have the kernels compute every SSM and
+//! every k-means trial, and finish each video's events with the CPU path's own functions.
+//! Generic over [`Kernels`], so the same host code drives the CUDA device and, in the tests,
+//! a Rust emulation of the kernels' loops.
+
+use super::{ComputeError, Found};
+use crate::config::Config;
+use crate::events::{events_from_trials, lloyd, Clustering, KmeansProblem};
+use crate::ingest::Features;
+use crate::similarity::Ssm;
+use rayon::prelude::*;
+use std::time::{Duration, Instant};
+
+/// What a device (or its emulation) computes for a batch.
+pub(crate) trait Kernels {
+    /// What stays on the device between the two steps (the SSMs).
+    type Session;
+
+    /// The SSMs of `videos` videos packed `[videos][steps][dim]` (short videos zero-padded),
+    /// `[videos][steps][steps]` on the host, and kept for [`Kernels::kmeans`].
+    fn gram(
+        &self,
+        packed: &[f32],
+        videos: usize,
+        steps: usize,
+        dim: usize,
+    ) -> Result<(Self::Session, Vec<f32>), ComputeError>;
+
+    /// Every (video, trial) problem of `job` over the session's SSMs.
+    fn kmeans(&self, session: &Self::Session, job: &KmeansJob) -> Result<KmeansOut, ComputeError>;
+}
+
+/// The k-means of a packed batch: problem `p` is trial `p % trials` of video `p / trials`.
+pub(crate) struct KmeansJob {
+    /// The SSMs' side.
+    pub steps: usize,
+    /// Trials per video.
+    pub trials: usize,
+    /// Clusters.
+    pub k: usize,
+    /// Floats between two centres in `starts` (`steps + 1`).
+    pub stride: usize,
+    /// Whether the points end with the position column.
+    pub with_time: bool,
+    /// Lloyd iterations at most.
+    pub max_iter: usize,
+    /// Per video: its steps `n`; a video with fewer than `k` is skipped (the host clusters it).
+    pub sizes: Vec<i32>,
+    /// Per video: the convergence bound.
+    pub tols: Vec<f32>,
+    /// `[videos][steps]`: the position column.
+    pub extra: Vec<f32>,
+    /// `[problems][k][stride]`: the k-means++ starts.
+    pub starts: Vec<f32>,
+}
+
+/// Per problem: `[problems][steps]` labels and the inertia.
+pub(crate) struct KmeansOut {
+    pub labels: Vec<i32>,
+    pub inertia: Vec<f32>,
+}
+
+/// Each video's SSM and events, in the batch's order. Videos of one feature width share a
+/// device pass; a batch of mixed widths makes one pass per width.
+pub(crate) fn events_batch<K: Kernels>(
+    kernels: &K,
+    batch: &[&Features],
+    seeds: &[u64],
+    config: &Config,
+) -> Result<Vec<Found>, ComputeError> {
+    let mut results: Vec<Option<Found>> = batch.iter().map(|_| None).collect();
+    let mut widths: Vec<usize> = batch.iter().map(|f| f.dim).collect();
+    widths.sort_unstable();
+    widths.dedup();
+    for dim in widths {
+        let members: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].dim == dim).collect();
+        let group: Vec<&Features> = members.iter().map(|&i| batch[i]).collect();
+        let group_seeds: Vec<u64> = members.iter().map(|&i| seeds[i]).collect();
+        for (slot, result) in events_of_width(kernels, &group, &group_seeds, config)?
+            .into_iter()
+            .enumerate()
+        {
+            results[members[slot]] = Some(result);
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+fn events_of_width<K: Kernels>(
+    kernels: &K,
+    group: &[&Features],
+    seeds: &[u64],
+    config: &Config,
+) -> Result<Vec<Found>, ComputeError> {
+    let started = Instant::now();
+    let dim = group[0].dim;
+    let steps = group.iter().map(|f| f.frames).max().unwrap_or(0);
+    let mut packed = vec![0.0f32; group.len() * steps * dim];
+    for (slot, features) in group.iter().enumerate() {
+        let start = slot * steps * dim;
+        packed[start..start + features.data.len()].copy_from_slice(&features.data);
+    }
+    let (session, ssms) = kernels.gram(&packed, group.len(), steps, dim)?;
+    let share = group.len() as u32;
+    let gram_done = started.elapsed();
+    let similarity_time = gram_done / share;
+    let events = &config.events;
+    let prepared: Vec<(Ssm, KmeansProblem)> = group
+        .par_iter()
+        .enumerate()
+        .map(|(slot, features)| {
+            let n = features.frames;
+            let block = &ssms[slot * steps * steps..(slot + 1) * steps * steps];
+            let data = block
+                .chunks_exact(steps)
+                .take(n)
+                .flat_map(|row| &row[..n])
+                .copied()
+                .collect();
+            let ssm = Ssm { n, data };
+            let problem = KmeansProblem::new(&ssm, events, seeds[slot]);
+            (ssm, problem)
+        })
+        .collect();
+    // The device runs the problems that share the batch's shape: k clusters and the position
+    // column as configured. A video too short for that (fewer steps than k, or a single step
+    // without a position) is clustered on the host.
+    let with_time = prepared.iter().any(|(_, p)| p.points.with_time());
+    let on_device =
+        |p: &KmeansProblem| p.k == events.k && p.points.with_time() == with_time && p.k >= 1;
+    let stride = steps + 1;
+    let trials = events.trials;
+    let mut job = KmeansJob {
+        steps,
+        trials,
+        k: events.k,
+        stride,
+        with_time,
+        max_iter: events.max_iter,
+        sizes: Vec::with_capacity(group.len()),
+        tols: Vec::with_capacity(group.len()),
+        extra: vec![0.0; group.len() * steps],
+        starts: vec![0.0; group.len() * trials * events.k * stride],
+    };
+    for (slot, (_, problem)) in prepared.iter().enumerate() {
+        let device = on_device(problem);
+        job.sizes
+            .push(if device { problem.points.n as i32 } else { 0 });
+        job.tols.push(problem.tol);
+        if !device {
+            continue;
+        }
+        let (n, pdim) = (problem.points.n, problem.points.dim);
+        if with_time {
+            for i in 0..n {
+                job.extra[slot * steps + i] = problem.points.row(i)[n];
+            }
+        }
+        for (trial, start) in problem.starts.iter().enumerate() {
+            for (c, centre) in start.chunks_exact(pdim).enumerate() {
+                let at = ((slot * trials + trial) * events.k + c) * stride;
+                job.starts[at..at + pdim].copy_from_slice(centre);
+            }
+        }
+    }
+    let out = kernels.kmeans(&session, &job)?;
+    let mut found: Vec<Found> = prepared
+        .into_par_iter()
+        .enumerate()
+        .map(|(slot, (ssm, problem))| {
+            let n = problem.points.n;
+            let trials_done: Vec<Clustering> = if on_device(&problem) {
+                (0..trials)
+                    .map(|trial| {
+                        let p = slot * trials + trial;
+                        Clustering {
+                            labels: out.labels[p * steps..p * steps + n]
+                                .iter()
+                                .map(|&l| l.max(0) as usize)
+                                .collect(),
+                            inertia: out.inertia[p],
+                        }
+                    })
+                    .collect()
+            } else {
+                problem
+                    .starts
+                    .iter()
+                    .map(|start| lloyd(&problem, start.clone(), events.max_iter))
+                    .collect()
+            };
+            let events = events_from_trials(&ssm, events, config.sample.steps, trials_done);
+            Found {
+                ssm,
+                events,
+                similarity_time,
+                events_time: Duration::ZERO,
+            }
+        })
+        .collect();
+    // The k-means and the finishing ran for the whole group: each video gets its share.
+    let events_time = started.elapsed().saturating_sub(gram_done) / share;
+    found.iter_mut().for_each(|f| f.events_time = events_time);
+    Ok(found)
+}
