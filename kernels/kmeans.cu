@@ -61,10 +61,15 @@ __device__ float dot_self(const float *x, int dim) {
     return sum + tail;
 }
 
-// Every thread takes points i = tid, tid + blockDim, ...: labels and squared distances.
+// The centres' squared norms, then, every thread taking points i = tid, tid + blockDim, ...,
+// each point's label and squared distance. Called by the whole block; ends synchronised.
 __device__ void assign(const float *ssm, const float *extra, int steps, int n, int dim, int k,
-                       const float *centers, const float *center_norms, const float *norms,
+                       const float *centers, float *center_norms, const float *norms,
                        int *labels, float *distances) {
+    for (int c = threadIdx.x; c < k; c += blockDim.x) {
+        center_norms[c] = dot_self(centers + c * dim, dim);
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         int best = 0;
         float best_d = __int_as_float(0x7f800000); // +inf
@@ -79,6 +84,7 @@ __device__ void assign(const float *ssm, const float *extra, int steps, int n, i
         labels[i] = best;
         distances[i] = fmaxf(best_d, 0.0f);
     }
+    __syncthreads();
 }
 
 // Dynamic shared memory, in this order: centers [k·dim], sums [k·dim], center_norms [k],
@@ -140,12 +146,7 @@ extern "C" __global__ void kmeans(const float *__restrict__ ssm, const float *__
     __syncthreads();
 
     for (int iteration = 0; iteration < max_iter; iteration++) {
-        for (int c = threadIdx.x; c < k; c += blockDim.x) {
-            center_norms[c] = dot_self(centers + c * dim, dim);
-        }
-        __syncthreads();
         assign(s, x, steps, n, dim, k, centers, center_norms, norms, labels, distances);
-        __syncthreads();
         for (int c = threadIdx.x; c < k; c += blockDim.x) {
             int count = 0;
             for (int i = 0; i < n; i++) {
@@ -218,12 +219,7 @@ extern "C" __global__ void kmeans(const float *__restrict__ ssm, const float *__
         }
         __syncthreads(); // nobody rewrites `shift` before all have read it
     }
-    for (int c = threadIdx.x; c < k; c += blockDim.x) {
-        center_norms[c] = dot_self(centers + c * dim, dim);
-    }
-    __syncthreads();
     assign(s, x, steps, n, dim, k, centers, center_norms, norms, labels, distances);
-    __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         labels_out[(size_t)problem * steps + i] = labels[i];
     }
