@@ -1,7 +1,9 @@
-//! One video from file to captioned proposals: read → sample → similarity → events →
-//! proposals → caption. [`VideoProcessor::process`] is the only way through; the batch commands
-//! (`propose`, `caption`, `bench`), the inbox watcher and the queue consumer all call it and
-//! differ only in how they write, so a result never depends on how the file arrived.
+//! Videos from file to captioned proposals: read → sample → similarity → events → proposals →
+//! caption, a batch at a time, the similarity and events on the compute back-end.
+//! [`VideoProcessor::process_batch`] (or its two halves, [`VideoProcessor::read_batch`] and
+//! [`VideoProcessor::process_loaded`]) is the only way through; the batch commands (`propose`,
+//! `caption`, `bench`), the inbox watcher and the queue consumer all call it and differ only in
+//! how they write, so a result never depends on how the file arrived.
 //! [`analyse`] is the stage chain without reading and captioning, for `inspect` and `ground`.
 
 use crate::caption::{Caption, CaptionError, Captioner};
@@ -105,13 +107,6 @@ impl VideoProcessor {
         self.captioner.visual_features(video).map(|_| ())
     }
 
-    /// The video's proposals with their pseudo-queries, best first.
-    pub fn process(&self, video: &VideoRef, source: Source) -> Result<Processed, Failure> {
-        self.process_batch(std::slice::from_ref(video), source)
-            .pop()
-            .unwrap_or_else(|| Err(lost_in_batch()))
-    }
-
     /// Each video's result, in order: one back-end batch for all of them.
     pub fn process_batch(
         &self,
@@ -200,11 +195,6 @@ impl VideoProcessor {
         }
         Ok(Processed { proposals, times })
     }
-}
-
-/// A batch that answered for fewer videos than it was given: retried, it cannot recur.
-fn lost_in_batch() -> Failure {
-    Failure::io(Stage::Read, "the compute batch returned no result for it")
 }
 
 fn all_finite(values: &[f64]) -> bool {
