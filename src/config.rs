@@ -525,8 +525,8 @@ impl Config {
             ("sample.steps", self.sample.steps >= 2, "must be at least 2"),
             (
                 "compute.batch_size",
-                self.compute.batch_size >= 1,
-                "must be at least 1",
+                (1..=65_535).contains(&self.compute.batch_size),
+                "must lie in [1, 65535] (a CUDA grid's second dimension)",
             ),
             ("events.k", e.k >= 1, "must be at least 1"),
             ("events.trials", e.trials >= 1, "must be at least 1"),

@@ -107,10 +107,14 @@ pub fn compile_kernels(
         return Ok(done);
     }
     load_nvrtc(nvrtc_library)?;
-    let compiled: Vec<CompiledKernel> = KERNELS
-        .iter()
-        .map(|kernel| compile(kernel, arch))
-        .collect::<Result<_, _>>()?;
+    // cudarc panics on a symbol an older NVRTC lacks: an error here, not the process's end.
+    let compiled: Vec<CompiledKernel> = std::panic::catch_unwind(|| {
+        KERNELS
+            .iter()
+            .map(|kernel| compile(kernel, arch))
+            .collect::<Result<_, _>>()
+    })
+    .unwrap_or(Err(ComputeError::Unsupported))?;
     if let Ok(mut cache) = cache.lock() {
         cache.insert(arch.to_string(), compiled.clone());
     }
@@ -518,6 +522,7 @@ impl Kernels for CudaKernels {
                 labels: stream.clone_dtoh(&labels)?,
                 inertia: stream.clone_dtoh(&inertia)?,
             };
+            stream.synchronize()?;
             out.labels.truncate(problems * job.steps);
             out.inertia.truncate(problems);
             Ok(out)

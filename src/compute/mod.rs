@@ -42,6 +42,12 @@ pub enum ComputeError {
         /// Why it cannot be used.
         source: Box<ComputeError>,
     },
+    /// cudarc stopped on a library that lacks a function it calls.
+    #[error(
+        "the CUDA libraries here lack a function cudarc needs (a driver or NVRTC older than \
+         CUDA 12.8?)"
+    )]
+    Unsupported,
     /// The driver refused (no such device, out of memory, ...).
     #[error("CUDA device {ordinal}: {source}")]
     Driver {
@@ -81,13 +87,13 @@ impl Backend {
         let nvrtc = &config.compute.nvrtc_library;
         let device = match config.compute.device {
             DeviceChoice::Cpu => Device::Cpu,
-            DeviceChoice::Cuda(ordinal) => cuda::CudaKernels::open(ordinal, nvrtc)
+            DeviceChoice::Cuda(ordinal) => open_cuda(ordinal, nvrtc)
                 .map(|k| Device::Cuda(Box::new(k)))
                 .map_err(|source| ComputeError::Requested {
                     device: String::from(config.compute.device),
                     source: Box::new(source),
                 })?,
-            DeviceChoice::Auto => match cuda::CudaKernels::open(0, nvrtc) {
+            DeviceChoice::Auto => match open_cuda(0, nvrtc) {
                 Ok(kernels) => Device::Cuda(Box::new(kernels)),
                 Err(e) => {
                     tracing::info!("compute: running on the CPU, CUDA is not usable: {e}");
@@ -154,6 +160,15 @@ impl Backend {
             .map(|(features, &seed)| cpu_events(features, seed, config))
             .collect()
     }
+}
+
+/// Opens the kernels on device `ordinal`. cudarc panics on a symbol its library lacks (an
+/// older driver than its bindings); that is an error here, not the end of the process.
+fn open_cuda(ordinal: usize, nvrtc: &str) -> Result<cuda::CudaKernels, ComputeError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cuda::CudaKernels::open(ordinal, nvrtc)
+    }))
+    .unwrap_or(Err(ComputeError::Unsupported))
 }
 
 /// A video's SSM and atomic events, with what each cost.
