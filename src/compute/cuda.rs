@@ -19,8 +19,8 @@ use super::batched::{Kernels, KmeansJob, KmeansOut};
 use super::ComputeError;
 use cudarc::driver::sys::{CUresult, CU_MEMHOSTALLOC_WRITECOMBINED};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::{result as nvrtc, Ptx};
 use std::collections::HashMap;
@@ -274,6 +274,50 @@ impl CudaKernels {
         self.name.clone()
     }
 
+    /// Queues the inverse norms and the Gram kernel of `videos` videos on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_gram(
+        &self,
+        stream: &CudaStream,
+        features: &CudaView<f32>,
+        inverse: &mut CudaViewMut<f32>,
+        ssm: &mut CudaViewMut<f32>,
+        videos: usize,
+        steps: usize,
+        dim: usize,
+    ) -> Result<(), DriverError> {
+        let (rows, steps_arg, dim_arg) = (count(videos * steps)?, count(steps)?, count(dim)?);
+        let tiles = steps.div_ceil(GRAM_TILE);
+        // SAFETY: the arguments match the kernels' signatures; the views hold `videos` videos
+        // of features, inverse norms and SSMs.
+        unsafe {
+            stream
+                .launch_builder(&self.row_inverse_norms)
+                .arg(features)
+                .arg(&mut *inverse)
+                .arg(&rows)
+                .arg(&dim_arg)
+                .launch(LaunchConfig {
+                    grid_dim: ((rows as u32).div_ceil(NORM_ROWS_PER_BLOCK), 1, 1),
+                    block_dim: (NORM_ROWS_PER_BLOCK * 32, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+            stream
+                .launch_builder(&self.gram)
+                .arg(features)
+                .arg(&mut *inverse)
+                .arg(ssm)
+                .arg(&steps_arg)
+                .arg(&dim_arg)
+                .launch(LaunchConfig {
+                    grid_dim: ((tiles * (tiles + 1) / 2) as u32, videos as u32, 1),
+                    block_dim: (GRAM_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+        }
+        Ok(())
+    }
+
     fn ordinal(&self) -> usize {
         self.streams[0].context().ordinal()
     }
@@ -321,8 +365,6 @@ impl CudaKernels {
             let mut features = unsafe { stream.alloc::<f32>(len) }?;
             let mut inverse = unsafe { stream.alloc::<f32>(videos * steps) }?;
             let mut ssm = unsafe { stream.alloc::<f32>(videos * steps * steps) }?;
-            let (rows, steps_arg, dim_arg) = (count(videos * steps)?, count(steps)?, count(dim)?);
-            let tiles = steps.div_ceil(GRAM_TILE);
             let (mut uploads, mut kernels) = (Vec::new(), Vec::new());
             for _ in 0..repeats.max(1) {
                 let started = std::time::Instant::now();
@@ -330,32 +372,15 @@ impl CudaKernels {
                 stream.synchronize()?;
                 uploads.push(started.elapsed().as_secs_f64());
                 let started = std::time::Instant::now();
-                // SAFETY: the arguments match the kernels' signatures and sizes.
-                unsafe {
-                    stream
-                        .launch_builder(&self.row_inverse_norms)
-                        .arg(&features)
-                        .arg(&mut inverse)
-                        .arg(&rows)
-                        .arg(&dim_arg)
-                        .launch(LaunchConfig {
-                            grid_dim: ((rows as u32).div_ceil(NORM_ROWS_PER_BLOCK), 1, 1),
-                            block_dim: (NORM_ROWS_PER_BLOCK * 32, 1, 1),
-                            shared_mem_bytes: 0,
-                        })?;
-                    stream
-                        .launch_builder(&self.gram)
-                        .arg(&features)
-                        .arg(&inverse)
-                        .arg(&mut ssm)
-                        .arg(&steps_arg)
-                        .arg(&dim_arg)
-                        .launch(LaunchConfig {
-                            grid_dim: ((tiles * (tiles + 1) / 2) as u32, videos as u32, 1),
-                            block_dim: (GRAM_THREADS, 1, 1),
-                            shared_mem_bytes: 0,
-                        })?;
-                }
+                self.queue_gram(
+                    stream,
+                    &features.slice(..),
+                    &mut inverse.slice_mut(..),
+                    &mut ssm.slice_mut(..),
+                    videos,
+                    steps,
+                    dim,
+                )?;
                 stream.synchronize()?;
                 kernels.push(started.elapsed().as_secs_f64());
             }
@@ -410,53 +435,24 @@ impl Kernels for CudaKernels {
             let staged = staging.as_slice()?;
             let landed = landing.as_mut_slice()?;
             let half = videos.div_ceil(2);
-            let tiles = steps.div_ceil(GRAM_TILE);
-            let (steps_arg, dim_arg) = (count(steps)?, count(dim)?);
             for (stream, range) in self.streams.iter().zip([0..half, half..videos]) {
                 if range.is_empty() {
                     continue;
                 }
                 let (v0, v1) = (range.start, range.end);
-                let rows = count((v1 - v0) * steps)?;
                 stream.memcpy_htod(
                     &staged[v0 * per_video..v1 * per_video],
                     &mut features.slice_mut(v0 * per_video..v1 * per_video),
                 )?;
-                let feature_view = features.slice(v0 * per_video..v1 * per_video);
-                let mut inverse_view = inverse.slice_mut(v0 * steps..v1 * steps);
-                let norms = LaunchConfig {
-                    grid_dim: ((rows as u32).div_ceil(NORM_ROWS_PER_BLOCK), 1, 1),
-                    block_dim: (NORM_ROWS_PER_BLOCK * 32, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: the arguments match row_inverse_norms' signature and sizes.
-                unsafe {
-                    stream
-                        .launch_builder(&self.row_inverse_norms)
-                        .arg(&feature_view)
-                        .arg(&mut inverse_view)
-                        .arg(&rows)
-                        .arg(&dim_arg)
-                        .launch(norms)?;
-                }
-                let inverse_view = inverse.slice(v0 * steps..v1 * steps);
-                let mut ssm_view = ssm.slice_mut(v0 * per_ssm..v1 * per_ssm);
-                let tiles_config = LaunchConfig {
-                    grid_dim: ((tiles * (tiles + 1) / 2) as u32, (v1 - v0) as u32, 1),
-                    block_dim: (GRAM_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: the arguments match gram's signature and sizes.
-                unsafe {
-                    stream
-                        .launch_builder(&self.gram)
-                        .arg(&feature_view)
-                        .arg(&inverse_view)
-                        .arg(&mut ssm_view)
-                        .arg(&steps_arg)
-                        .arg(&dim_arg)
-                        .launch(tiles_config)?;
-                }
+                self.queue_gram(
+                    stream,
+                    &features.slice(v0 * per_video..v1 * per_video),
+                    &mut inverse.slice_mut(v0 * steps..v1 * steps),
+                    &mut ssm.slice_mut(v0 * per_ssm..v1 * per_ssm),
+                    v1 - v0,
+                    steps,
+                    dim,
+                )?;
                 stream.memcpy_dtoh(
                     &ssm.slice(v0 * per_ssm..v1 * per_ssm),
                     &mut landed[v0 * per_ssm..v1 * per_ssm],
