@@ -8,7 +8,7 @@ use linfa::traits::Fit;
 use linfa::DatasetBase;
 use momentminer::compute::charades_like;
 use momentminer::config::Config;
-use momentminer::events::{lloyd, KmeansProblem};
+use momentminer::events::KmeansProblem;
 use momentminer::similarity::cosine_ssm;
 use std::hint::black_box;
 
@@ -27,11 +27,10 @@ fn kmeans(c: &mut Criterion) {
     let mut group = c.benchmark_group("kmeans 128x129 k=5 6 runs");
     group.bench_function("momentminer", |b| {
         b.iter(|| {
-            let problem = KmeansProblem::new(black_box(&ssm), &config.events, 1);
-            problem
-                .starts
+            KmeansProblem::new(black_box(&ssm), &config.events, 1)
+                .solve(config.events.max_iter)
                 .iter()
-                .map(|start| lloyd(&problem, start.clone(), config.events.max_iter).inertia)
+                .map(|c| c.inertia)
                 .fold(f32::INFINITY, f32::min)
         })
     });

@@ -17,12 +17,7 @@ pub struct AtomicEvents {
 /// `steps` is the configured sample size, so `min_event_steps` keeps its meaning (a share of
 /// the video) for videos that had fewer frames than that.
 pub fn atomic_events(ssm: &Ssm, config: &EventsConfig, steps: usize, seed: u64) -> AtomicEvents {
-    let problem = KmeansProblem::new(ssm, config, seed);
-    let trials = problem
-        .starts
-        .iter()
-        .map(|start| lloyd(&problem, start.clone(), config.max_iter))
-        .collect();
+    let trials = KmeansProblem::new(ssm, config, seed).solve(config.max_iter);
     events_from_trials(ssm, config, steps, trials)
 }
 
@@ -84,6 +79,14 @@ impl KmeansProblem {
             tol,
             starts,
         }
+    }
+
+    /// Every trial's Lloyd run on the host, in trial order.
+    pub fn solve(&self, max_iter: usize) -> Vec<Clustering> {
+        self.starts
+            .iter()
+            .map(|start| lloyd(self, start.clone(), max_iter))
+            .collect()
     }
 }
 
@@ -184,7 +187,7 @@ fn mean_variance(points: &Points) -> f32 {
 
 /// Lloyd's algorithm from one start (scikit-learn's recipe). `kernels/kmeans.cu` runs the same
 /// phases in the same floating-point order; change both or neither.
-pub fn lloyd(problem: &KmeansProblem, mut centers: Vec<f32>, max_iter: usize) -> Clustering {
+fn lloyd(problem: &KmeansProblem, mut centers: Vec<f32>, max_iter: usize) -> Clustering {
     let (points, norms, k, tol) = (&problem.points, &problem.norms, problem.k, problem.tol);
     let (n, dim) = (points.n, points.dim);
     let mut labels = vec![0usize; n];

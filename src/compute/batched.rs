@@ -5,11 +5,12 @@
 
 use super::{ComputeError, Found};
 use crate::config::Config;
-use crate::events::{events_from_trials, lloyd, Clustering, KmeansProblem};
+use crate::config::EventsConfig;
+use crate::events::{events_from_trials, AtomicEvents, Clustering, KmeansProblem};
 use crate::ingest::Features;
 use crate::similarity::Ssm;
 use rayon::prelude::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What a device (or its emulation) computes for a batch.
 pub(crate) trait Kernels {
@@ -122,57 +123,21 @@ fn events_of_width<K: Kernels>(
             (ssm, problem)
         })
         .collect();
-    // The device runs the problems that share the batch's shape: k clusters and the position
-    // column as configured. A video too short for that (fewer steps than k, or a single step
-    // without a position) is clustered on the host.
-    let with_time = prepared.iter().any(|(_, p)| p.points.with_time());
-    let on_device =
-        |p: &KmeansProblem| p.k == events.k && p.points.with_time() == with_time && p.k >= 1;
-    let stride = steps + 1;
-    let trials = events.trials;
-    let mut job = KmeansJob {
-        steps,
-        trials,
-        k: events.k,
-        stride,
-        with_time,
-        max_iter: events.max_iter,
-        sizes: Vec::with_capacity(group.len()),
-        tols: Vec::with_capacity(group.len()),
-        extra: vec![0.0; group.len() * steps],
-        starts: vec![0.0; group.len() * trials * events.k * stride],
+    let problems: Vec<&KmeansProblem> = prepared.iter().map(|(_, p)| p).collect();
+    let job = kmeans_job(&problems, steps, events);
+    let done = match &job {
+        Some(job) => Some((job, kernels.kmeans(&session, job)?)),
+        None => None,
     };
-    for (slot, (_, problem)) in prepared.iter().enumerate() {
-        let device = on_device(problem);
-        job.sizes
-            .push(if device { problem.points.n as i32 } else { 0 });
-        job.tols.push(problem.tol);
-        if !device {
-            continue;
-        }
-        let (n, pdim) = (problem.points.n, problem.points.dim);
-        if with_time {
-            for i in 0..n {
-                job.extra[slot * steps + i] = problem.points.row(i)[n];
-            }
-        }
-        for (trial, start) in problem.starts.iter().enumerate() {
-            for (c, centre) in start.chunks_exact(pdim).enumerate() {
-                let at = ((slot * trials + trial) * events.k + c) * stride;
-                job.starts[at..at + pdim].copy_from_slice(centre);
-            }
-        }
-    }
-    let out = kernels.kmeans(&session, &job)?;
-    let mut found: Vec<Found> = prepared
+    let found: Vec<(Ssm, AtomicEvents)> = prepared
         .into_par_iter()
         .enumerate()
         .map(|(slot, (ssm, problem))| {
             let n = problem.points.n;
-            let trials_done: Vec<Clustering> = if on_device(&problem) {
-                (0..trials)
+            let trials_done: Vec<Clustering> = match &done {
+                Some((job, out)) if job.on_device(slot) => (0..job.trials)
                     .map(|trial| {
-                        let p = slot * trials + trial;
+                        let p = slot * job.trials + trial;
                         Clustering {
                             labels: out.labels[p * steps..p * steps + n]
                                 .iter()
@@ -181,25 +146,89 @@ fn events_of_width<K: Kernels>(
                             inertia: out.inertia[p],
                         }
                     })
-                    .collect()
-            } else {
-                problem
-                    .starts
-                    .iter()
-                    .map(|start| lloyd(&problem, start.clone(), events.max_iter))
-                    .collect()
+                    .collect(),
+                _ => problem.solve(events.max_iter),
             };
             let events = events_from_trials(&ssm, events, config.sample.steps, trials_done);
-            Found {
-                ssm,
-                events,
-                similarity_time,
-                events_time: Duration::ZERO,
-            }
+            (ssm, events)
         })
         .collect();
     // The k-means and the finishing ran for the whole group: each video gets its share.
     let events_time = started.elapsed().saturating_sub(gram_done) / share;
-    found.iter_mut().for_each(|f| f.events_time = events_time);
-    Ok(found)
+    Ok(found
+        .into_iter()
+        .map(|(ssm, events)| Found {
+            ssm,
+            events,
+            similarity_time,
+            events_time,
+        })
+        .collect())
+}
+
+/// Dynamic shared memory a block may use without opting in.
+pub(crate) const SHARED_LIMIT: usize = 48 * 1024;
+
+/// `kernels/kmeans.cu`'s dynamic shared memory for `k` clusters over `steps` steps.
+pub(crate) fn kmeans_shared_bytes(k: usize, steps: usize) -> usize {
+    let dim = steps + 1;
+    4 * (2 * k * dim + k + 3 * steps + 2 * k + 1)
+}
+
+/// The device's k-means job for one problem per video, over SSMs of side `steps`, or `None`
+/// when a block's shared memory cannot hold that shape (unusually long samples or many
+/// clusters): then the host clusters them all. The device takes the problems of the batch's
+/// shape: `events.k` clusters, with the position column when the batch has it. A video too
+/// short for that (fewer steps than k, or a single step without a position) gets size 0,
+/// which the kernel skips, and is clustered on the host.
+pub(crate) fn kmeans_job(
+    problems: &[&KmeansProblem],
+    steps: usize,
+    events: &EventsConfig,
+) -> Option<KmeansJob> {
+    if kmeans_shared_bytes(events.k, steps) > SHARED_LIMIT {
+        return None;
+    }
+    let with_time = problems.iter().any(|p| p.points.with_time());
+    let (k, trials, stride) = (events.k, events.trials, steps + 1);
+    let mut job = KmeansJob {
+        steps,
+        trials,
+        k,
+        stride,
+        with_time,
+        max_iter: events.max_iter,
+        sizes: Vec::with_capacity(problems.len()),
+        tols: Vec::with_capacity(problems.len()),
+        extra: vec![0.0; problems.len() * steps],
+        starts: vec![0.0; problems.len() * trials * k * stride],
+    };
+    for (slot, problem) in problems.iter().enumerate() {
+        let device = problem.k == k && problem.points.with_time() == with_time;
+        let (n, dim) = (problem.points.n, problem.points.dim);
+        job.sizes.push(if device { n as i32 } else { 0 });
+        job.tols.push(problem.tol);
+        if !device {
+            continue;
+        }
+        if with_time {
+            for i in 0..n {
+                job.extra[slot * steps + i] = problem.points.row(i)[n];
+            }
+        }
+        for (trial, start) in problem.starts.iter().enumerate() {
+            for (c, centre) in start.chunks_exact(dim).enumerate() {
+                let at = ((slot * trials + trial) * k + c) * stride;
+                job.starts[at..at + dim].copy_from_slice(centre);
+            }
+        }
+    }
+    Some(job)
+}
+
+impl KmeansJob {
+    /// Whether video `slot`'s problem runs on the device (else the host clusters it).
+    pub(crate) fn on_device(&self, slot: usize) -> bool {
+        self.sizes[slot] > 0
+    }
 }

@@ -15,7 +15,7 @@
 //! - the k-means is bit for bit the CPU's on the same SSM (`kmeans.cu`), so a video's events
 //!   differ from the CPU's only where an SSM value within 1e-5 of a tie flips a label.
 
-use super::batched::{Kernels, KmeansJob, KmeansOut};
+use super::batched::{kmeans_shared_bytes, Kernels, KmeansJob, KmeansOut};
 use super::ComputeError;
 use cudarc::driver::sys::{CUresult, CU_MEMHOSTALLOC_WRITECOMBINED};
 use cudarc::driver::{
@@ -68,20 +68,25 @@ const NVRTC_HINT: &str = "NVRTC, from a CUDA toolkit or the PyPI wheel nvidia-cu
      that scripts/setup.sh unpacks into .cache/nvrtc: set compute.nvrtc_library to its \
      libnvrtc.so.12 or put its folder on LD_LIBRARY_PATH";
 
-/// Makes NVRTC loadable: from `path` when one is given, else from the library path.
+/// Makes NVRTC loadable: from `path` when one is given (once per path), else from the
+/// library path.
 fn load_nvrtc(path: &str) -> Result<(), ComputeError> {
-    static PRELOADED: OnceLock<Mutex<Vec<libloading::Library>>> = OnceLock::new();
+    static PRELOADED: OnceLock<Mutex<HashMap<String, libloading::Library>>> = OnceLock::new();
     if !path.is_empty() {
-        // SAFETY: NVRTC's initialisers have no preconditions; the handle is kept for the
-        // process's life so the library is never unloaded under cudarc.
-        let library = unsafe { libloading::Library::new(path) }.map_err(|e| {
-            ComputeError::MissingLibrary {
-                library: format!("{path} ({e})"),
-                hint: NVRTC_HINT,
-            }
-        })?;
-        if let Ok(mut kept) = PRELOADED.get_or_init(Default::default).lock() {
-            kept.push(library);
+        let mut kept = PRELOADED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !kept.contains_key(path) {
+            // SAFETY: NVRTC's initialisers have no preconditions; the handle is kept for the
+            // process's life so the library is never unloaded under cudarc.
+            let library = unsafe { libloading::Library::new(path) }.map_err(|e| {
+                ComputeError::MissingLibrary {
+                    library: format!("{path} ({e})"),
+                    hint: NVRTC_HINT,
+                }
+            })?;
+            kept.insert(path.to_string(), library);
         }
     }
     // SAFETY: only tries to open the library by its names.
@@ -177,14 +182,6 @@ const GRAM_TILE: usize = 128;
 const NORM_ROWS_PER_BLOCK: u32 = 8;
 /// `kmeans` threads per block: one per step for the usual 128 steps.
 const KMEANS_THREADS: u32 = 128;
-/// Dynamic shared memory a block may use without opting in.
-const SHARED_LIMIT: usize = 48 * 1024;
-
-/// `kernels/kmeans.cu`'s dynamic shared memory for `k` clusters over `steps` steps.
-pub(crate) fn kmeans_shared_bytes(k: usize, steps: usize) -> usize {
-    let dim = steps + 1;
-    4 * (2 * k * dim + k + 3 * steps + 2 * k + 1)
-}
 
 /// Page-locked host buffers, kept and grown across batches: allocating them costs far more
 /// than a batch's copies.
@@ -469,10 +466,6 @@ impl Kernels for CudaKernels {
     fn kmeans(&self, ssm: &CudaSlice<f32>, job: &KmeansJob) -> Result<KmeansOut, ComputeError> {
         let err = driver(self.ordinal());
         let shared = kmeans_shared_bytes(job.k, job.steps);
-        if shared > SHARED_LIMIT {
-            // Unusually long samples or many clusters: the host clusters them.
-            return Err(err(DriverError(CUresult::CUDA_ERROR_INVALID_VALUE)));
-        }
         let stream = &self.streams[0];
         let run = || -> Result<KmeansOut, DriverError> {
             let problems = job.sizes.len() * job.trials;
@@ -651,6 +644,9 @@ mod tests {
     fn the_kmeans_shared_memory_fits_the_default_sample() {
         let config = crate::config::Config::default();
         let bytes = kmeans_shared_bytes(config.events.k, config.sample.steps);
-        assert!(bytes <= SHARED_LIMIT, "{bytes} bytes");
+        assert!(
+            bytes <= super::super::batched::SHARED_LIMIT,
+            "{bytes} bytes"
+        );
     }
 }

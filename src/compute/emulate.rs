@@ -287,10 +287,10 @@ fn kmeans_block(ssm: &[f32], job: &KmeansJob, problem: usize, out: &mut KmeansOu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::batched::events_batch;
+    use crate::compute::batched::{events_batch, kmeans_job};
     use crate::compute::{charades_like, cpu_events};
     use crate::config::Config;
-    use crate::events::{lloyd, KmeansProblem};
+    use crate::events::KmeansProblem;
     use crate::ingest::Features;
     use crate::similarity::cosine_ssm;
 
@@ -329,40 +329,13 @@ mod tests {
             let ssm = cosine_ssm(&clip);
             let problem = KmeansProblem::new(&ssm, &config.events, 77);
             let n = problem.points.n;
-            let trials = problem.starts.len();
-            let stride = n + 1;
-            let k = problem.k;
-            let mut starts = vec![0.0f32; trials * k * stride];
-            for (t, start) in problem.starts.iter().enumerate() {
-                for (c, centre) in start.chunks_exact(problem.points.dim).enumerate() {
-                    let at = (t * k + c) * stride;
-                    starts[at..at + centre.len()].copy_from_slice(centre);
-                }
-            }
-            let with_time = problem.points.with_time();
-            let job = KmeansJob {
-                steps: n,
-                trials,
-                k,
-                stride,
-                with_time,
-                max_iter: config.events.max_iter,
-                sizes: vec![n as i32],
-                tols: vec![problem.tol],
-                extra: (0..n)
-                    .map(|i| {
-                        if with_time {
-                            problem.points.row(i)[n]
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect(),
-                starts,
-            };
+            let job = kmeans_job(&[&problem], n, &config.events).unwrap();
             let out = Emulated.kmeans(&ssm.data, &job).unwrap();
-            for (t, start) in problem.starts.iter().enumerate() {
-                let cpu = lloyd(&problem, start.clone(), config.events.max_iter);
+            for (t, cpu) in problem
+                .solve(config.events.max_iter)
+                .into_iter()
+                .enumerate()
+            {
                 let labels: Vec<usize> = out.labels[t * n..(t + 1) * n]
                     .iter()
                     .map(|&l| l as usize)
@@ -443,33 +416,15 @@ mod tests {
             let (config, problem) = event_problem(seed);
             let n = problem.points.n;
             let ours = problem
-                .starts
+                .solve(config.events.max_iter)
                 .iter()
-                .map(|start| lloyd(&problem, start.clone(), config.events.max_iter).inertia)
+                .map(|c| c.inertia)
                 .fold(f32::INFINITY, f32::min)
                 / n as f32;
-            let (stride, k, trials) = (n + 1, problem.k, problem.starts.len());
-            let mut starts = vec![0.0f32; trials * k * stride];
-            for (t, start) in problem.starts.iter().enumerate() {
-                for (c, centre) in start.chunks_exact(problem.points.dim).enumerate() {
-                    starts[(t * k + c) * stride..][..centre.len()].copy_from_slice(centre);
-                }
-            }
             let ssm: Vec<f32> = (0..n)
                 .flat_map(|i| problem.points.row(i)[..n].to_vec())
                 .collect();
-            let job = KmeansJob {
-                steps: n,
-                trials,
-                k,
-                stride,
-                with_time: true,
-                max_iter: config.events.max_iter,
-                sizes: vec![n as i32],
-                tols: vec![problem.tol],
-                extra: (0..n).map(|i| problem.points.row(i)[n]).collect(),
-                starts,
-            };
+            let job = kmeans_job(&[&problem], n, &config.events).unwrap();
             let kernel = Emulated
                 .kmeans(&ssm, &job)
                 .unwrap()
@@ -477,7 +432,7 @@ mod tests {
                 .into_iter()
                 .fold(f32::INFINITY, f32::min)
                 / n as f32;
-            let reference = linfa_inertia(&problem, trials);
+            let reference = linfa_inertia(&problem, job.trials);
             assert!(problem.points.with_time() && problem.points.dim == 129);
             eprintln!("seed {seed}: mean squared distance ours {ours}, kernel {kernel}, linfa {reference}");
             assert!(

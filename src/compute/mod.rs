@@ -198,7 +198,7 @@ pub fn cpu_events(features: &Features, seed: u64, config: &Config) -> Found {
     }
 }
 
-/// `videos` random videos of `frames × dim` in `scenes` blocks, each a direction plus unit
+/// `videos` random videos of `frames × dim`, each in 3 to 6 blocks of a direction plus unit
 /// noise: Charades-like inputs for benchmarks and tests.
 pub fn charades_like(videos: usize, frames: usize, dim: usize, seed: u64) -> Vec<Features> {
     let mut rng = crate::rng::Rng::new(seed);
