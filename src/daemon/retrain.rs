@@ -221,7 +221,11 @@ impl Retrainer {
         } else {
             self.models.join(format!("rejected-{version}"))
         };
-        let swapped = std::fs::rename(work.join("model"), &target).and_then(|()| {
+        let installed = std::fs::rename(work.join("model"), &target);
+        // Cleared before `current` names the version, so whoever sees the new version in use
+        // finds its work folder gone.
+        let _ = std::fs::remove_dir_all(&work);
+        let swapped = installed.and_then(|()| {
             if accept {
                 write_atomic(
                     &self.models.join(CURRENT),
@@ -246,7 +250,6 @@ impl Retrainer {
             ),
             Err(e) => tracing::error!(version, "cannot install the new model version: {e}"),
         }
-        let _ = std::fs::remove_dir_all(&work);
     }
 
     fn interrupted(&self) -> Option<PathBuf> {
