@@ -24,7 +24,13 @@ for line in sys.stdin:
   cp target/release/momentminer "$bin/momentminer"
   cp "$tests" "$bin/unit-tests"
   strip "$bin/momentminer" "$bin/unit-tests"
-  ls -l "$bin"
+  # The shared libraries they link beyond the C library's own (HDF5 and what it pulls in),
+  # since the GPU machine's image need not have them.
+  mkdir -p "$bin/lib"
+  ldd "$bin/momentminer" "$bin/unit-tests" | awk '$3 ~ /^\// {print $3}' | sort -u |
+    grep -vE '/(libc|libm|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' |
+    xargs -I{} cp -L {} "$bin/lib/"
+  du -sh "$bin" "$bin/lib"
   exit 0
 fi
 
@@ -56,6 +62,7 @@ if command -v cargo >/dev/null; then
 else
   mm=$bin/momentminer
   unit=("$bin/unit-tests")
+  export LD_LIBRARY_PATH="$PWD/$bin/lib:${LD_LIBRARY_PATH:-}"
 fi
 
 echo "== GPU parity tests"
@@ -64,10 +71,10 @@ echo "== GPU parity tests"
 echo "== Gram kernel and batched similarity + events"
 "$mm" "${nvrtc_set[@]}" --device cuda --set compute.batch_size=1024 kernels --arch compute_90 --bench
 
-echo "== end to end over files (2,000 Charades-like videos, 90 × 1,024)"
+echo "== end to end over files (2,000 Charades-like videos, 90 × 1,024; proposals, no captions)"
 for device in cpu cuda; do
   echo "-- $device"
-  "$mm" "${nvrtc_set[@]}" --device "$device" --set compute.batch_size=1024 bench \
+  "$mm" "${nvrtc_set[@]}" --device "$device" --set compute.batch_size=1024 --set caption.mode=off bench \
     --videos 2000 --frames-min 90 --frames-max 90 --dim 1024 --repeats 1 --dir "/tmp/mm-bench-$device" 2>&1 |
     grep -viE "^\s*$|INFO"
 done

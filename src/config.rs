@@ -340,6 +340,8 @@ pub struct TrainConfig {
     // Model cards written before it was a setting carry none.
     #[serde(default)]
     pub similarity_weight: f64,
+    #[serde(default)]
+    pub nearest_word_similarity: f32,
     pub retrain_after_videos: usize,
 }
 
@@ -666,6 +668,11 @@ impl Config {
                 "train.similarity_weight",
                 t.similarity_weight >= 0.0 && t.similarity_weight.is_finite(),
                 "must be 0 or more",
+            ),
+            (
+                "train.nearest_word_similarity",
+                t.nearest_word_similarity.is_finite(),
+                "must be a number (above 1: words outside the lexicon are left out)",
             ),
             ("synth.frames_min", y.frames_min >= 8, "must be at least 8"),
             (

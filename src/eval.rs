@@ -210,18 +210,48 @@ pub fn proposal_report(
 pub struct CaptionAccuracy {
     /// Proposals with a pseudo-query.
     pub proposals: usize,
-    /// Of them, those one annotated moment covers for at least half their length.
-    pub judged: usize,
-    /// Top-1 and top-3 shares.
-    pub verb: [f64; 2],
-    /// Top-1 and top-3 shares for the noun.
-    pub noun: [f64; 2],
-    /// Both right at top-1.
-    pub both: f64,
-    /// What words drawn uniformly from the same vocabulary would score: top-1, top-3.
+    /// Every judged proposal.
+    pub captioner: WordHits,
+    /// The judged proposals that are training pairs (not superseded by `caption.pairs`).
+    pub pairs: WordHits,
+    /// What words drawn uniformly from the same vocabulary would score on every judged
+    /// proposal: top-1 and top-3 of the verb, then of the noun.
     pub random_verb: [f64; 2],
     /// The same for nouns.
     pub random_noun: [f64; 2],
+}
+
+/// Right words among judged proposals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WordHits {
+    /// Proposals one annotated moment covers for at least half their length.
+    pub judged: usize,
+    /// Top-1 and top-3 shares of the verb.
+    pub verb: [f64; 2],
+    /// Top-1 and top-3 shares of the noun.
+    pub noun: [f64; 2],
+    /// Both right at top-1.
+    pub both: f64,
+}
+
+impl WordHits {
+    fn add(&mut self, verb: [bool; 2], noun: [bool; 2]) {
+        self.judged += 1;
+        for i in 0..2 {
+            self.verb[i] += f64::from(u8::from(verb[i]));
+            self.noun[i] += f64::from(u8::from(noun[i]));
+        }
+        self.both += f64::from(u8::from(verb[0] && noun[0]));
+    }
+
+    /// Counts into shares.
+    fn shares(mut self) -> WordHits {
+        let n = self.judged.max(1) as f64;
+        self.verb = self.verb.map(|c| c / n);
+        self.noun = self.noun.map(|c| c / n);
+        self.both /= n;
+        self
+    }
 }
 
 /// What one annotated moment accepts as a right word: the planted verb and noun of the
@@ -293,8 +323,8 @@ pub fn caption_report(
         }
     }
     let ours = load_proposals(proposals_dir)?;
-    let (mut proposals, mut judged) = (0, 0);
-    let (mut verb, mut noun, mut both) = ([0usize; 2], [0usize; 2], 0);
+    let mut proposals = 0;
+    let (mut captioner, mut pairs) = (WordHits::default(), WordHits::default());
     let (mut random_verb, mut random_noun) = ([0.0; 2], [0.0; 2]);
     for video in ours.values() {
         for p in &video.proposals {
@@ -318,22 +348,19 @@ pub fn caption_report(
             if overlap < 0.5 * (p.end - p.start) {
                 continue;
             }
-            judged += 1;
             let split = verbs.min(p.caption.tokens.len());
             let (said_verbs, said_nouns) = p.caption.tokens.split_at(split);
-            let right = |said: &[String], truth: &HashSet<String>, within: usize| {
-                said.iter().take(within).any(|w| truth.contains(w))
+            let right = |said: &[String], truth: &HashSet<String>| {
+                [1, 3].map(|within| said.iter().take(within).any(|w| truth.contains(w)))
             };
-            for (counts, said, truth) in [
-                (&mut verb, said_verbs, &truth.verbs),
-                (&mut noun, said_nouns, &truth.nouns),
-            ] {
-                counts[0] += usize::from(right(said, truth, 1));
-                counts[1] += usize::from(right(said, truth, 3));
-            }
-            both += usize::from(
-                right(said_verbs, &truth.verbs, 1) && right(said_nouns, &truth.nouns, 1),
+            let (verb, noun) = (
+                right(said_verbs, &truth.verbs),
+                right(said_nouns, &truth.nouns),
             );
+            captioner.add(verb, noun);
+            if !p.caption.superseded {
+                pairs.add(verb, noun);
+            }
             for (sums, words, truth) in [
                 (&mut random_verb, &vocabulary.verbs, &truth.verbs),
                 (&mut random_noun, &vocabulary.nouns, &truth.nouns),
@@ -347,16 +374,13 @@ pub fn caption_report(
     if proposals == 0 {
         return Ok(None);
     }
-    let share = |count: usize| count as f64 / judged.max(1) as f64;
-    let mean = |sums: [f64; 2]| sums.map(|s| s / judged.max(1) as f64);
+    let mean = |sums: [f64; 2]| sums.map(|s| s / captioner.judged.max(1) as f64);
     Ok(Some(CaptionAccuracy {
         proposals,
-        judged,
-        verb: verb.map(share),
-        noun: noun.map(share),
-        both: share(both),
         random_verb: mean(random_verb),
         random_noun: mean(random_noun),
+        captioner: captioner.shares(),
+        pairs: pairs.shares(),
     }))
 }
 
@@ -365,8 +389,8 @@ impl std::fmt::Display for CaptionAccuracy {
         let pct = |x: f64| 100.0 * x;
         writeln!(
             f,
-            "pseudo-queries: {} of {} captioned proposals lie mostly inside one annotated moment",
-            self.judged, self.proposals
+            "pseudo-queries: {} of {} captioned proposals lie mostly inside one annotated moment, {} of them training pairs",
+            self.captioner.judged, self.proposals, self.pairs.judged
         )?;
         writeln!(
             f,
@@ -380,16 +404,21 @@ impl std::fmt::Display for CaptionAccuracy {
             }
             writeln!(f)
         };
-        row(
-            "captioner",
-            [
-                self.verb[0],
-                self.verb[1],
-                self.noun[0],
-                self.noun[1],
-                self.both,
-            ],
-        )?;
+        for (name, hits) in [
+            ("captioner", &self.captioner),
+            ("training pairs", &self.pairs),
+        ] {
+            row(
+                name,
+                [
+                    hits.verb[0],
+                    hits.verb[1],
+                    hits.noun[0],
+                    hits.noun[1],
+                    hits.both,
+                ],
+            )?;
+        }
         let (verb, noun) = (self.random_verb, self.random_noun);
         row(
             "random vocabulary",

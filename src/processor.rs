@@ -421,7 +421,13 @@ impl VideoProposals {
                 "span"
             } else if !p.score.is_finite() {
                 "score"
-            } else if !p.caption.token_scores.iter().all(|s| s.is_finite()) {
+            } else if !p
+                .caption
+                .token_scores
+                .iter()
+                .chain(&p.caption.token_margins)
+                .all(|s| s.is_finite())
+            {
                 "word score"
             } else if !p.caption.query_embedding.iter().all(|s| s.is_finite()) {
                 "query embedding"

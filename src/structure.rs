@@ -10,6 +10,7 @@
 //! written.
 
 use crate::caption::text::TextEncoder;
+use crate::caption::vocab::STOPWORDS;
 use crate::caption::CaptionError;
 use crate::config::{Config, StructureConfig};
 use crate::dataset::{moment_detr, read_annotations, DatasetError, Moment};
@@ -75,80 +76,6 @@ struct Event {
     sentence: String,
     queries: Vec<([f64; 2], String)>,
 }
-
-/// Words that name no action and no object.
-const STOPWORDS: &[&str] = &[
-    "a",
-    "an",
-    "the",
-    "and",
-    "or",
-    "of",
-    "to",
-    "in",
-    "on",
-    "at",
-    "into",
-    "onto",
-    "with",
-    "from",
-    "up",
-    "down",
-    "out",
-    "off",
-    "then",
-    "while",
-    "is",
-    "are",
-    "was",
-    "were",
-    "be",
-    "it",
-    "its",
-    "his",
-    "her",
-    "their",
-    "them",
-    "they",
-    "he",
-    "she",
-    "person",
-    "someone",
-    "man",
-    "woman",
-    "people",
-    "another",
-    "some",
-    "again",
-    "first",
-    "other",
-    "over",
-    "for",
-    "by",
-    "as",
-    "this",
-    "that",
-    "something",
-    "begins",
-    "starts",
-    "continues",
-    "back",
-    "around",
-    "there",
-    "who",
-    "one",
-    "two",
-    "persons",
-    "s",
-    "thing",
-    "things",
-    "next",
-    "very",
-    "also",
-    "just",
-    "still",
-    "way",
-];
 
 /// Words that come before a sentence's verb in the field's captions ("person opens the door").
 const SUBJECTS: &[&str] = &[

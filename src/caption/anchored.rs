@@ -180,7 +180,6 @@ mod tests {
     /// verb and noun, though the fit never saw a sentence (among its three nearest).
     #[test]
     fn words_land_on_their_prototypes_and_sentences_near_their_words() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let anchors = tempfile::tempdir().unwrap();
         let words = [
             "open", "pour", "sweep", "eat", "hold", "sit", "door", "cup", "floor", "sandwich",
@@ -193,14 +192,7 @@ mod tests {
             .map(|_| unit((0..dim).map(|_| rng.normal() as f32).collect()))
             .collect();
         write_anchors(anchors.path(), &words, &prototypes);
-        let mut caption = crate::config::Config::default().caption;
-        for path in [
-            &mut caption.ort_library,
-            &mut caption.text_model,
-            &mut caption.text_tokenizer,
-        ] {
-            *path = root.join(&*path);
-        }
+        let mut caption = crate::caption::text::fetched_models();
         caption.tower_anchors = anchors.path().to_path_buf();
         let tower = AnchoredTower::load(&caption).unwrap_or_else(|e| panic!("{e}"));
         let prototype = |w: &str| &prototypes[words.iter().position(|x| *x == w).unwrap()];

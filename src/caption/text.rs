@@ -266,6 +266,30 @@ pub fn unit(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
+/// The caption settings with the text encoder's files found from the crate's root, where the
+/// test suite's set-up (`scripts/setup.sh test`) fetches them.
+#[cfg(test)]
+pub(crate) fn fetched_models() -> CaptionConfig {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut config = crate::config::Config::default().caption;
+    for path in [
+        &mut config.ort_library,
+        &mut config.text_model,
+        &mut config.text_tokenizer,
+    ] {
+        *path = root.join(&*path);
+    }
+    config
+}
+
+/// MiniLM from [`fetched_models`], for tests.
+#[cfg(test)]
+pub(crate) fn fetched_encoder() -> TextEncoder {
+    TextEncoder::load(&fetched_models()).unwrap_or_else(|e| {
+        panic!("{e}\n(the test suite's set-up, scripts/setup.sh test, fetches the models)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,17 +322,7 @@ mod tests {
     #[test]
     fn minilm_matches_the_python_reference() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut config = Config::default().caption;
-        for path in [
-            &mut config.ort_library,
-            &mut config.text_model,
-            &mut config.text_tokenizer,
-        ] {
-            *path = root.join(&*path);
-        }
-        let encoder = TextEncoder::load(&config).unwrap_or_else(|e| {
-            panic!("{e}\n(the test suite's set-up, scripts/setup.sh test, fetches the models)")
-        });
+        let encoder = fetched_encoder();
         let reference: Reference = serde_json::from_str(
             &std::fs::read_to_string(root.join("models/fixtures/minilm_reference.json")).unwrap(),
         )
@@ -373,7 +387,7 @@ mod tests {
             let query = scored.caption(visual, None, words).unwrap();
             assert_eq!(query.tokens, [verb, noun], "{sentence}");
         }
-        let long = "word ".repeat(config.max_query_tokens);
+        let long = "word ".repeat(fetched_models().max_query_tokens);
         assert!(matches!(
             encoder.encode(&[&long]),
             Err(CaptionError::TooLong { .. })

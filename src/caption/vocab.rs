@@ -52,6 +52,80 @@ pub struct ScoredVocabulary {
     embeddings: Vec<f32>,
 }
 
+/// Words that name no action and no object: never vocabulary words, never read from a query.
+pub const STOPWORDS: &[&str] = &[
+    "a",
+    "an",
+    "the",
+    "and",
+    "or",
+    "of",
+    "to",
+    "in",
+    "on",
+    "at",
+    "into",
+    "onto",
+    "with",
+    "from",
+    "up",
+    "down",
+    "out",
+    "off",
+    "then",
+    "while",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "it",
+    "its",
+    "his",
+    "her",
+    "their",
+    "them",
+    "they",
+    "he",
+    "she",
+    "person",
+    "someone",
+    "man",
+    "woman",
+    "people",
+    "another",
+    "some",
+    "again",
+    "first",
+    "other",
+    "over",
+    "for",
+    "by",
+    "as",
+    "this",
+    "that",
+    "something",
+    "begins",
+    "starts",
+    "continues",
+    "back",
+    "around",
+    "there",
+    "who",
+    "one",
+    "two",
+    "persons",
+    "s",
+    "thing",
+    "things",
+    "next",
+    "very",
+    "also",
+    "just",
+    "still",
+    "way",
+];
+
 /// What the scorer says about one visual embedding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PseudoQuery {
@@ -61,6 +135,11 @@ pub struct PseudoQuery {
     pub sentence: String,
     /// The chosen words' cosine similarities, in `tokens` order.
     pub scores: Vec<f32>,
+    /// How far each chosen word stands above the rest of its word class (verbs or nouns), in
+    /// standard deviations of that class's scores on this span, in `tokens` order: a cosine
+    /// says little alone, since one span's scores all sit high when its mean is close to the
+    /// scene every word shares.
+    pub margins: Vec<f32>,
 }
 
 impl ScoredVocabulary {
@@ -180,15 +259,16 @@ impl ScoredVocabulary {
             action.as_deref().unwrap_or(visual),
         );
         let best = |scores: &[f32], words: &[String], k: usize| {
+            let spread = Spread::of(scores);
             best_first(scores)
                 .into_iter()
                 .take(k)
-                .map(|i| (words[i].clone(), scores[i]))
+                .map(|i| (words[i].clone(), (scores[i], spread.margin(scores[i]))))
                 .collect::<Vec<_>>()
         };
         let chosen_verbs = best(&verb_scores, &self.vocabulary.verbs, choice.verbs);
         let chosen_nouns = best(noun_scores, &self.vocabulary.nouns, choice.nouns);
-        let join = |words: &[(String, f32)]| {
+        let join = |words: &[(String, (f32, f32))]| {
             words
                 .iter()
                 .map(|(w, _)| w.as_str())
@@ -201,11 +281,12 @@ impl ScoredVocabulary {
                 .replace("{nouns}", &join(&chosen_nouns)),
             None => format!("{} {}", join(&chosen_verbs), join(&chosen_nouns)),
         };
-        let (tokens, scores) = chosen_verbs.into_iter().chain(chosen_nouns).unzip();
+        let (tokens, (scores, margins)) = chosen_verbs.into_iter().chain(chosen_nouns).unzip();
         Ok(PseudoQuery {
             tokens,
             sentence,
             scores,
+            margins,
         })
     }
 }
@@ -232,6 +313,32 @@ fn cosines(rows: &[f32], dim: usize, visual: &[f32]) -> Vec<f32> {
     rows.chunks(dim)
         .map(|row| dot(row, visual) / norm)
         .collect()
+}
+
+/// The mean and standard deviation of one word class's scores on a span.
+struct Spread {
+    mean: f32,
+    deviation: f32,
+}
+
+impl Spread {
+    fn of(scores: &[f32]) -> Spread {
+        let n = scores.len().max(1) as f32;
+        let mean = scores.iter().sum::<f32>() / n;
+        let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / n;
+        Spread {
+            mean,
+            deviation: variance.sqrt(),
+        }
+    }
+
+    /// `score` in standard deviations above the mean; 0 where every word scores alike.
+    fn margin(&self, score: f32) -> f32 {
+        match self.deviation > 1e-12 {
+            true => (score - self.mean) / self.deviation,
+            false => 0.0,
+        }
+    }
 }
 
 /// Indices of `scores`, highest first.
@@ -329,6 +436,13 @@ mod tests {
         assert_eq!(query.tokens, ["pour", "water", "chair"]);
         assert_eq!(query.sentence, "a person pour the water chair");
         assert!(query.scores[0] > query.scores[2]);
+        // "pour" against the verbs' 0.1, 0.9, 0.3 (the norm divides out): (0.9 - 0.433) / 0.340.
+        assert!(
+            (query.margins[0] - 1.373).abs() < 1e-3,
+            "{:?}",
+            query.margins
+        );
+        assert!(query.margins[1] > query.margins[2]);
         let again = ScoredVocabulary::build(vocabulary(), "toy", dir.path(), embed).unwrap();
         assert_eq!(calls.get(), 1, "the second build read the cache");
         assert_eq!(again.caption(&visual, None, words).unwrap(), query);

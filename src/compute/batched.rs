@@ -17,12 +17,11 @@ pub(crate) trait Kernels {
     /// What stays on the device between the two steps (the SSMs).
     type Session;
 
-    /// The SSMs of `videos` videos packed `[videos][steps][dim]` (short videos zero-padded),
-    /// `[videos][steps][steps]` on the host, and kept for [`Kernels::kmeans`].
+    /// The SSMs of `group`'s videos (each at most `steps` steps of width `dim`), each padded
+    /// to `[steps][steps]`, on the host, and kept for [`Kernels::kmeans`].
     fn gram(
         &self,
-        packed: &[f32],
-        videos: usize,
+        group: &[&Features],
         steps: usize,
         dim: usize,
     ) -> Result<(Self::Session, Vec<f32>), ComputeError>;
@@ -96,12 +95,7 @@ fn events_of_width<K: Kernels>(
     let started = Instant::now();
     let dim = group[0].dim;
     let steps = group.iter().map(|f| f.frames).max().unwrap_or(0);
-    let mut packed = vec![0.0f32; group.len() * steps * dim];
-    for (slot, features) in group.iter().enumerate() {
-        let start = slot * steps * dim;
-        packed[start..start + features.data.len()].copy_from_slice(&features.data);
-    }
-    let (session, ssms) = kernels.gram(&packed, group.len(), steps, dim)?;
+    let (session, ssms) = kernels.gram(group, steps, dim)?;
     let share = group.len() as u32;
     let gram_done = started.elapsed();
     let similarity_time = gram_done / share;
@@ -164,6 +158,21 @@ fn events_of_width<K: Kernels>(
             events_time,
         })
         .collect())
+}
+
+/// Writes `group`'s features into `packed`, `[videos][steps][dim]`, short videos zero-padded,
+/// each video by its own thread: the batch is hundreds of megabytes, written straight into the
+/// buffer the device reads, which one thread copying, or a fresh allocation's page faults,
+/// would make the slowest step of the batch.
+pub(crate) fn pack(group: &[&Features], steps: usize, dim: usize, packed: &mut [f32]) {
+    packed[..group.len() * steps * dim]
+        .par_chunks_mut((steps * dim).max(1))
+        .zip(group)
+        .for_each(|(slot, features)| {
+            let (filled, padding) = slot.split_at_mut(features.data.len());
+            filled.copy_from_slice(&features.data);
+            padding.fill(0.0);
+        });
 }
 
 /// Dynamic shared memory a block may use without opting in.

@@ -15,8 +15,9 @@
 //! - the k-means is bit for bit the CPU's on the same SSM (`kmeans.cu`), so a video's events
 //!   differ from the CPU's only where an SSM value within 1e-5 of a tie flips a label.
 
-use super::batched::{kmeans_shared_bytes, Kernels, KmeansJob, KmeansOut};
+use super::batched::{kmeans_shared_bytes, pack, Kernels, KmeansJob, KmeansOut};
 use super::ComputeError;
+use crate::ingest::Features;
 use cudarc::driver::sys::{CUresult, CU_MEMHOSTALLOC_WRITECOMBINED};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError,
@@ -407,25 +408,26 @@ impl Kernels for CudaKernels {
 
     fn gram(
         &self,
-        packed: &[f32],
-        videos: usize,
+        group: &[&Features],
         steps: usize,
         dim: usize,
     ) -> Result<(CudaSlice<f32>, Vec<f32>), ComputeError> {
         let err = driver(self.ordinal());
         let run = || -> Result<(CudaSlice<f32>, Vec<f32>), DriverError> {
             let context = self.streams[0].context();
+            let videos = group.len();
             let (per_video, per_ssm) = (steps * dim, steps * steps);
+            let len = videos * per_video;
             // One batch at a time uses the pinned buffers (and the streams).
             let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
             let Pinned { upload, download } = &mut *pinned;
             // Write-combined for the upload (the host only writes it), cached for the download.
-            let staging = grown(upload, packed.len(), context, CU_MEMHOSTALLOC_WRITECOMBINED)?;
-            staging.as_mut_slice()?[..packed.len()].copy_from_slice(packed);
+            let staging = grown(upload, len, context, CU_MEMHOSTALLOC_WRITECOMBINED)?;
+            pack(group, steps, dim, staging.as_mut_slice()?);
             let landing = grown(download, videos * per_ssm, context, 0)?;
             // SAFETY: every element is written before it is read: the upload fills the
             // features, the kernels fill the norms and the SSMs.
-            let mut features = unsafe { self.streams[0].alloc::<f32>(packed.len().max(1)) }?;
+            let mut features = unsafe { self.streams[0].alloc::<f32>(len.max(1)) }?;
             let mut inverse = unsafe { self.streams[0].alloc::<f32>((videos * steps).max(1)) }?;
             let mut ssm = unsafe { self.streams[0].alloc::<f32>((videos * per_ssm).max(1)) }?;
             self.streams[0].synchronize()?;
@@ -527,7 +529,6 @@ mod tests {
     use super::*;
     use crate::compute::{charades_like, cpu_events};
     use crate::config::Config;
-    use crate::ingest::Features;
     use crate::rng::Rng;
     use crate::similarity::cosine_ssm;
 
@@ -590,8 +591,17 @@ mod tests {
         let mut rng = Rng::new(4);
         for (videos, steps, dim) in [(8, 128, 1024), (3, 90, 500), (2, 200, 37), (2, 128, 2304)] {
             let packed = random(&mut rng, videos * steps * dim);
-            let (_, gpu) = device.gram(&packed, videos, steps, dim).unwrap();
-            let (_, emulated) = Emulated.gram(&packed, videos, steps, dim).unwrap();
+            let clips: Vec<Features> = packed
+                .chunks_exact(steps * dim)
+                .map(|data| Features {
+                    frames: steps,
+                    dim,
+                    data: data.to_vec(),
+                })
+                .collect();
+            let refs: Vec<&Features> = clips.iter().collect();
+            let (_, gpu) = device.gram(&refs, steps, dim).unwrap();
+            let (_, emulated) = Emulated.gram(&refs, steps, dim).unwrap();
             let (mut to_cpu, mut to_emulation) = (0.0f32, 0.0f32);
             for v in 0..videos {
                 let features = Features {

@@ -4,8 +4,9 @@
 //! `--fmad=false`). It proves the kernels' indexing against the CPU path on a machine without
 //! a GPU, and gives the GPU tests the exact values a correct device must produce.
 
-use super::batched::{Kernels, KmeansJob, KmeansOut};
+use super::batched::{pack, Kernels, KmeansJob, KmeansOut};
 use super::ComputeError;
+use crate::ingest::Features;
 
 const GRAM_TILE: usize = 128;
 const GRAM_K: usize = 16;
@@ -23,13 +24,15 @@ impl Kernels for Emulated {
 
     fn gram(
         &self,
-        packed: &[f32],
-        videos: usize,
+        group: &[&Features],
         steps: usize,
         dim: usize,
     ) -> Result<(Vec<f32>, Vec<f32>), ComputeError> {
-        let inverse = row_inverse_norms(packed, videos * steps, dim);
-        let ssm = gram(packed, &inverse, videos, steps, dim);
+        let videos = group.len();
+        let mut packed = vec![f32::NAN; videos * steps * dim];
+        pack(group, steps, dim, &mut packed);
+        let inverse = row_inverse_norms(&packed, videos * steps, dim);
+        let ssm = gram(&packed, &inverse, videos, steps, dim);
         Ok((ssm.clone(), ssm))
     }
 
@@ -291,7 +294,6 @@ mod tests {
     use crate::compute::{charades_like, cpu_events};
     use crate::config::Config;
     use crate::events::KmeansProblem;
-    use crate::ingest::Features;
     use crate::similarity::cosine_ssm;
 
     fn video(seed: u64, frames: usize, dim: usize) -> Features {
@@ -305,18 +307,24 @@ mod tests {
         for (videos, steps, dim) in [(3, 90, 64), (2, 200, 37), (1, 128, 500)] {
             let mut clips = charades_like(videos, steps, dim, steps as u64);
             clips[0].data[..dim].iter_mut().for_each(|v| *v = 0.0);
-            let packed: Vec<f32> = clips.iter().flat_map(|c| c.data.clone()).collect();
-            let (_, ssm) = Emulated.gram(&packed, videos, steps, dim).unwrap();
+            // A shorter last video: the batch pads it with zero steps.
+            let last = clips.last_mut().unwrap();
+            last.frames -= 7;
+            last.data.truncate(last.frames * dim);
+            let refs: Vec<&Features> = clips.iter().collect();
+            let (_, ssm) = Emulated.gram(&refs, steps, dim).unwrap();
             for (v, clip) in clips.iter().enumerate() {
                 let cpu = cosine_ssm(clip);
+                let n = clip.frames;
                 let block = &ssm[v * steps * steps..(v + 1) * steps * steps];
-                let worst = cpu
-                    .data
-                    .iter()
-                    .zip(block)
-                    .map(|(a, b)| (a - b).abs())
+                let worst = (0..n * n)
+                    .map(|e| (cpu.data[e] - block[e / n * steps + e % n]).abs())
                     .fold(0.0f32, f32::max);
                 assert!(worst <= 1e-5, "{steps}×{dim}: max |ΔS| = {worst}");
+                assert!(
+                    block[n * steps..].iter().all(|&x| x == 0.0),
+                    "padding is zero"
+                );
             }
         }
     }

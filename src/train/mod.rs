@@ -31,7 +31,7 @@ use model::ordered_spans;
 use model::Dropout;
 pub use model::Network;
 use optim::AdamW;
-use query::{QueryBank, WordSampler};
+use query::{Lexicon, QueryBank, WordSampler};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -82,7 +82,10 @@ pub fn train(
     let queries = QueryBank::encode(
         &pairs.iter().map(|p| p.query.as_str()).collect(),
         &encoder,
-        &lexicon.iter().cloned().collect(),
+        &Lexicon::new(
+            lexicon.iter().cloned(),
+            train_config.nearest_word_similarity,
+        ),
         train_config.max_query_words,
     )?;
     let captions = CaptionRecord::of(config).map_err(|message| TrainError::Model {

@@ -4,38 +4,148 @@
 //! A pseudo-query is a bag of vocabulary words in base form ("open close hold door box"); a
 //! user's sentence is English ("a person is opening the door."). Both are brought to one form
 //! before the model sees them: each word is reduced to the lexicon word it inflects (the
-//! captioner's vocabulary, kept in the model card), and words outside the lexicon are left out,
-//! so at test time the model reads the same kind of input it was trained on.
+//! captioner's vocabulary, kept in the model card), so at test time the model reads the same
+//! kind of input it was trained on. A content word the lexicon lacks ("the person grabs a
+//! mug") is read as the lexicon word nearest it in MiniLM's space (*take*, *cup*) when that
+//! one is near enough, and left out otherwise.
 
 use super::error::TrainError;
 use crate::caption::text::TextEncoder;
+use crate::caption::vocab::STOPWORDS;
 use crate::rng::Rng;
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 /// Width of MiniLM's token vectors.
 pub const QUERY_DIM: usize = 384;
 
-/// The words of `text` the model reads: lower-cased, each mapped onto the lexicon word it is
-/// an inflection of, those outside the lexicon dropped. With an empty lexicon, or when no word
-/// is in it, every word is kept as written.
-pub fn content_words(text: &str, lexicon: &HashSet<String>) -> Vec<String> {
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+/// One word of a query as the lexicon sees it.
+#[derive(Debug, Clone, PartialEq)]
+enum Word {
+    /// The lexicon word it is (an inflection of).
+    Known(String),
+    /// A content word outside the lexicon, as written.
+    Unknown(String),
+}
+
+/// The words of `text`, lower-cased.
+fn split_words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
         .map(|w| w.trim_matches('\'').to_lowercase())
         .filter(|w| !w.is_empty())
-        .collect();
-    let known: Vec<String> = words
-        .iter()
+        .collect()
+}
+
+/// The words of `text` as `lexicon` sees them: each lexicon word a word inflects, else each
+/// content word outside it.
+fn read_words(text: &str, lexicon: &HashSet<String>) -> Vec<Word> {
+    split_words(text)
+        .into_iter()
         .filter_map(|w| {
-            lemma_candidates(w)
+            match lemma_candidates(&w)
                 .into_iter()
                 .find(|c| lexicon.contains(c))
+            {
+                Some(known) => Some(Word::Known(known)),
+                None if w.len() < 3 || STOPWORDS.contains(&w.as_str()) => None,
+                None => Some(Word::Unknown(w)),
+            }
         })
-        .collect();
-    if known.is_empty() {
-        words
-    } else {
-        known
+        .collect()
+}
+
+/// The words queries are brought to, and how near a word outside it must be to one of them
+/// to be read as it (`train.nearest_word_similarity`).
+pub struct Lexicon {
+    words: HashSet<String>,
+    nearest_similarity: f32,
+    /// The lexicon's words and MiniLM vectors, embedded the first time a query needs them.
+    vectors: OnceLock<Vec<(String, Vec<f32>)>>,
+}
+
+impl Lexicon {
+    /// `words` (empty: queries are read as written).
+    pub fn new(words: impl IntoIterator<Item = String>, nearest_similarity: f32) -> Lexicon {
+        Lexicon {
+            words: words.into_iter().collect(),
+            nearest_similarity,
+            vectors: OnceLock::new(),
+        }
+    }
+
+    /// For each of `unknown` words, the lexicon word nearest it, if near enough.
+    fn nearest(
+        &self,
+        unknown: &[&str],
+        encoder: &TextEncoder,
+    ) -> Result<HashMap<String, String>, TrainError> {
+        if unknown.is_empty() || self.nearest_similarity > 1.0 || self.words.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let lexicon = match self.vectors.get() {
+            Some(vectors) => vectors,
+            None => {
+                let mut words: Vec<&str> = self.words.iter().map(String::as_str).collect();
+                words.sort_unstable();
+                let vectors = embed(&words, encoder)?;
+                self.vectors.get_or_init(|| vectors.into_iter().collect())
+            }
+        };
+        let mut nearest = HashMap::new();
+        for (word, vector) in embed(unknown, encoder)? {
+            let best = lexicon
+                .iter()
+                .map(|(known, v)| (known, cosine(&vector, v)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((known, similarity)) = best {
+                if similarity >= self.nearest_similarity {
+                    nearest.insert(word, known.clone());
+                }
+            }
+        }
+        Ok(nearest)
+    }
+}
+
+/// MiniLM's vector of each word on its own.
+fn embed(words: &[&str], encoder: &TextEncoder) -> Result<Vec<(String, Vec<f32>)>, TrainError> {
+    let mut out = Vec::with_capacity(words.len());
+    for chunk in words.chunks(256) {
+        for (word, encoded) in chunk.iter().zip(encoder.encode(chunk)?) {
+            out.push((word.to_string(), encoded.pooled));
+        }
+    }
+    Ok(out)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(x, y)| x * y).sum::<f32>();
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-12)
+}
+
+/// How the content words of a set of queries reached the model: as lexicon words, mapped
+/// onto their nearest lexicon word, or not at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WordCoverage {
+    /// Content words (not stopwords), counted once per distinct query.
+    pub content: usize,
+    /// Of them, lexicon words or their inflections.
+    pub known: usize,
+    /// Read as their nearest lexicon word.
+    pub mapped: usize,
+}
+
+impl std::fmt::Display for WordCoverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |n: usize| 100.0 * n as f64 / self.content.max(1) as f64;
+        write!(
+            f,
+            "query words: {} content words, {:.1}% in the lexicon, {:.1}% read as their nearest lexicon word, {:.1}% left out",
+            self.content,
+            pct(self.known),
+            pct(self.mapped),
+            pct(self.content - self.known - self.mapped)
+        )
     }
 }
 
@@ -69,22 +179,60 @@ fn lemma_candidates(word: &str) -> Vec<String> {
 pub struct QueryBank {
     words: HashMap<String, Vec<String>>,
     vectors: HashMap<String, Vec<f32>>,
+    /// How the queries' words reached the model.
+    pub coverage: WordCoverage,
 }
 
 impl QueryBank {
-    /// Reads each distinct query as its content words (brought to `lexicon`; empty: as
-    /// written) and embeds every distinct word once; a query of more than `max_words` words,
-    /// or of none, is an error.
+    /// Reads each distinct query as its content words (brought to `lexicon`) and embeds every
+    /// distinct word once; a query of more than `max_words` words, or of none, is an error.
     pub fn encode(
         queries: &HashSet<&str>,
         encoder: &TextEncoder,
-        lexicon: &HashSet<String>,
+        lexicon: &Lexicon,
         max_words: usize,
     ) -> Result<QueryBank, TrainError> {
+        let read: Vec<(&str, Vec<Word>)> = queries
+            .iter()
+            .map(|&q| (q, read_words(q, &lexicon.words)))
+            .collect();
+        let mut unknown: Vec<&str> = read
+            .iter()
+            .flat_map(|(_, words)| words)
+            .filter_map(|w| match w {
+                Word::Unknown(w) => Some(w.as_str()),
+                Word::Known(_) => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        unknown.sort_unstable();
+        let nearest = lexicon.nearest(&unknown, encoder)?;
+        let mut coverage = WordCoverage::default();
         let mut words = HashMap::with_capacity(queries.len());
         let mut distinct: HashSet<String> = HashSet::new();
-        for &query in queries {
-            let content = content_words(query, lexicon);
+        for (query, read) in read {
+            let mut content = Vec::with_capacity(read.len());
+            for word in read {
+                coverage.content += 1;
+                match word {
+                    Word::Known(w) => {
+                        coverage.known += 1;
+                        content.push(w);
+                    }
+                    Word::Unknown(w) => {
+                        if let Some(known) = nearest.get(&w) {
+                            coverage.mapped += 1;
+                            content.push(known.clone());
+                        }
+                    }
+                }
+            }
+            if content.is_empty() {
+                // Nothing the lexicon knows: a model trained on sentences rather than
+                // pseudo-queries, so the words as written.
+                content = split_words(query);
+            }
             if content.len() > max_words {
                 return Err(TrainError::QueryTooLong {
                     query: query.to_string(),
@@ -102,13 +250,10 @@ impl QueryBank {
         }
         let mut list: Vec<&str> = distinct.iter().map(String::as_str).collect();
         list.sort_unstable();
-        let mut vectors = HashMap::with_capacity(list.len());
-        for chunk in list.chunks(256) {
-            for (word, encoded) in chunk.iter().zip(encoder.encode(chunk)?) {
-                vectors.insert(word.to_string(), encoded.pooled);
-            }
-        }
-        Ok(QueryBank::from_parts(words, vectors))
+        let vectors = embed(&list, encoder)?.into_iter().collect();
+        let mut bank = QueryBank::from_parts(words, vectors);
+        bank.coverage = coverage;
+        Ok(bank)
     }
 
     /// A bank from words and vectors at hand.
@@ -116,7 +261,11 @@ impl QueryBank {
         words: HashMap<String, Vec<String>>,
         vectors: HashMap<String, Vec<f32>>,
     ) -> QueryBank {
-        QueryBank { words, vectors }
+        QueryBank {
+            words,
+            vectors,
+            coverage: WordCoverage::default(),
+        }
     }
 
     /// The vectors of `query`'s words, in order; with `keep`, each word survives with the
@@ -160,29 +309,68 @@ impl WordSampler {
 mod tests {
     use super::*;
 
+    /// Each of `queries` as the model reads it.
+    fn read(
+        queries: &[&str],
+        lexicon: &[&str],
+        nearest_similarity: f32,
+    ) -> (Vec<String>, WordCoverage) {
+        let lexicon = Lexicon::new(lexicon.iter().map(|w| w.to_string()), nearest_similarity);
+        let encoder = crate::caption::text::fetched_encoder();
+        let bank =
+            QueryBank::encode(&queries.iter().copied().collect(), &encoder, &lexicon, 20).unwrap();
+        let words = queries.iter().map(|q| bank.words[*q].join(" ")).collect();
+        (words, bank.coverage)
+    }
+
     #[test]
     fn sentences_and_pseudo_queries_come_to_the_same_words() {
-        let lexicon: HashSet<String> = [
+        let lexicon = [
             "open", "close", "put", "tidy", "wash", "dish", "door", "glass", "take", "shoe",
-        ]
-        .map(String::from)
-        .into();
-        let words = |text: &str| content_words(text, &lexicon).join(" ");
-        assert_eq!(words("a person is opening the door."), "open door");
-        assert_eq!(words("Person closes a door"), "close door");
-        assert_eq!(words("someone is putting the glasses away"), "put glass");
+        ];
+        let queries = [
+            "a person is opening the door.",
+            "Person closes a door",
+            "someone is putting the glasses away",
+            "the person tidies up and washes dishes",
+            "person took off their shoes",
+            "open close door",
+            // Nothing of the lexicon: the words as written, rather than nothing.
+            "Someone laughs",
+        ];
+        let (words, coverage) = read(&queries, &lexicon, 2.0);
         assert_eq!(
-            words("the person tidies up and washes dishes"),
-            "tidy wash dish"
+            words,
+            [
+                "open door",
+                "close door",
+                "put glass",
+                "tidy wash dish",
+                "shoe",
+                "open close door",
+                "someone laughs"
+            ]
         );
-        assert_eq!(words("person took off their shoes"), "shoe");
-        assert_eq!(words("open close door"), "open close door");
-        // Nothing of the lexicon: the words as written, rather than nothing.
-        assert_eq!(words("Someone laughs"), "someone laughs");
+        // "away", "took", "laughs" are the content words outside the lexicon.
         assert_eq!(
-            content_words("a person is opening the door", &HashSet::new()).join(" "),
-            "a person is opening the door"
+            (coverage.content, coverage.known, coverage.mapped),
+            (16, 13, 0)
         );
+        let (words, _) = read(&["a person is opening the door"], &[], 2.0);
+        assert_eq!(words, ["a person is opening the door"]);
+    }
+
+    #[test]
+    fn words_outside_the_lexicon_are_read_as_their_nearest_lexicon_word() {
+        let lexicon = ["open", "take", "door", "cup", "laptop", "sofa"];
+        let queries = ["the person grabs a mug", "a person opens the doorway"];
+        let (words, coverage) = read(&queries, &lexicon, 0.5);
+        assert_eq!(words, ["take cup", "open door"], "{coverage:?}");
+        assert_eq!((coverage.known, coverage.mapped), (1, 3));
+        // Above every similarity: left out, as before.
+        let (words, coverage) = read(&queries, &lexicon, 1.01);
+        assert_eq!(words, ["the person grabs a mug", "open"]);
+        assert_eq!(coverage.mapped, 0);
     }
 
     #[test]

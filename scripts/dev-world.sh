@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The development world's figures for one difficulty setting (README, "The development world"):
+# pseudo-labels from 600 videos of Charades-STA's train split, the model trained on them, then
+# proposal recall, pseudo-query accuracy and grounding on 800 held-out train-split videos.
+#
+#   scripts/dev-world.sh OUT SETTING [--set KEY=VALUE ...]
+#
+# SETTING: real-like, weak-scene or noisy (the world's three `structure` keys). The --set pairs
+# go to propose, train and eval, never to synth, so one pair of worlds in OUT serves every
+# variant of the pipeline: worlds already in OUT are reused, everything else is redone.
+# MM names the binary (default target/release/momentminer); EPOCHS the epochs (12).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n 2,11p "$0" >&2; exit 2; }
+out=$1 setting=$2
+shift 2
+mm=${MM:-target/release/momentminer}
+annotations=../shared/data/charades-sta/charades_sta_train.txt
+case $setting in
+  real-like) world=(--set structure.scene=3 --set structure.noise=1 --set structure.correlation=0.5) ;;
+  weak-scene) world=(--set structure.scene=2 --set structure.noise=1 --set structure.correlation=0.8) ;;
+  noisy) world=(--set structure.scene=2.5 --set structure.noise=3 --set structure.correlation=0.6) ;;
+  *) echo "unknown setting $setting: real-like, weak-scene or noisy" >&2; exit 2 ;;
+esac
+worlds=$out/$setting
+[ -d "$worlds/train" ] || "$mm" "${world[@]}" synth --structure "$annotations" --out "$worlds/train" --videos 600 --first-index 1000
+[ -d "$worlds/eval" ] || "$mm" "${world[@]}" synth --structure "$annotations" --out "$worlds/eval" --videos 800
+run=$out/$setting-run
+rm -rf "$run"
+"$mm" --config "$worlds/train/caption.toml" "$@" propose "$worlds/train/features" --out "$run/pseudo" >/dev/null
+"$mm" --config "$worlds/eval/caption.toml" "$@" propose "$worlds/eval/features" --out "$run/held-out" >/dev/null
+echo "== $setting: proposals and pseudo-queries on the held-out videos"
+"$mm" --config "$worlds/eval/caption.toml" "$@" eval-proposals --gt "$worlds/eval/gt.jsonl" --proposals "$run/held-out"
+"$mm" --config "$worlds/train/caption.toml" "$@" --set "train.epochs=${EPOCHS:-12}" \
+  train --dataset "$run/pseudo/dataset" --features "$worlds/train/features" --out "$run/model" >/dev/null
+echo "== $setting: grounding on the held-out videos"
+"$mm" --config "$worlds/eval/caption.toml" "$@" eval --model "$run/model" \
+  --annotations "$worlds/eval/gt.jsonl" --features "$worlds/eval/features" --baselines
