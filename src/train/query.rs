@@ -133,6 +133,8 @@ pub struct WordCoverage {
     pub known: usize,
     /// Read as their nearest lexicon word.
     pub mapped: usize,
+    /// In queries none of whose words the lexicon knows, which are read as written.
+    pub as_written: usize,
 }
 
 impl std::fmt::Display for WordCoverage {
@@ -140,11 +142,12 @@ impl std::fmt::Display for WordCoverage {
         let pct = |n: usize| 100.0 * n as f64 / self.content.max(1) as f64;
         write!(
             f,
-            "query words: {} content words, {:.1}% in the lexicon, {:.1}% read as their nearest lexicon word, {:.1}% left out",
+            "query words: {} content words, {:.1}% in the lexicon, {:.1}% read as their nearest lexicon word, {:.1}% as written (no word of their query in the lexicon), {:.1}% left out",
             self.content,
             pct(self.known),
             pct(self.mapped),
-            pct(self.content - self.known - self.mapped)
+            pct(self.as_written),
+            pct(self.content - self.known - self.mapped - self.as_written)
         )
     }
 }
@@ -213,6 +216,7 @@ impl QueryBank {
         let mut distinct: HashSet<String> = HashSet::new();
         for (query, read) in read {
             let mut content = Vec::with_capacity(read.len());
+            let read_count = read.len();
             for word in read {
                 coverage.content += 1;
                 match word {
@@ -232,6 +236,7 @@ impl QueryBank {
                 // Nothing the lexicon knows: a model trained on sentences rather than
                 // pseudo-queries, so the words as written.
                 content = split_words(query);
+                coverage.as_written += read_count;
             }
             if content.len() > max_words {
                 return Err(TrainError::QueryTooLong {
@@ -353,11 +358,17 @@ mod tests {
         );
         // "away", "took", "laughs" are the content words outside the lexicon.
         assert_eq!(
-            (coverage.content, coverage.known, coverage.mapped),
-            (16, 13, 0)
+            (
+                coverage.content,
+                coverage.known,
+                coverage.mapped,
+                coverage.as_written
+            ),
+            (16, 13, 0, 1)
         );
-        let (words, _) = read(&["a person is opening the door"], &[], 2.0);
+        let (words, coverage) = read(&["a person is opening the door"], &[], 2.0);
         assert_eq!(words, ["a person is opening the door"]);
+        assert_eq!((coverage.content, coverage.as_written), (2, 2));
     }
 
     #[test]
