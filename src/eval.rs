@@ -214,8 +214,8 @@ pub struct CaptionAccuracy {
     pub captioner: WordHits,
     /// The judged proposals that are training pairs (not superseded by `caption.pairs`).
     pub pairs: WordHits,
-    /// What words drawn uniformly from the same vocabulary would score on every judged
-    /// proposal: top-1 and top-3 of the verb, then of the noun.
+    /// What a verb drawn uniformly from the same vocabulary would score on every judged
+    /// proposal: top-1 and top-3 shares.
     pub random_verb: [f64; 2],
     /// The same for nouns.
     pub random_noun: [f64; 2],

@@ -15,7 +15,7 @@ use crate::similarity::dot;
 use crate::span::iou;
 use crate::train::{
     projection_matrix,
-    query::{Lexicon, QueryBank, WordCoverage},
+    query::{read_queries, Lexicon, QueryBank, WordCoverage},
     video_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
 };
 use serde::Serialize;
@@ -115,13 +115,13 @@ impl Grounder {
     /// nearest lexicon word, or left out.
     pub fn word_coverage(&self, queries: &[&str]) -> Result<WordCoverage, TrainError> {
         let distinct: HashSet<&str> = queries.iter().copied().collect();
-        let bank = QueryBank::encode(
+        let (_, coverage) = read_queries(
             &distinct,
             &self.encoder,
             &self.lexicon,
             self.config.train.max_query_words,
         )?;
-        Ok(bank.coverage)
+        Ok(coverage)
     }
 
     /// Whether answers are ranked with the text tower's similarity too.

@@ -394,13 +394,6 @@ mod tests {
         ));
     }
 
-    fn fixture_config() -> CaptionConfig {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut config = Config::default().caption;
-        config.ort_library = root.join(&config.ort_library);
-        config
-    }
-
     #[derive(Deserialize)]
     struct ClipReference {
         sentences: Vec<ClipSentence>,
@@ -429,7 +422,7 @@ mod tests {
             .iter()
             .map(|s| s.text.as_str())
             .collect();
-        let config = fixture_config();
+        let config = fetched_models();
         for name in ["hf", "open_clip"] {
             let model = dir.join(format!("{name}_text.onnx"));
             let encoder = TextEncoder::open(&model, &dir.join("tokenizer.json"), &config)
@@ -475,7 +468,7 @@ mod tests {
         let err = match TextEncoder::open(
             &dir.join("not_text.onnx"),
             &dir.join("tokenizer.json"),
-            &fixture_config(),
+            &fetched_models(),
         ) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("an image model loaded as a text encoder"),
@@ -487,7 +480,7 @@ mod tests {
         let err = match TextEncoder::open(
             &dir.join("hf_text.onnx"),
             &dir.join("missing-tokenizer.json"),
-            &fixture_config(),
+            &fetched_models(),
         ) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("a missing tokenizer loaded"),

@@ -13,6 +13,7 @@ use super::error::TrainError;
 use crate::caption::text::TextEncoder;
 use crate::caption::vocab::STOPWORDS;
 use crate::rng::Rng;
+use crate::similarity::dot;
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
@@ -95,7 +96,8 @@ impl Lexicon {
         for (word, vector) in embed(unknown, encoder)? {
             let best = lexicon
                 .iter()
-                .map(|(known, v)| (known, cosine(&vector, v)))
+                // MiniLM's pooled vectors are unit length: the dot is the cosine.
+                .map(|(known, v)| (known, dot(&vector, v)))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             if let Some((known, similarity)) = best {
                 if similarity >= self.nearest_similarity {
@@ -116,11 +118,6 @@ fn embed(words: &[&str], encoder: &TextEncoder) -> Result<Vec<(String, Vec<f32>)
         }
     }
     Ok(out)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(x, y)| x * y).sum::<f32>();
-    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-12)
 }
 
 /// How the content words of a set of queries reached the model: as lexicon words, mapped
@@ -178,87 +175,94 @@ fn lemma_candidates(word: &str) -> Vec<String> {
     out
 }
 
+/// Each distinct query's content words, brought to `lexicon`, and how its words got there; a
+/// query of more than `max_words` words, or of none, is an error. Only words outside the
+/// lexicon are embedded (to find their nearest lexicon word).
+pub fn read_queries(
+    queries: &HashSet<&str>,
+    encoder: &TextEncoder,
+    lexicon: &Lexicon,
+    max_words: usize,
+) -> Result<(HashMap<String, Vec<String>>, WordCoverage), TrainError> {
+    let read: Vec<(&str, Vec<Word>)> = queries
+        .iter()
+        .map(|&q| (q, read_words(q, &lexicon.words)))
+        .collect();
+    let mut unknown: Vec<&str> = read
+        .iter()
+        .flat_map(|(_, words)| words)
+        .filter_map(|w| match w {
+            Word::Unknown(w) => Some(w.as_str()),
+            Word::Known(_) => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    unknown.sort_unstable();
+    let nearest = lexicon.nearest(&unknown, encoder)?;
+    let mut coverage = WordCoverage::default();
+    let mut words = HashMap::with_capacity(queries.len());
+    for (query, read) in read {
+        let mut content = Vec::with_capacity(read.len());
+        let read_count = read.len();
+        for word in read {
+            coverage.content += 1;
+            match word {
+                Word::Known(w) => {
+                    coverage.known += 1;
+                    content.push(w);
+                }
+                Word::Unknown(w) => {
+                    if let Some(known) = nearest.get(&w) {
+                        coverage.mapped += 1;
+                        content.push(known.clone());
+                    }
+                }
+            }
+        }
+        if content.is_empty() {
+            // Nothing the lexicon knows: a model trained on sentences rather than
+            // pseudo-queries, so the words as written.
+            content = split_words(query);
+            coverage.as_written += read_count;
+        }
+        if content.len() > max_words {
+            return Err(TrainError::QueryTooLong {
+                query: query.to_string(),
+                words: content.len(),
+                max: max_words,
+            });
+        }
+        if content.is_empty() {
+            return Err(TrainError::Data(format!(
+                "the query {query:?} has no words"
+            )));
+        }
+        words.insert(query.to_string(), content);
+    }
+    Ok((words, coverage))
+}
+
 /// Every distinct query's words, and every distinct word's vector, computed once.
 pub struct QueryBank {
     words: HashMap<String, Vec<String>>,
     vectors: HashMap<String, Vec<f32>>,
-    /// How the queries' words reached the model.
-    pub coverage: WordCoverage,
 }
 
 impl QueryBank {
-    /// Reads each distinct query as its content words (brought to `lexicon`) and embeds every
-    /// distinct word once; a query of more than `max_words` words, or of none, is an error.
+    /// Reads each distinct query ([`read_queries`]) and embeds every distinct word once.
     pub fn encode(
         queries: &HashSet<&str>,
         encoder: &TextEncoder,
         lexicon: &Lexicon,
         max_words: usize,
     ) -> Result<QueryBank, TrainError> {
-        let read: Vec<(&str, Vec<Word>)> = queries
-            .iter()
-            .map(|&q| (q, read_words(q, &lexicon.words)))
-            .collect();
-        let mut unknown: Vec<&str> = read
-            .iter()
-            .flat_map(|(_, words)| words)
-            .filter_map(|w| match w {
-                Word::Unknown(w) => Some(w.as_str()),
-                Word::Known(_) => None,
-            })
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        unknown.sort_unstable();
-        let nearest = lexicon.nearest(&unknown, encoder)?;
-        let mut coverage = WordCoverage::default();
-        let mut words = HashMap::with_capacity(queries.len());
-        let mut distinct: HashSet<String> = HashSet::new();
-        for (query, read) in read {
-            let mut content = Vec::with_capacity(read.len());
-            let read_count = read.len();
-            for word in read {
-                coverage.content += 1;
-                match word {
-                    Word::Known(w) => {
-                        coverage.known += 1;
-                        content.push(w);
-                    }
-                    Word::Unknown(w) => {
-                        if let Some(known) = nearest.get(&w) {
-                            coverage.mapped += 1;
-                            content.push(known.clone());
-                        }
-                    }
-                }
-            }
-            if content.is_empty() {
-                // Nothing the lexicon knows: a model trained on sentences rather than
-                // pseudo-queries, so the words as written.
-                content = split_words(query);
-                coverage.as_written += read_count;
-            }
-            if content.len() > max_words {
-                return Err(TrainError::QueryTooLong {
-                    query: query.to_string(),
-                    words: content.len(),
-                    max: max_words,
-                });
-            }
-            if content.is_empty() {
-                return Err(TrainError::Data(format!(
-                    "the query {query:?} has no words"
-                )));
-            }
-            distinct.extend(content.iter().cloned());
-            words.insert(query.to_string(), content);
-        }
-        let mut list: Vec<&str> = distinct.iter().map(String::as_str).collect();
+        let (words, _) = read_queries(queries, encoder, lexicon, max_words)?;
+        let mut list: Vec<&str> = words.values().flatten().map(String::as_str).collect();
         list.sort_unstable();
+        list.dedup();
         let vectors = embed(&list, encoder)?.into_iter().collect();
-        let mut bank = QueryBank::from_parts(words, vectors);
-        bank.coverage = coverage;
-        Ok(bank)
+        Ok(QueryBank::from_parts(words, vectors))
     }
 
     /// A bank from words and vectors at hand.
@@ -266,11 +270,7 @@ impl QueryBank {
         words: HashMap<String, Vec<String>>,
         vectors: HashMap<String, Vec<f32>>,
     ) -> QueryBank {
-        QueryBank {
-            words,
-            vectors,
-            coverage: WordCoverage::default(),
-        }
+        QueryBank { words, vectors }
     }
 
     /// The vectors of `query`'s words, in order; with `keep`, each word survives with the
@@ -322,10 +322,10 @@ mod tests {
     ) -> (Vec<String>, WordCoverage) {
         let lexicon = Lexicon::new(lexicon.iter().map(|w| w.to_string()), nearest_similarity);
         let encoder = crate::caption::text::fetched_encoder();
-        let bank =
-            QueryBank::encode(&queries.iter().copied().collect(), &encoder, &lexicon, 20).unwrap();
-        let words = queries.iter().map(|q| bank.words[*q].join(" ")).collect();
-        (words, bank.coverage)
+        let (read, coverage) =
+            read_queries(&queries.iter().copied().collect(), &encoder, &lexicon, 20).unwrap();
+        let words = queries.iter().map(|q| read[*q].join(" ")).collect();
+        (words, coverage)
     }
 
     #[test]
