@@ -342,7 +342,28 @@ pub struct TrainConfig {
     pub similarity_weight: f64,
     #[serde(default)]
     pub nearest_word_similarity: f32,
+    #[serde(default)]
+    pub head: Head,
+    #[serde(default = "default_map_clips")]
+    pub map_clips: usize,
     pub retrain_after_videos: usize,
+}
+
+fn default_map_clips() -> usize {
+    16
+}
+
+/// What the grounding model answers with on top of its temporal attention.
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// One regressed (start, end) per query, PSVL's.
+    #[default]
+    Regression,
+    /// A score for every span of a 2D temporal map of clips, 2D-TAN's.
+    Map,
 }
 
 /// Which epoch's weights a training run keeps.
@@ -623,6 +644,11 @@ impl Config {
                 "and caption.verbs must add up to at least 1",
             ),
             ("train.steps", t.steps >= 2, "must be at least 2"),
+            (
+                "train.map_clips",
+                t.map_clips >= 1 && t.steps % t.map_clips.max(1) == 0,
+                "must be at least 1 and divide train.steps",
+            ),
             ("train.projection", t.projection >= 1, "must be at least 1"),
             ("train.hidden", t.hidden >= 1, "must be at least 1"),
             ("train.heads", t.heads >= 1, "must be at least 1"),

@@ -2,18 +2,21 @@
 //! with no training at all, by a CLIP-style text tower. The model regresses one span and
 //! spreads its temporal attention over the steps; the answer is that span and the video's own
 //! proposals, ranked by how much more of the attention they hold than an even spread would
-//! give them, overlapping ones suppressed. The [`SimilarityGrounder`] ranks the video's
+//! give them, overlapping ones suppressed. A model with a temporal map (`train.head = "map"`)
+//! answers with its best-scored cell instead of the regressed span, and scores each candidate
+//! by the cell overlapping it most. The [`SimilarityGrounder`] ranks the video's
 //! proposals by the cosine between the query's text embedding and the span's mean visual
 //! embedding: a real zero-shot grounder wherever such a tower exists.
 
 use crate::caption::text::TextEncoder;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
-use crate::config::Config;
+use crate::config::{Config, Head};
 use crate::ingest::Video;
 use crate::processor::{analyse, StageTimes};
 use crate::similarity::dot;
 use crate::span::iou;
 use crate::train::{
+    model::{map_spans, Reading},
     projection_matrix,
     query::{read_queries, Lexicon, QueryBank, WordCoverage},
     video_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
@@ -59,6 +62,8 @@ pub struct Grounder {
     /// The training-free similarity and its weight next to the model's attention
     /// (`train.similarity_weight`), when both are there.
     similarity: Option<(SimilarityGrounder, f64)>,
+    /// The spans of the model's temporal map (`train.head = "map"`); empty without one.
+    map_cells: Vec<[f64; 2]>,
 }
 
 impl Grounder {
@@ -100,8 +105,13 @@ impl Grounder {
             },
             false => None,
         };
+        let map_cells = match card.config.head {
+            Head::Map => map_spans(card.config.map_clips),
+            Head::Regression => Vec::new(),
+        };
         Ok(Grounder {
             similarity,
+            map_cells,
             lexicon: Lexicon::new(card.lexicon.iter().cloned(), nearest_word_similarity),
             matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
             network,
@@ -190,7 +200,7 @@ impl Grounder {
                 let spans: Vec<[f64; 2]> = candidates
                     .iter()
                     .copied()
-                    .chain(predictions.iter().map(|(start, end, _)| [*start, *end]))
+                    .chain(predictions.iter().map(|r| [r.span.0, r.span.1]))
                     .collect();
                 Some((grounder.scores(video, queries, &spans)?, *weight))
             }
@@ -200,7 +210,7 @@ impl Grounder {
             .iter()
             .zip(predictions)
             .enumerate()
-            .map(|(i, (query, (start, end, attention)))| {
+            .map(|(i, (query, reading))| {
                 // This query's scores on the candidates, then on its own regressed span.
                 let own = similarity.as_ref().map(|(scores, weight)| {
                     let row = &scores[i];
@@ -208,7 +218,19 @@ impl Grounder {
                     own.push(row[candidates.len() + i]);
                     (own, *weight)
                 });
-                let ranked = rank(&[start, end], candidates, &attention, own, top_k);
+                let Reading {
+                    span: (start, end),
+                    attention,
+                    cells,
+                } = reading;
+                let model = match &cells {
+                    Some(probabilities) => ModelScore::Map {
+                        cells: &self.map_cells,
+                        probabilities,
+                    },
+                    None => ModelScore::Attention(&attention),
+                };
+                let ranked = rank(&[start, end], candidates, model, own, top_k);
                 Answer {
                     query: query.to_string(),
                     segments: in_seconds(ranked, video.duration),
@@ -319,8 +341,10 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
         .collect()
 }
 
-/// The regressed span and the candidates by the attention they hold beyond their share of an
-/// even spread (mass minus the fraction of steps they cover), greedily skipping any that
+/// The regressed span and the candidates by the model's score of each, by default the
+/// attention they hold beyond their share of an even spread (mass minus the fraction of steps
+/// they cover; with a temporal map, the probability of the cell overlapping them most),
+/// greedily skipping any that
 /// overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1]. A span gains by
 /// taking in a step only where the attention there is above average, so attention that leaks
 /// thinly over the whole video does not pull the answer long. The regressed span is not put
@@ -332,19 +356,12 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
 fn rank(
     regressed: &[f64; 2],
     candidates: &[[f64; 2]],
-    attention: &[f32],
+    model: ModelScore,
     similarity: Option<(Vec<f64>, f64)>,
     top_k: usize,
 ) -> Vec<Segment> {
-    let n = attention.len().max(1);
-    let score = |span: &[f64; 2]| {
-        let first = ((span[0] * n as f64).floor() as usize).min(n - 1);
-        let last = ((span[1] * n as f64).ceil() as usize).clamp(first + 1, n);
-        let mass: f32 = attention[first..last].iter().sum();
-        f64::from(mass) - (last - first) as f64 / n as f64
-    };
     let spans: Vec<&[f64; 2]> = candidates.iter().chain([regressed]).collect();
-    let mut scores: Vec<f64> = spans.iter().map(|c| score(c)).collect();
+    let mut scores: Vec<f64> = spans.iter().map(|c| model.of(c)).collect();
     if let Some((similarity, weight)) = similarity.filter(|(s, _)| s.len() == scores.len()) {
         let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
         let text = standardised(&similarity);
@@ -366,8 +383,43 @@ fn rank(
     best_apart(ranked, top_k)
 }
 
-/// The model's score of a candidate (attention beyond an even spread, centred over the video's
-/// candidates) is multiplied by this before the tower's standardised similarity is added. It is
+/// How the model scores a span (normalised).
+enum ModelScore<'a> {
+    /// The temporal attention over the steps: the mass the span holds beyond its share of an
+    /// even spread.
+    Attention(&'a [f32]),
+    /// A temporal map's probability for each of its `cells`: that of the cell overlapping the
+    /// span most.
+    Map {
+        cells: &'a [[f64; 2]],
+        probabilities: &'a [f32],
+    },
+}
+
+impl ModelScore<'_> {
+    fn of(&self, span: &[f64; 2]) -> f64 {
+        match self {
+            ModelScore::Attention(attention) => {
+                let n = attention.len().max(1);
+                let first = ((span[0] * n as f64).floor() as usize).min(n - 1);
+                let last = ((span[1] * n as f64).ceil() as usize).clamp(first + 1, n);
+                let mass: f32 = attention.get(first..last).map_or(0.0, |a| a.iter().sum());
+                f64::from(mass) - (last - first) as f64 / n as f64
+            }
+            ModelScore::Map {
+                cells,
+                probabilities,
+            } => cells
+                .iter()
+                .zip(probabilities.iter())
+                .map(|(cell, p)| (iou(*cell, *span), *p))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map_or(0.0, |(_, p)| f64::from(p)),
+        }
+    }
+}
+
+/// The model's score of a candidate (centred over the video's candidates) is multiplied by this before the tower's standardised similarity is added. It is
 /// not standardised itself: a model that has learnt little spreads its attention nearly evenly,
 /// and standardising blew that noise up to the tower's scale, where it outvoted the tower (the
 /// noisy development world: 58.5 at R@1 IoU .5 standardised, 67.6 scaled, the tower alone
@@ -424,6 +476,7 @@ mod tests {
     fn spans_rank_by_attention_beyond_an_even_spread_and_overlaps_are_suppressed() {
         // Attention on steps 4..8 of 10.
         let attention = [0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25, 0.0, 0.0];
+        let model = || ModelScore::Attention(&attention);
         let candidates = [[0.3, 0.9], [0.0, 0.3], [0.6, 1.0]];
         let spans = |ranked: Vec<Segment>| -> Vec<[f64; 2]> {
             ranked.iter().map(|s| [s.start, s.end]).collect()
@@ -431,12 +484,12 @@ mod tests {
         // The regressed span holds all the attention in the least time; [0.3, 0.9] overlaps it
         // (IoU 0.67), [0.6, 1.0] holds half of it and overlaps by 0.33 only.
         assert_eq!(
-            spans(rank(&[0.4, 0.8], &candidates, &attention, None, 3)),
+            spans(rank(&[0.4, 0.8], &candidates, model(), None, 3)),
             [[0.4, 0.8], [0.6, 1.0], [0.0, 0.3]]
         );
         // A regressed span off the attention ranks below the proposals that hold it.
         assert_eq!(
-            spans(rank(&[0.0, 0.2], &candidates, &attention, None, 2)),
+            spans(rank(&[0.0, 0.2], &candidates, model(), None, 2)),
             [[0.3, 0.9], [0.6, 1.0]]
         );
         // Steps 4 and 5 hold 0.2 each, the other eight 0.075 each: below the even 0.1, so the
@@ -445,7 +498,13 @@ mod tests {
         let mut leaky = [0.075f32; 10];
         leaky[4..6].fill(0.2);
         assert_eq!(
-            spans(rank(&[0.0, 1.0], &[[0.4, 0.6]], &leaky, None, 2)),
+            spans(rank(
+                &[0.0, 1.0],
+                &[[0.4, 0.6]],
+                ModelScore::Attention(&leaky),
+                None,
+                2
+            )),
             [[0.4, 0.6], [0.0, 1.0]]
         );
     }
@@ -456,7 +515,15 @@ mod tests {
         let attention = [0.25, 0.25, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.0, 0.0];
         let candidates = [[0.0, 0.2], [0.6, 0.8], [0.3, 0.5]];
         let regressed = [0.3, 0.5];
-        let first = |similarity| rank(&regressed, &candidates, &attention, similarity, 1)[0];
+        let first = |similarity| {
+            rank(
+                &regressed,
+                &candidates,
+                ModelScore::Attention(&attention),
+                similarity,
+                1,
+            )[0]
+        };
         // The tower sees the query in the second span.
         let text = vec![0.1, 0.9, 0.2, 0.2];
         assert_eq!([first(None).start, first(None).end], [0.0, 0.2]);
@@ -474,10 +541,29 @@ mod tests {
         let unsure = rank(
             &regressed,
             &candidates,
-            &flat,
+            ModelScore::Attention(&flat),
             Some((vec![0.1, 0.9, 0.2, 0.2], 0.5)),
             1,
         )[0];
         assert_eq!([unsure.start, unsure.end], [0.6, 0.8]);
+    }
+
+    #[test]
+    fn a_temporal_map_scores_each_span_by_the_cell_overlapping_it_most() {
+        // Four clips; the map is sure of the span of clips 1..=2 and of nothing else.
+        let cells = map_spans(4);
+        assert_eq!(cells.len(), 10);
+        let probabilities: Vec<f32> = cells
+            .iter()
+            .map(|c| if *c == [0.25, 0.75] { 0.9 } else { 0.1 })
+            .collect();
+        let model = ModelScore::Map {
+            cells: &cells,
+            probabilities: &probabilities,
+        };
+        assert_eq!(model.of(&[0.26, 0.74]), f64::from(0.9f32));
+        assert_eq!(model.of(&[0.0, 0.3]), f64::from(0.1f32));
+        let ranked = rank(&[0.0, 0.25], &[[0.5, 1.0], [0.3, 0.7]], model, None, 1);
+        assert_eq!([ranked[0].start, ranked[0].end], [0.3, 0.7]);
     }
 }

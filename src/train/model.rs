@@ -8,16 +8,20 @@
 //!                                                        └─ temporal attention w (guided by the loss)
 //! ```
 //!
-//! Shapes: B queries, U distinct videos among them, N video steps, L query tokens, H hidden.
+//! With `train.head = "map"` a [`TemporalMap`] (2D-TAN's head) replaces the regression: every
+//! span of clips gets a score, and the best-scored span is the answer.
+//!
+//! Shapes: B queries, U distinct videos among them, N video steps, L query tokens, H hidden,
+//! C clips of the temporal map, M = C(C+1)/2 spans of clips.
 
 use super::data::{Batch, Pair, VideoBank};
 use super::error::TrainError;
 use super::query::{QueryBank, QUERY_DIM};
-use crate::config::TrainConfig;
+use crate::config::{Head, TrainConfig};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarMap;
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 use std::path::Path;
 
 const LN_EPS: f64 = 1e-5;
@@ -340,6 +344,136 @@ impl RegressionHead {
     }
 }
 
+/// Convolutions over the map of a 2D-TAN head: enough for each span to see its neighbours
+/// two clips away either side, at a cost training on two cores can bear.
+const MAP_CONVOLUTIONS: usize = 2;
+
+/// 2D-TAN's temporal map: the steps pooled into C clips, every span of clips (start clip ≤ end
+/// clip) one cell holding the mean of its steps, fused with the sentence by an elementwise
+/// product (L2-normalised, as 2D-TAN), convolutions over the C × C grid so that each span sees
+/// the spans around it, and a logit per cell. The spans of cells whose start follows their end
+/// are kept at zero after every layer.
+pub struct TemporalMap {
+    cell: Linear,
+    sentence: Linear,
+    convolutions: Vec<Conv2d>,
+    score: Linear,
+    /// (M, N): row m averages the steps of cell m.
+    pool: Tensor,
+    /// (C·C, M): cell m's place on the grid (row = start clip, column = end clip).
+    place: Tensor,
+    /// (1, 1, C, C): 1 where a cell's start clip is not after its end clip.
+    valid: Tensor,
+    /// Each cell's span, normalised, in the order of the M axis.
+    spans: Vec<[f64; 2]>,
+}
+
+/// The spans of a temporal map of `clips` clips, normalised: what its M axis scores.
+pub fn map_spans(clips: usize) -> Vec<[f64; 2]> {
+    let c = clips.max(1);
+    (0..c)
+        .flat_map(|i| (i..c).map(move |j| [i as f64 / c as f64, (j + 1) as f64 / c as f64]))
+        .collect()
+}
+
+impl TemporalMap {
+    fn new(config: &TrainConfig, vb: VarBuilder) -> Result<TemporalMap> {
+        let (n, c, h) = (config.steps, config.map_clips.max(1), config.hidden);
+        let per_clip = (n / c).max(1);
+        let spans = map_spans(c);
+        let m = spans.len();
+        let mut pool = vec![0f32; m * n];
+        let mut place = vec![0f32; c * c * m];
+        let mut valid = vec![0f32; c * c];
+        let mut cell = 0;
+        for i in 0..c {
+            for j in i..c {
+                let (first, last) = (i * per_clip, ((j + 1) * per_clip).min(n));
+                let weight = 1.0 / (last - first).max(1) as f32;
+                pool[cell * n + first..cell * n + last].fill(weight);
+                place[(i * c + j) * m + cell] = 1.0;
+                valid[i * c + j] = 1.0;
+                cell += 1;
+            }
+        }
+        let same = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let device = vb.device().clone();
+        Ok(TemporalMap {
+            cell: linear(h, h, vb.pp("cell"))?,
+            sentence: linear(h, h, vb.pp("sentence"))?,
+            convolutions: (0..MAP_CONVOLUTIONS)
+                .map(|i| conv2d(h, h, 3, same, vb.pp(format!("conv{i}"))))
+                .collect::<Result<_>>()?,
+            score: linear(h, 1, vb.pp("score"))?,
+            pool: Tensor::from_vec(pool, (m, n), &device)?,
+            place: Tensor::from_vec(place, (c * c, m), &device)?,
+            valid: Tensor::from_vec(valid, (1, 1, c, c), &device)?,
+            spans,
+        })
+    }
+
+    /// (B, M) logits of every cell for steps `x` (B, N, H) and `sentence` (B, H).
+    fn forward(&self, x: &Tensor, sentence: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
+        let (b, _, h) = x.dims3()?;
+        let c = self.valid.dim(2)?;
+        let cells = self.cell.forward(&self.pool.broadcast_matmul(x)?)?;
+        let fused = cells.broadcast_mul(&self.sentence.forward(sentence)?.unsqueeze(1)?)?;
+        let norm = fused.sqr()?.sum_keepdim(2)?.sqrt()?.maximum(1e-6)?;
+        let fused = dropout.apply(&fused.broadcast_div(&norm)?)?;
+        let mut grid = self
+            .place
+            .broadcast_matmul(&fused)?
+            .reshape((b, c, c, h))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?;
+        for convolution in &self.convolutions {
+            grid = convolution
+                .forward(&grid)?
+                .relu()?
+                .broadcast_mul(&self.valid)?;
+        }
+        let logits = self
+            .score
+            .forward(&grid.permute((0, 2, 3, 1))?.reshape((b, c * c, h))?)?
+            .squeeze(2)?;
+        logits.matmul(&self.place)
+    }
+
+    /// (B, 2): the best-scored cell's span of each row of `logits` (B, M).
+    fn best_spans(&self, logits: &Tensor) -> Result<Tensor> {
+        let best = logits.argmax(1)?.to_vec1::<u32>()?;
+        let spans: Vec<f32> = best
+            .iter()
+            .flat_map(|&m| self.spans[m as usize].map(|v| v as f32))
+            .collect();
+        Tensor::from_vec(spans, (best.len(), 2), logits.device())
+    }
+
+    /// (B, M): each cell's training target for normalised spans `targets` (B, 2), 2D-TAN's
+    /// scaled IoU: 0 up to an IoU of [`MAP_MIN_IOU`], rising linearly to 1 at a perfect match.
+    fn targets(&self, targets: &Tensor) -> Result<Tensor> {
+        let rows = targets.to_vec2::<f32>()?;
+        let scaled: Vec<f32> = rows
+            .iter()
+            .flat_map(|t| {
+                let target = [f64::from(t[0].min(t[1])), f64::from(t[0].max(t[1]))];
+                self.spans.iter().map(move |span| {
+                    let overlap = crate::span::iou(*span, target);
+                    ((overlap - MAP_MIN_IOU) / (1.0 - MAP_MIN_IOU)).clamp(0.0, 1.0) as f32
+                })
+            })
+            .collect();
+        Tensor::from_vec(scaled, (rows.len(), self.spans.len()), targets.device())
+    }
+}
+
+/// A map cell overlapping the target by this IoU or less is a negative (2D-TAN's Charades
+/// setting).
+const MAP_MIN_IOU: f64 = 0.5;
+
 /// The whole network, block by block as drawn above.
 pub struct GroundingModel {
     query: QueryEncoder,
@@ -348,14 +482,17 @@ pub struct GroundingModel {
     nonlocal: Vec<NonLocal>,
     pooling: AttentivePooling,
     head: RegressionHead,
+    map: Option<TemporalMap>,
 }
 
 /// What the model says for a batch.
 pub struct Prediction {
-    /// (B, 2): normalised start and end.
+    /// (B, 2): normalised start and end: the regressed span, or the best cell of the map.
     pub spans: Tensor,
     /// (B, N): temporal attention, summing to 1 per query.
     pub attention: Tensor,
+    /// (B, M): the temporal map's logit of each of [`map_spans`], with `train.head = "map"`.
+    pub cells: Option<Tensor>,
 }
 
 impl GroundingModel {
@@ -370,6 +507,10 @@ impl GroundingModel {
                 .collect::<Result<_>>()?,
             pooling: AttentivePooling::new(config, vb.pp("pooling"))?,
             head: RegressionHead::new(config, vb.pp("head"))?,
+            map: match config.head {
+                Head::Regression => None,
+                Head::Map => Some(TemporalMap::new(config, vb.pp("map"))?),
+            },
         })
     }
 
@@ -383,42 +524,75 @@ impl GroundingModel {
             video = block.forward(&video, dropout)?;
         }
         let (pooled, attention) = self.pooling.forward(&video, &sentence)?;
-        Ok(Prediction {
-            spans: self.head.forward(&pooled, &attention)?,
-            attention,
-        })
+        match &self.map {
+            None => Ok(Prediction {
+                spans: self.head.forward(&pooled, &attention)?,
+                attention,
+                cells: None,
+            }),
+            Some(map) => {
+                let cells = map.forward(&video, &sentence, dropout)?;
+                Ok(Prediction {
+                    spans: map.best_spans(&cells)?,
+                    attention,
+                    cells: Some(cells),
+                })
+            }
+        }
+    }
+
+    /// (B, M) training targets of the temporal map's cells, with `train.head = "map"`.
+    pub fn map_targets(&self, targets: &Tensor) -> Result<Option<Tensor>> {
+        self.map
+            .as_ref()
+            .map(|map| map.targets(targets))
+            .transpose()
     }
 }
 
-/// Smooth-L1 on start and end plus `attention_weight` × the temporal attention guide loss
-/// `-Σ mask·log(w) / Σ mask`, both averaged over the batch. `targets` (B, 2), `inside` (B, N)
-/// is 1 on the steps of the target span.
+/// The span's loss plus `attention_weight` × the temporal attention guide loss
+/// `-Σ mask·log(w) / Σ mask`, both averaged over the batch. The span's loss is smooth-L1 on
+/// start and end, or with a temporal map, binary cross-entropy of every cell's logit against
+/// its scaled IoU (`map_targets`, (B, M)). `targets` (B, 2), `inside` (B, N) is 1 on the steps
+/// of the target span.
 pub fn loss(
     prediction: &Prediction,
     targets: &Tensor,
+    map_targets: Option<&Tensor>,
     inside: &Tensor,
     attention_weight: f64,
 ) -> Result<Tensor> {
-    let diff = (&prediction.spans - targets)?.abs()?;
-    // 0.5·d² below 1, d − 0.5 above; spans are normalised, so |d| < 1 always.
-    let smooth_l1 = diff
-        .minimum(1.0)?
-        .sqr()?
-        .affine(0.5, 0.0)?
-        .add(&(diff.clone() - diff.minimum(1.0)?)?)?
-        .sum(1)?
-        .mean(0)?;
+    let span_loss = match (&prediction.cells, map_targets) {
+        (Some(logits), Some(wanted)) => binary_cross_entropy(logits, wanted)?,
+        _ => {
+            let diff = (&prediction.spans - targets)?.abs()?;
+            // 0.5·d² below 1, d − 0.5 above; spans are normalised, so |d| < 1 always.
+            diff.minimum(1.0)?
+                .sqr()?
+                .affine(0.5, 0.0)?
+                .add(&(diff.clone() - diff.minimum(1.0)?)?)?
+                .sum(1)?
+                .mean(0)?
+        }
+    };
     let log_w = (prediction.attention.clone() + 1e-8)?.log()?;
     let guide = (log_w * inside)?
         .sum(1)?
         .neg()?
         .div(&inside.sum(1)?.maximum(1.0)?)?
         .mean(0)?;
-    smooth_l1 + (guide * attention_weight)?
+    span_loss + (guide * attention_weight)?
+}
+
+/// Mean binary cross-entropy of `logits` against soft targets in [0, 1], in the form that
+/// cannot overflow: max(x, 0) − x·y + log(1 + e^−|x|).
+fn binary_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let soft = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    ((logits.relu()? - (logits * targets)?)? + soft)?.mean_all()
 }
 
 /// Initialises every parameter from our seeded generator, in name order, so a seed fixes the
-/// model: linear weights uniform in ±1/√fan_in (PyTorch's default), biases 0, layer-norm
+/// model: weights (linear and convolution) uniform in ±1/√fan_in (PyTorch's default), biases 0, layer-norm
 /// scales 1, positions N(0, 0.02).
 pub fn initialise(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
     let vars = varmap
@@ -439,7 +613,8 @@ pub fn initialise(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
         } else if dims.len() == 1 {
             vec![1.0; count]
         } else {
-            let bound = 1.0 / (dims[dims.len() - 1] as f64).sqrt();
+            // Fan-in: a linear layer's inputs, a convolution's inputs times its kernel.
+            let bound = 1.0 / (dims[1..].iter().product::<usize>() as f64).sqrt();
             (0..count)
                 .map(|_| rng.range_f64(-bound, bound) as f32)
                 .collect()
@@ -448,6 +623,16 @@ pub fn initialise(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
     }
     Ok(())
 }
+/// What the model says about one query, on the host.
+pub struct Reading {
+    /// Normalised (start, end), start ≤ end: the regressed span or the map's best cell.
+    pub span: (f64, f64),
+    /// The temporal attention over the steps.
+    pub attention: Vec<f32>,
+    /// With a temporal map, each of [`map_spans`]'s probability of being the moment.
+    pub cells: Option<Vec<f32>>,
+}
+
 /// The model and the parameters it reads.
 pub struct Network {
     /// The parameters.
@@ -479,19 +664,35 @@ impl Network {
         Ok(network)
     }
 
-    /// Predictions for `pairs`, batched, without dropout.
+    /// What the model says about each of `pairs`, batched, without dropout.
     pub fn predict(
         &self,
         pairs: &[&Pair],
         videos: &VideoBank,
         queries: &QueryBank,
         config: &TrainConfig,
-    ) -> std::result::Result<Vec<(f64, f64, Vec<f32>)>, TrainError> {
+    ) -> std::result::Result<Vec<Reading>, TrainError> {
         let mut out = Vec::with_capacity(pairs.len());
         self.each_batch(pairs, videos, queries, config, |_, _, prediction| {
             let attention = prediction.attention.to_vec2::<f32>()?;
-            for ((start, end), weights) in ordered_spans(prediction)?.into_iter().zip(attention) {
-                out.push((start, end, weights));
+            let cells = match &prediction.cells {
+                Some(logits) => candle_nn::ops::sigmoid(logits)?
+                    .to_vec2::<f32>()?
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+                None => vec![None; attention.len()],
+            };
+            for ((span, attention), cells) in ordered_spans(prediction)?
+                .into_iter()
+                .zip(attention)
+                .zip(cells)
+            {
+                out.push(Reading {
+                    span,
+                    attention,
+                    cells,
+                });
             }
             Ok(())
         })?;
