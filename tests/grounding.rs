@@ -162,36 +162,62 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     let card: Value =
         serde_json::from_str(&std::fs::read_to_string(last.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["best_epoch"], 3, "{card}");
+    // The 2D temporal map in place of the regression, through the same commands.
+    let map = dir.path().join("map");
+    must(&train_args(
+        &caption,
+        &dataset,
+        &features,
+        &map,
+        &["train.epochs=1", "train.head=map", "train.map_clips=8"],
+    ));
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(map.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["config"]["head"], "map", "{card}");
+    let (ok, report) = run(&train_args(
+        &caption,
+        &dataset,
+        &features,
+        &dir.path().join("bad-map"),
+        &["train.head=map", "train.map_clips=5"],
+    ));
+    assert!(
+        !ok && report.contains("train.map_clips") && report.contains("divide train.steps"),
+        "{report}"
+    );
 
     let video = test.join("features/synth_01000.npz");
-    let report = must(&[
-        "ground",
-        "--config",
-        p(&caption),
-        "--model",
-        p(&model),
-        "--features",
-        p(&video),
-        "--query",
-        "a person is opening the door.",
-        "--query",
-        "someone eats a sandwich",
-        "--top-k",
-        "3",
-    ]);
-    let answer: Value = serde_json::from_str(&report).unwrap_or_else(|e| panic!("{e}: {report}"));
-    let duration = answer["duration"].as_f64().unwrap();
-    let answers = answer["answers"].as_array().unwrap();
-    assert_eq!(answers.len(), 2);
-    for a in answers {
-        let segments = a["segments"].as_array().unwrap();
-        assert!(!segments.is_empty() && segments.len() <= 3, "{report}");
-        for s in segments {
-            let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
-            assert!(
-                0.0 <= start && start <= end && end <= duration + 1e-9,
-                "{report}"
-            );
+    for trained in [&model, &map] {
+        let report = must(&[
+            "ground",
+            "--config",
+            p(&caption),
+            "--model",
+            p(trained),
+            "--features",
+            p(&video),
+            "--query",
+            "a person is opening the door.",
+            "--query",
+            "someone eats a sandwich",
+            "--top-k",
+            "3",
+        ]);
+        let answer: Value =
+            serde_json::from_str(&report).unwrap_or_else(|e| panic!("{e}: {report}"));
+        let duration = answer["duration"].as_f64().unwrap();
+        let answers = answer["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 2);
+        for a in answers {
+            let segments = a["segments"].as_array().unwrap();
+            assert!(!segments.is_empty() && segments.len() <= 3, "{report}");
+            for s in segments {
+                let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+                assert!(
+                    0.0 <= start && start <= end && end <= duration + 1e-9,
+                    "{report}"
+                );
+            }
         }
     }
 

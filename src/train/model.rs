@@ -447,7 +447,10 @@ impl TemporalMap {
         let best = logits.argmax(1)?.to_vec1::<u32>()?;
         let spans: Vec<f32> = best
             .iter()
-            .flat_map(|&m| self.spans[m as usize].map(|v| v as f32))
+            .flat_map(|&m| {
+                let span = self.spans.get(m as usize).copied().unwrap_or([0.0, 1.0]);
+                span.map(|v| v as f32)
+            })
             .collect();
         Tensor::from_vec(spans, (best.len(), 2), logits.device())
     }
