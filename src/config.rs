@@ -332,6 +332,9 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub epochs: usize,
     pub patience: usize,
+    // Model cards written before it was a setting carry none.
+    #[serde(default)]
+    pub min_improvement: f64,
     pub validation_share: f64,
     pub attention_loss: f64,
     pub seed: u64,
@@ -677,6 +680,11 @@ impl Config {
             (
                 "train.dropout",
                 (0.0..1.0).contains(&t.dropout),
+                "must lie in [0, 1)",
+            ),
+            (
+                "train.min_improvement",
+                (0.0..1.0).contains(&t.min_improvement),
                 "must lie in [0, 1)",
             ),
             (

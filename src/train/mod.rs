@@ -177,7 +177,9 @@ pub fn train(
         state.history.push(record.clone());
         let keep = match train_config.checkpoint {
             Checkpoint::Last => true,
-            Checkpoint::Validation => state.best.is_none_or(|best| check.better_than(&best)),
+            Checkpoint::Validation => state
+                .best
+                .is_none_or(|best| check.better_than(&best, train_config.min_improvement)),
         };
         if keep {
             state.best = Some(check);
