@@ -344,8 +344,8 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
 /// The regressed span and the candidates by the model's score of each, by default the
 /// attention they hold beyond their share of an even spread (mass minus the fraction of steps
 /// they cover; with a temporal map, the probability of the cell overlapping them most),
-/// greedily skipping any that
-/// overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1]. A span gains by
+/// greedily skipping any that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to
+/// [0, 1]. A span gains by
 /// taking in a step only where the attention there is above average, so attention that leaks
 /// thinly over the whole video does not pull the answer long. The regressed span is not put
 /// first: where the attention is sharp it wins on its own, and where the regression is off a
