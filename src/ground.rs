@@ -10,13 +10,13 @@
 
 use crate::caption::text::TextEncoder;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
-use crate::config::{Config, Head};
+use crate::config::Config;
 use crate::ingest::Video;
 use crate::processor::{analyse, StageTimes};
-use crate::similarity::dot;
+use crate::similarity::{dot, Spread};
 use crate::span::iou;
 use crate::train::{
-    model::{map_spans, Reading},
+    model::Reading,
     projection_matrix,
     query::{read_queries, Lexicon, QueryBank, WordCoverage},
     video_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
@@ -62,8 +62,6 @@ pub struct Grounder {
     /// The training-free similarity and its weight next to the model's attention
     /// (`train.similarity_weight`), when both are there.
     similarity: Option<(SimilarityGrounder, f64)>,
-    /// The spans of the model's temporal map (`train.head = "map"`); empty without one.
-    map_cells: Vec<[f64; 2]>,
 }
 
 impl Grounder {
@@ -105,13 +103,8 @@ impl Grounder {
             },
             false => None,
         };
-        let map_cells = match card.config.head {
-            Head::Map => map_spans(card.config.map_clips),
-            Head::Regression => Vec::new(),
-        };
         Ok(Grounder {
             similarity,
-            map_cells,
             lexicon: Lexicon::new(card.lexicon.iter().cloned(), nearest_word_similarity),
             matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
             network,
@@ -225,7 +218,7 @@ impl Grounder {
                 } = reading;
                 let model = match &cells {
                     Some(probabilities) => ModelScore::Map {
-                        cells: &self.map_cells,
+                        cells: self.network.model.cell_spans(),
                         probabilities,
                     },
                     None => ModelScore::Attention(&attention),
@@ -419,22 +412,19 @@ impl ModelScore<'_> {
     }
 }
 
-/// The model's score of a candidate (centred over the video's candidates) is multiplied by this before the tower's standardised similarity is added. It is
-/// not standardised itself: a model that has learnt little spreads its attention nearly evenly,
-/// and standardising blew that noise up to the tower's scale, where it outvoted the tower (the
-/// noisy development world: 58.5 at R@1 IoU .5 standardised, 67.6 scaled, the tower alone
-/// 63.2). A candidate holding a quarter of the attention beyond its share then counts as one
-/// standard deviation of the tower's scores; 3 to 6 were measured (README, grounding).
+/// The model's score of a candidate (its attention beyond an even spread, or its map cell's
+/// probability, centred over the video's candidates) is multiplied by this before the tower's
+/// standardised similarity is added. It is not standardised itself: a model that has learnt
+/// little spreads its attention nearly evenly, and standardising blew that noise up to the
+/// tower's scale, where it outvoted the tower (the noisy development world: 58.5 at R@1 IoU .5
+/// standardised, 67.6 scaled, the tower alone 63.2). A candidate holding a quarter of the attention beyond its share then counts as one
+/// standard deviation of the tower's scores; 2 to 5 were measured (README, grounding).
 const ATTENTION_SCALE: f64 = 4.0;
 
-/// `values` less their mean, over their standard deviation (left centred when they are all
-/// alike).
+/// `values` less their mean, over their standard deviation (0 when they are all alike).
 fn standardised(values: &[f64]) -> Vec<f64> {
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let spread = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let scale = if spread > 1e-12 { spread } else { 1.0 };
-    values.iter().map(|v| (v - mean) / scale).collect()
+    let spread = Spread::of(values.iter().copied());
+    values.iter().map(|&v| spread.margin(v)).collect()
 }
 
 /// Normalised segments in seconds of a video `duration` long.
@@ -551,7 +541,7 @@ mod tests {
     #[test]
     fn a_temporal_map_scores_each_span_by_the_cell_overlapping_it_most() {
         // Four clips; the map is sure of the span of clips 1..=2 and of nothing else.
-        let cells = map_spans(4);
+        let cells = crate::train::model::map_spans(4);
         assert_eq!(cells.len(), 10);
         let probabilities: Vec<f32> = cells
             .iter()

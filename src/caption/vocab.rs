@@ -6,7 +6,7 @@
 
 use super::CaptionError;
 use crate::fsio::{write_atomic, Durability};
-use crate::similarity::dot;
+use crate::similarity::{dot, Spread};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -259,11 +259,14 @@ impl ScoredVocabulary {
             action.as_deref().unwrap_or(visual),
         );
         let best = |scores: &[f32], words: &[String], k: usize| {
-            let spread = Spread::of(scores);
+            let spread = Spread::of(scores.iter().map(|&s| f64::from(s)));
             best_first(scores)
                 .into_iter()
                 .take(k)
-                .map(|i| (words[i].clone(), (scores[i], spread.margin(scores[i]))))
+                .map(|i| {
+                    let margin = spread.margin(f64::from(scores[i])) as f32;
+                    (words[i].clone(), (scores[i], margin))
+                })
                 .collect::<Vec<_>>()
         };
         let chosen_verbs = best(&verb_scores, &self.vocabulary.verbs, choice.verbs);
@@ -313,32 +316,6 @@ fn cosines(rows: &[f32], dim: usize, visual: &[f32]) -> Vec<f32> {
     rows.chunks(dim)
         .map(|row| dot(row, visual) / norm)
         .collect()
-}
-
-/// The mean and standard deviation of one word class's scores on a span.
-struct Spread {
-    mean: f32,
-    deviation: f32,
-}
-
-impl Spread {
-    fn of(scores: &[f32]) -> Spread {
-        let n = scores.len().max(1) as f32;
-        let mean = scores.iter().sum::<f32>() / n;
-        let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / n;
-        Spread {
-            mean,
-            deviation: variance.sqrt(),
-        }
-    }
-
-    /// `score` in standard deviations above the mean; 0 where every word scores alike.
-    fn margin(&self, score: f32) -> f32 {
-        match self.deviation > 1e-12 {
-            true => (score - self.mean) / self.deviation,
-            false => 0.0,
-        }
-    }
 }
 
 /// Indices of `scores`, highest first.

@@ -38,6 +38,35 @@ impl Ssm {
     }
 }
 
+/// The mean and standard deviation of a set of scores, to read a score as standard deviations
+/// above the set's mean: scores of different sets (words on different spans, candidates of
+/// different scorers) then compare.
+pub struct Spread {
+    mean: f64,
+    deviation: f64,
+}
+
+impl Spread {
+    /// The spread of `values`.
+    pub fn of(values: impl Iterator<Item = f64> + Clone) -> Spread {
+        let n = values.clone().count().max(1) as f64;
+        let mean = values.clone().sum::<f64>() / n;
+        let variance = values.map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        Spread {
+            mean,
+            deviation: variance.sqrt(),
+        }
+    }
+
+    /// `value` in standard deviations above the mean; 0 where every value is alike.
+    pub fn margin(&self, value: f64) -> f64 {
+        match self.deviation > 1e-12 {
+            true => (value - self.mean) / self.deviation,
+            false => 0.0,
+        }
+    }
+}
+
 /// Eight independent partial sums let the compiler vectorise without reassociation licence.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];

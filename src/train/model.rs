@@ -544,6 +544,12 @@ impl GroundingModel {
         }
     }
 
+    /// The spans the temporal map scores, in the order of [`Prediction::cells`]; empty without
+    /// a map.
+    pub fn cell_spans(&self) -> &[[f64; 2]] {
+        self.map.as_ref().map_or(&[], |map| &map.spans)
+    }
+
     /// (B, M) training targets of the temporal map's cells, with `train.head = "map"`.
     pub fn map_targets(&self, targets: &Tensor) -> Result<Option<Tensor>> {
         self.map
