@@ -335,6 +335,8 @@ pub struct TrainConfig {
     // Model cards written before it was a setting carry none.
     #[serde(default)]
     pub min_improvement: f64,
+    #[serde(default)]
+    pub confidence_weighting: f64,
     pub validation_share: f64,
     pub attention_loss: f64,
     pub seed: u64,
@@ -688,6 +690,11 @@ impl Config {
                 "must lie in [0, 1)",
             ),
             (
+                "train.confidence_weighting",
+                (0.0..=1.0).contains(&t.confidence_weighting),
+                "must lie in [0, 1]",
+            ),
+            (
                 "train.validation_share",
                 (0.0..1.0).contains(&t.validation_share),
                 "must lie in [0, 1)",
@@ -900,6 +907,11 @@ mod tests {
                 .to_string()
                 .contains("daemon.retry_base_ms must be at most"),
             "{retry}"
+        );
+        let weighting = Config::load(&[], &["train.confidence_weighting=1.5".into()]).unwrap_err();
+        assert_eq!(
+            weighting.to_string(),
+            "invalid configuration: train.confidence_weighting must lie in [0, 1]"
         );
         let typo = Config::load(&[], &["proposals.sampler=random".into()]).unwrap_err();
         assert!(typo.to_string().contains("random"), "{typo}");

@@ -628,6 +628,7 @@ mod tests {
             vid: "v".into(),
             duration: 30.0,
             relevant_windows: vec![[1.0, 5.0]],
+            token_margins: Vec::new(),
             extra: extra.as_object().cloned().unwrap_or_default(),
         };
         let sentence = Truth::of(&line(serde_json::json!({}))).unwrap();
@@ -652,6 +653,7 @@ mod tests {
             query: "q".into(),
             duration: Some(100.0),
             windows: vec![[10.0, 20.0]],
+            confidence: None,
         }];
         let mut preds = HashMap::new();
         let mut ranked = vec![[50.0, 60.0]; 6];

@@ -182,6 +182,7 @@ impl Grounder {
                 query: q.to_string(),
                 start: 0.0,
                 end: 1.0,
+                weight: 1.0,
             })
             .collect();
         let refs: Vec<&Pair> = pairs.iter().collect();

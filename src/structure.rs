@@ -207,6 +207,7 @@ pub fn generate(
                 vid: vid.clone(),
                 duration,
                 relevant_windows: vec![*window],
+                token_margins: Vec::new(),
                 extra: serde_json::Map::new(),
             });
         }

@@ -303,6 +303,15 @@ fn synthetic_world_files_get_pseudo_queries_in_every_shard_format() {
         .all(|e| e["tokens"].as_array().unwrap().len() == 2));
     let charades = shard("charades-000001.txt").unwrap();
     assert_eq!(charades.lines().count(), psvl.len());
+    // The ledger keeps each pair's word margins for the Moment-DETR shard (what training weighs
+    // pairs by).
+    let detr = shard("moment_detr-000001.jsonl").unwrap();
+    assert_eq!(detr.lines().count(), psvl.len());
+    for line in detr.lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        let margins = line["token_margins"].as_array();
+        assert!(margins.is_some_and(|m| m.len() == 2), "{line}");
+    }
     // The daemon's output is a dataset the evaluation reads: captions name the planted events.
     let out = momentminer(&[
         "eval-proposals",

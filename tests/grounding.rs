@@ -162,6 +162,27 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     let card: Value =
         serde_json::from_str(&std::fs::read_to_string(last.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["best_epoch"], 3, "{card}");
+    // Each pair's word margins reach the dataset, and training weighs pairs by them when asked:
+    // the same seed and data give other weights.
+    let lines = std::fs::read_to_string(dataset.join("moment_detr.jsonl")).unwrap();
+    for line in lines.lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        let margins = line["token_margins"].as_array();
+        assert!(margins.is_some_and(|m| !m.is_empty()), "{line}");
+    }
+    let weighted = dir.path().join("weighted");
+    must(&train_args(
+        &caption,
+        &dataset,
+        &features,
+        &weighted,
+        &["train.epochs=2", "train.confidence_weighting=1"],
+    ));
+    assert_ne!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        std::fs::read(weighted.join("model.safetensors")).unwrap(),
+        "weighting the pairs by confidence changed nothing"
+    );
     // The 2D temporal map in place of the regression, through the same commands.
     let map = dir.path().join("map");
     must(&train_args(

@@ -50,6 +50,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
                 query: sentence.trim().to_string(),
                 duration: Some(entry.duration),
                 windows: vec![window],
+                confidence: None,
             });
         }
     }

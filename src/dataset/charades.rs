@@ -80,6 +80,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
             query: line.sentence.trim().to_string(),
             duration: None,
             windows: vec![[line.start, line.end]],
+            confidence: None,
             vid: line.vid,
         })
         .collect())

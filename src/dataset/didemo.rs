@@ -52,6 +52,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
             query: entry.description.trim().to_string(),
             duration: Some(segments as f64 * SEGMENT),
             windows,
+            confidence: None,
         });
     }
     Ok(moments)
@@ -73,6 +74,7 @@ mod tests {
                 query: "the dog jumps".into(),
                 duration: Some(30.0),
                 windows: vec![[5.0, 10.0], [5.0, 15.0]],
+                confidence: None,
             }]
         );
         let outside = r#"[{"video": "v.mp4", "description": "x", "times": [[2, 6]]}]"#;

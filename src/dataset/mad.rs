@@ -25,6 +25,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
             query: entry.sentence.trim().to_string(),
             duration: Some(entry.movie_duration),
             windows: vec![entry.timestamps],
+            confidence: None,
         })
         .collect())
 }
@@ -45,6 +46,7 @@ mod tests {
                 query: "She smiles.".into(),
                 duration: Some(6000.0),
                 windows: vec![[120.5, 124.0]],
+                confidence: None,
             }]
         );
     }

@@ -78,6 +78,7 @@ pub fn labels_of(videos: &[VideoProposals]) -> Vec<PseudoLabel> {
                     query: p.caption.query.clone(),
                     tokens: p.caption.tokens.clone(),
                     query_embedding: p.caption.query_embedding.clone(),
+                    token_margins: p.caption.token_margins.clone(),
                 })
         })
         .zip(1..)
@@ -96,6 +97,9 @@ pub struct Moment {
     pub duration: Option<f64>,
     /// Ground-truth windows; a prediction is judged by its best overlap with any of them.
     pub windows: Vec<[f64; 2]>,
+    /// A pseudo-label's confidence: its least sure word's margin (`token_margins`); `None`
+    /// for annotations.
+    pub confidence: Option<f64>,
 }
 
 /// A proposal as a training pair: a span of a video (seconds) and the query that describes it:
@@ -118,6 +122,9 @@ pub struct PseudoLabel {
     pub tokens: Vec<String>,
     /// Language-free: the visual embedding standing for the query.
     pub query_embedding: Vec<f32>,
+    /// How far each query word stands above the rest of its vocabulary on the span (standard
+    /// deviations): the pair's confidence; empty when uncaptioned.
+    pub token_margins: Vec<f32>,
 }
 
 #[derive(Debug, Error)]
@@ -382,6 +389,7 @@ mod tests {
                 },
                 tokens: vec!["open".into(), "door".into()],
                 query_embedding: if i == 2 { vec![0.5, -0.25] } else { Vec::new() },
+                token_margins: if i == 0 { Vec::new() } else { vec![2.5, 1.25] },
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
@@ -404,6 +412,9 @@ mod tests {
                 assert_eq!(m.query, query_of(l));
                 assert!((m.windows[0][0] - l.start).abs() < 1e-9);
                 assert!((m.windows[0][1] - l.end).abs() < 1e-9);
+                // Only the Moment-DETR lines carry the confidence.
+                let confidence = (l.qid > 0 && path == &paths[1]).then_some(1.25);
+                assert_eq!(m.confidence, confidence, "{}", path.display());
             }
         }
         // A language-free query keeps its embedding in the Moment-DETR line.

@@ -18,6 +18,9 @@ pub struct Line {
     pub duration: f64,
     /// The sentence's windows, seconds.
     pub relevant_windows: Vec<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// A pseudo-label's word margins ([`PseudoLabel::token_margins`]).
+    pub token_margins: Vec<f32>,
     #[serde(flatten)]
     /// Fields we do not use, kept so a file round-trips.
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -39,6 +42,7 @@ impl Line {
             vid: label.vid.clone(),
             duration: label.duration,
             relevant_windows: vec![[label.start, label.end]],
+            token_margins: label.token_margins.clone(),
             extra,
         }
     }
@@ -66,15 +70,59 @@ pub fn write(lines: &[Line]) -> Result<String, serde_json::Error> {
     Ok(text)
 }
 
-/// One moment per line.
+/// One moment per line; a pseudo-label's confidence is its smallest word margin.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
-    Ok(read(path, text)?
+    read(path, text)?
         .into_iter()
-        .map(|line| Moment {
-            vid: line.vid,
-            query: line.query,
-            duration: Some(line.duration),
-            windows: line.relevant_windows,
+        .map(|line| {
+            if line.token_margins.iter().any(|m| !m.is_finite()) {
+                return Err(DatasetError::new(
+                    path,
+                    None,
+                    format!(
+                        "query {:?} of video {}: token_margins must be finite numbers",
+                        line.query, line.vid
+                    ),
+                ));
+            }
+            let confidence = line
+                .token_margins
+                .iter()
+                .copied()
+                .reduce(f32::min)
+                .map(f64::from);
+            Ok(Moment {
+                vid: line.vid,
+                query: line.query,
+                duration: Some(line.duration),
+                windows: line.relevant_windows,
+                confidence,
+            })
         })
-        .collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pseudo_labels_confidence_is_its_least_sure_word() {
+        let path = Path::new("moment_detr.jsonl");
+        let text = concat!(
+            r#"{"query":"open door","vid":"a","duration":10,"relevant_windows":[[1,2]],"token_margins":[3.5,2.25]}"#,
+            "\n",
+            r#"{"query":"a person opens a door.","vid":"a","duration":10,"relevant_windows":[[1,2]]}"#,
+        );
+        let moments = parse(path, text).unwrap();
+        assert_eq!(moments[0].confidence, Some(2.25));
+        assert_eq!(moments[1].confidence, None);
+        // f32 overflows to infinity; that is no confidence to weigh a pair by.
+        let text = r#"{"query":"open door","vid":"a","duration":10,"relevant_windows":[[1,2]],"token_margins":[1e39]}"#;
+        let error = parse(path, text).unwrap_err().to_string();
+        assert!(
+            error.contains("moment_detr.jsonl") && error.contains("token_margins"),
+            "{error}"
+        );
+    }
 }

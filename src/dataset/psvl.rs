@@ -62,6 +62,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
                 .sentence
                 .unwrap_or_else(|| e.tokens.unwrap_or_default().join(" ")),
             windows: vec![[e.timestamp[0] * e.duration, e.timestamp[1] * e.duration]],
+            confidence: None,
             duration: Some(e.duration),
             vid: e.vid,
         })

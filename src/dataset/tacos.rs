@@ -39,6 +39,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Moment>, DatasetError> {
                 query: sentence.trim().to_string(),
                 duration: Some(entry.num_frames / entry.fps),
                 windows: vec![[start / entry.fps, end / entry.fps]],
+                confidence: None,
             });
         }
     }
@@ -61,6 +62,7 @@ mod tests {
                 query: "The person takes out a knife.".into(),
                 duration: Some(100.0),
                 windows: vec![[10.0, 30.0]],
+                confidence: None,
             }]
         );
         let bad = r#"{"v": {"num_frames": 10, "fps": 0, "timestamps": [], "sentences": []}}"#;

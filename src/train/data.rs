@@ -27,6 +27,8 @@ pub struct Pair {
     pub start: f64,
     /// End, as a fraction of the video.
     pub end: f64,
+    /// How much its loss counts (`train.confidence_weighting`); 1 for an even weighting.
+    pub weight: f32,
 }
 
 /// Every video's model input, prepared once: `steps × projection` floats.
@@ -175,6 +177,8 @@ pub struct Batch {
     pub targets: Tensor,
     /// 1 on the steps inside the target span, `(B, N)`: what the attention guide loss rewards.
     pub inside: Tensor,
+    /// Each pair's loss weight, `(B,)`.
+    pub weights: Tensor,
 }
 
 impl Batch {
@@ -225,6 +229,7 @@ impl Batch {
             mask: Tensor::from_vec(mask, (b, length), &device)?,
             targets: Tensor::from_vec(targets, (b, 2), &device)?,
             inside: Tensor::from_vec(inside, (b, n), &device)?,
+            weights: Tensor::from_vec(pairs.iter().map(|p| p.weight).collect(), b, &device)?,
         })
     }
 }
@@ -251,11 +256,13 @@ pub(crate) fn epoch_order<'p>(pairs: &[&'p Pair], seed: u64) -> Vec<&'p Pair> {
 }
 
 /// Moments as pairs with times as fractions of each video's duration (from the annotation, or
-/// the features when the format has none), clamped into the video.
-pub fn normalised_pairs(moments: &[Moment], videos: &VideoBank) -> Vec<Pair> {
+/// the features when the format has none), clamped into the video, each weighted by its
+/// confidence ([`confidence_weights`]).
+pub fn normalised_pairs(moments: &[Moment], videos: &VideoBank, weighting: f64) -> Vec<Pair> {
     moments
         .iter()
-        .filter_map(|m| {
+        .zip(confidence_weights(moments, weighting))
+        .filter_map(|(m, weight)| {
             let duration = m
                 .duration
                 .or_else(|| videos.durations.get(&m.vid).copied())?;
@@ -267,9 +274,42 @@ pub fn normalised_pairs(moments: &[Moment], videos: &VideoBank) -> Vec<Pair> {
                 query: m.query.trim().to_string(),
                 start: s,
                 end: e,
+                weight,
             })
         })
         .collect()
+}
+
+/// Each moment's loss weight, `1 − weighting + weighting · 2 · rank` with `rank` its place
+/// among the moments that have a confidence, from 0 (least sure) to 1 (surest), ties sharing
+/// their mean place: ranks rather than the margins themselves, since margins differ in scale
+/// from world to world while their order tracks which pairs are right (README, grounding).
+/// Moments without a confidence weigh 1, and so do all when `weighting` is 0.
+pub(crate) fn confidence_weights(moments: &[Moment], weighting: f64) -> Vec<f32> {
+    let mut weights = vec![1.0; moments.len()];
+    let mut ranked: Vec<(usize, f64)> = moments
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.confidence.map(|c| (i, c)))
+        .collect();
+    if weighting == 0.0 || ranked.len() < 2 {
+        return weights;
+    }
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let last = (ranked.len() - 1) as f64;
+    let mut first = 0;
+    while first < ranked.len() {
+        let tied = ranked[first..]
+            .iter()
+            .take_while(|(_, c)| *c == ranked[first].1)
+            .count();
+        let rank = (first as f64 + (tied - 1) as f64 / 2.0) / last;
+        for (i, _) in &ranked[first..first + tied] {
+            weights[*i] = (1.0 - weighting + weighting * 2.0 * rank) as f32;
+        }
+        first += tied;
+    }
+    weights
 }
 
 /// The first `limit` moments of each video, in the order the dataset lists them (0 = all): our
@@ -319,4 +359,35 @@ pub(crate) fn pairs_hash(pairs: &[Pair]) -> String {
         hasher.update(&p.end.to_le_bytes());
     }
     format!("{:032x}", hasher.digest128())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moment(confidence: Option<f64>) -> Moment {
+        Moment {
+            vid: "v".into(),
+            query: "open door".into(),
+            duration: Some(10.0),
+            windows: vec![[1.0, 2.0]],
+            confidence,
+        }
+    }
+
+    #[test]
+    fn confidence_weights_rank_the_pairs_and_average_one() {
+        let moments: Vec<Moment> = [Some(3.0), Some(1.0), None, Some(2.0), Some(2.0), Some(9.0)]
+            .into_iter()
+            .map(moment)
+            .collect();
+        assert_eq!(confidence_weights(&moments, 0.0), vec![1.0; 6]);
+        // Ranks 0, 0.375 (the tie), 0.75, 1 of the five with a confidence.
+        let full = confidence_weights(&moments, 1.0);
+        assert_eq!(full, vec![1.5, 0.0, 1.0, 0.75, 0.75, 2.0]);
+        let half = confidence_weights(&moments, 0.5);
+        assert_eq!(half, vec![1.25, 0.5, 1.0, 0.875, 0.875, 1.5]);
+        let ranked: f32 = full.iter().sum::<f32>() - full[2];
+        assert!((ranked / 5.0 - 1.0).abs() < 1e-6);
+    }
 }

@@ -76,7 +76,7 @@ pub fn train(
     }
     let vids: HashSet<String> = moments.iter().map(|m| m.vid.clone()).collect();
     let videos = VideoBank::load(features, &vids, config)?;
-    let pairs = normalised_pairs(&moments, &videos);
+    let pairs = normalised_pairs(&moments, &videos, train_config.confidence_weighting);
     let encoder = TextEncoder::load(&config.caption)?;
     let lexicon = lexicon(config);
     let queries = QueryBank::encode(
@@ -157,6 +157,7 @@ pub fn train(
                 &batch.targets,
                 network.model.map_targets(&batch.targets)?.as_ref(),
                 &batch.inside,
+                Some(&batch.weights),
                 train_config.attention_loss,
             )?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
@@ -261,13 +262,16 @@ fn validate(
             // The span's error only: many held-out pseudo-labels are wrong, and the attention
             // term punishes confident attention on them, so with it the loss favours a model
             // that hedges (on one world it was lowest after the first epoch, while the test
-            // figures rose for several more).
+            // figures rose for several more). Every pair counts alike, whatever
+            // `confidence_weighting`: weighted, the loss chose earlier, worse epochs (README,
+            // grounding).
             let map_targets = network.model.map_targets(&batch.targets)?;
             let loss = model::loss(
                 prediction,
                 &batch.targets,
                 map_targets.as_ref(),
                 &batch.inside,
+                None,
                 0.0,
             )?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
@@ -345,6 +349,7 @@ mod tests {
                     query: format!("kind {kind}"),
                     start: start as f64 / 16.0,
                     end: (start + 4) as f64 / 16.0,
+                    weight: 1.0,
                 });
             }
             videos.steps.insert(vid, Arc::new(steps));
@@ -376,6 +381,7 @@ mod tests {
                 &batch.targets,
                 map_targets.as_ref(),
                 &batch.inside,
+                Some(&batch.weights),
                 1.0,
             )
             .unwrap();
@@ -422,6 +428,7 @@ mod tests {
                 query: format!("q{i}"),
                 start: 0.1,
                 end: 0.5,
+                weight: 1.0,
             })
             .collect();
         let (training, validation) = split(&pairs, 0.2);

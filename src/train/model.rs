@@ -560,15 +560,16 @@ impl GroundingModel {
 }
 
 /// The span's loss plus `attention_weight` × the temporal attention guide loss
-/// `-Σ mask·log(w) / Σ mask`, both averaged over the batch. The span's loss is smooth-L1 on
-/// start and end, or with a temporal map, binary cross-entropy of every cell's logit against
-/// its scaled IoU (`map_targets`, (B, M)). `targets` (B, 2), `inside` (B, N) is 1 on the steps
-/// of the target span.
+/// `-Σ mask·log(w) / Σ mask`, each pair's weighted by `weights` (B,) when given and averaged
+/// over the batch. The span's loss is smooth-L1 on start and end, or with a temporal map, binary
+/// cross-entropy of every cell's logit against its scaled IoU (`map_targets`, (B, M)), averaged
+/// over the cells. `targets` (B, 2), `inside` (B, N) is 1 on the steps of the target span.
 pub fn loss(
     prediction: &Prediction,
     targets: &Tensor,
     map_targets: Option<&Tensor>,
     inside: &Tensor,
+    weights: Option<&Tensor>,
     attention_weight: f64,
 ) -> Result<Tensor> {
     let span_loss = match (&prediction.cells, map_targets) {
@@ -581,23 +582,25 @@ pub fn loss(
                 .affine(0.5, 0.0)?
                 .add(&(diff.clone() - diff.minimum(1.0)?)?)?
                 .sum(1)?
-                .mean(0)?
         }
     };
     let log_w = (prediction.attention.clone() + 1e-8)?.log()?;
     let guide = (log_w * inside)?
         .sum(1)?
         .neg()?
-        .div(&inside.sum(1)?.maximum(1.0)?)?
-        .mean(0)?;
-    span_loss + (guide * attention_weight)?
+        .div(&inside.sum(1)?.maximum(1.0)?)?;
+    let each = (span_loss + (guide * attention_weight)?)?;
+    match weights {
+        Some(weights) => (each * weights)?.mean(0),
+        None => each.mean(0),
+    }
 }
 
-/// Mean binary cross-entropy of `logits` against soft targets in [0, 1], in the form that
-/// cannot overflow: max(x, 0) − x·y + log(1 + e^−|x|).
+/// Each row's mean binary cross-entropy of `logits` against soft targets in [0, 1], in the
+/// form that cannot overflow: max(x, 0) − x·y + log(1 + e^−|x|).
 fn binary_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let soft = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    ((logits.relu()? - (logits * targets)?)? + soft)?.mean_all()
+    ((logits.relu()? - (logits * targets)?)? + soft)?.mean(1)
 }
 
 /// Initialises every parameter from our seeded generator, in name order, so a seed fixes the

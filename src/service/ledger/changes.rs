@@ -352,8 +352,8 @@ pub(super) fn record(
             )?;
             let mut insert_label = tx.prepare_cached(
                 "INSERT INTO labels(shard, input_id, vid, duration, start, end, score, query,
-                                    tokens, embedding)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                    tokens, embedding, margins)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for video in videos {
                 insert_video.execute(params![video.vid, id])?;
@@ -370,6 +370,8 @@ pub(super) fn record(
                         serde_json::to_string(&span.caption.tokens).unwrap_or_else(|_| "[]".into()),
                         (!span.caption.query_embedding.is_empty())
                             .then(|| bytes(&span.caption.query_embedding)),
+                        serde_json::to_string(&span.caption.token_margins)
+                            .unwrap_or_else(|_| "[]".into()),
                     ])?;
                 }
             }

@@ -325,7 +325,7 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT qid, vid, duration, start, end, query, tokens, embedding FROM labels
+                "SELECT qid, vid, duration, start, end, query, tokens, embedding, margins FROM labels
                  WHERE ?1 IS NULL OR shard = ?1 ORDER BY qid",
             )
             .map_err(&fail)?;
@@ -333,6 +333,7 @@ impl Ledger {
             .query_map([shard], |r| {
                 let tokens: String = r.get(6)?;
                 let embedding: Option<Vec<u8>> = r.get(7)?;
+                let margins: String = r.get(8)?;
                 Ok(LabelRow {
                     qid: r.get::<_, i64>(0)? as u64,
                     vid: r.get(1)?,
@@ -342,6 +343,7 @@ impl Ledger {
                     query: r.get(5)?,
                     tokens: serde_json::from_str(&tokens).unwrap_or_default(),
                     query_embedding: embedding.as_deref().map(floats).unwrap_or_default(),
+                    token_margins: serde_json::from_str(&margins).unwrap_or_default(),
                 })
             })
             .map_err(&fail)?;
@@ -440,6 +442,7 @@ pub(crate) mod fixtures {
                                 query: format!("open door {i}"),
                                 tokens: vec!["open".into(), "door".into()],
                                 token_scores: vec![0.5, 0.4],
+                                token_margins: vec![2.5, 2.0],
                                 query_embedding: if i == 1 { vec![0.6, 0.8] } else { Vec::new() },
                                 ..Caption::default()
                             },
@@ -539,7 +542,11 @@ mod tests {
             .unwrap();
         ledger
             .conn
-            .execute_batch("ALTER TABLE labels DROP COLUMN embedding; PRAGMA user_version = 1;")
+            .execute_batch(
+                "ALTER TABLE labels DROP COLUMN margins;
+                 ALTER TABLE labels DROP COLUMN embedding;
+                 PRAGMA user_version = 1;",
+            )
             .unwrap();
         drop(ledger);
         let mut ledger = Ledger::open(dir.path()).unwrap();
@@ -553,14 +560,17 @@ mod tests {
             ("a", "open door 0")
         );
         assert_eq!(labels[2].query_embedding, [0.6, 0.8]);
+        // Rows from before the margins were kept have none; new rows carry theirs.
+        assert!(labels[0].token_margins.is_empty());
+        assert_eq!(labels[2].token_margins, [2.5, 2.0]);
         ledger
             .conn
-            .execute_batch("PRAGMA user_version = 3;")
+            .execute_batch("PRAGMA user_version = 4;")
             .unwrap();
         drop(ledger);
         assert!(matches!(
             Ledger::open(dir.path()),
-            Err(LedgerError::Version { found: 3, .. })
+            Err(LedgerError::Version { found: 4, .. })
         ));
     }
 

@@ -5,7 +5,16 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The schema this version reads and writes (SQLite's `user_version`).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
+
+/// What each version after the first added to the one before: `UPGRADES[v - 1]` takes a
+/// version-`v` ledger to `v + 1`.
+const UPGRADES: [&str; 2] = [
+    // Language-free query embeddings.
+    "ALTER TABLE labels ADD COLUMN embedding BLOB;",
+    // The query words' margins, a pair's confidence.
+    "ALTER TABLE labels ADD COLUMN margins TEXT NOT NULL DEFAULT '[]';",
+];
 
 /// Creates the tables of a new ledger, upgrades an older one, refuses a newer one.
 pub(super) fn prepare(conn: &Connection, path: &Path) -> Result<(), LedgerError> {
@@ -44,7 +53,7 @@ pub(super) fn prepare(conn: &Connection, path: &Path) -> Result<(), LedgerError>
                     duration REAL NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
                     score REAL NOT NULL,
                     query TEXT NOT NULL DEFAULT '', tokens TEXT NOT NULL DEFAULT '[]',
-                    embedding BLOB);
+                    embedding BLOB, margins TEXT NOT NULL DEFAULT '[]');
                  CREATE INDEX labels_by_shard ON labels(shard);
                  CREATE INDEX labels_by_input ON labels(input_id);
                  CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,13 +61,13 @@ pub(super) fn prepare(conn: &Connection, path: &Path) -> Result<(), LedgerError>
                  COMMIT;"
             ))
             .map_err(fail)?,
-        // Version 2 added language-free query embeddings to the labels.
-        1 => conn
+        older @ 1..SCHEMA_VERSION => conn
             .execute_batch(&format!(
                 "BEGIN;
-                 ALTER TABLE labels ADD COLUMN embedding BLOB;
+                 {}
                  PRAGMA user_version = {SCHEMA_VERSION};
-                 COMMIT;"
+                 COMMIT;",
+                UPGRADES[older as usize - 1..].concat()
             ))
             .map_err(fail)?,
         SCHEMA_VERSION => {}
