@@ -263,8 +263,8 @@ fn validate(
             // term punishes confident attention on them, so with it the loss favours a model
             // that hedges (on one world it was lowest after the first epoch, while the test
             // figures rose for several more). Every pair counts alike, whatever
-            // `confidence_weighting`: weighted, the loss chose earlier, worse epochs (README,
-            // grounding).
+            // `confidence_weighting`: weighted too, it chose worse epochs in two of the three
+            // development worlds where its choice differed (README, grounding).
             let map_targets = network.model.map_targets(&batch.targets)?;
             let loss = model::loss(
                 prediction,
