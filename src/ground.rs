@@ -339,9 +339,8 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
 /// attention they hold beyond their share of an even spread (mass minus the fraction of steps
 /// they cover; with a temporal map, the probability of the cell overlapping them most),
 /// greedily skipping any that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to
-/// [0, 1]. A span gains by
-/// taking in a step only where the attention there is above average, so attention that leaks
-/// thinly over the whole video does not pull the answer long. The regressed span is not put
+/// [0, 1]. A span gains by taking in a step only where the attention there is above average,
+/// so attention that leaks thinly over the whole video does not pull the answer long. The regressed span is not put
 /// first: where the attention is sharp it wins on its own, and where the regression is off a
 /// proposal that holds the attention answers better. With `similarity` (the text tower's score
 /// of each candidate, then of the regressed span, and its weight), the tower's scores are
@@ -418,8 +417,9 @@ impl ModelScore<'_> {
 /// standardised similarity is added. It is not standardised itself: a model that has learnt
 /// little spreads its attention nearly evenly, and standardising blew that noise up to the
 /// tower's scale, where it outvoted the tower (the noisy development world: 58.5 at R@1 IoU .5
-/// standardised, 67.6 scaled, the tower alone 63.2). A candidate holding a quarter of the attention beyond its share then counts as one
-/// standard deviation of the tower's scores; 2 to 5 were measured (README, grounding).
+/// standardised, 67.6 scaled, the tower alone 63.2). A candidate holding a quarter of the
+/// attention beyond its share then counts as one standard deviation of the tower's scores; 2
+/// to 5 were measured (README, grounding).
 const ATTENTION_SCALE: f64 = 4.0;
 
 /// `values` less their mean, over their standard deviation (0 when they are all alike).

@@ -604,8 +604,8 @@ fn binary_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Initialises every parameter from our seeded generator, in name order, so a seed fixes the
-/// model: weights (linear and convolution) uniform in ±1/√fan_in (PyTorch's default), biases 0, layer-norm
-/// scales 1, positions N(0, 0.02).
+/// model: weights (linear and convolution) uniform in ±1/√fan_in (PyTorch's default), biases
+/// 0, layer-norm scales 1, positions N(0, 0.02).
 pub fn initialise(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
     let vars = varmap
         .data()
