@@ -8,10 +8,12 @@
 # SETTING: real-like, weak-scene, noisy or very-noisy (the world's three `structure` keys). The --set pairs
 # go to propose, train and eval, never to synth, so one pair of worlds in OUT serves every
 # variant of the pipeline: worlds already in OUT are reused, everything else is redone.
-# MM names the binary (default target/release/momentminer); EPOCHS the epochs (12).
+# MM names the binary (default target/release/momentminer); EPOCHS the epochs (12); VIDEOS the
+# pseudo-labelled videos (600; another count gets its own world, train-VIDEOS, whose first 600
+# videos are the default's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,11p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,13p "$0" >&2; exit 2; }
 out=$1 setting=$2
 shift 2
 mm=${MM:-target/release/momentminer}
@@ -24,16 +26,19 @@ case $setting in
   *) echo "unknown setting $setting: real-like, weak-scene, noisy or very-noisy" >&2; exit 2 ;;
 esac
 worlds=$out/$setting
-[ -d "$worlds/train" ] || "$mm" "${world[@]}" synth --structure "$annotations" --out "$worlds/train" --videos 600 --first-index 1000
+videos=${VIDEOS:-600}
+train=$worlds/train
+[ "$videos" = 600 ] || train=$worlds/train-$videos
+[ -d "$train" ] || "$mm" "${world[@]}" synth --structure "$annotations" --out "$train" --videos "$videos" --first-index 1000
 [ -d "$worlds/eval" ] || "$mm" "${world[@]}" synth --structure "$annotations" --out "$worlds/eval" --videos 800
 run=$out/$setting-run
 rm -rf "$run"
-"$mm" --config "$worlds/train/caption.toml" "$@" propose "$worlds/train/features" --out "$run/pseudo" >/dev/null
+"$mm" --config "$train/caption.toml" "$@" propose "$train/features" --out "$run/pseudo" >/dev/null
 "$mm" --config "$worlds/eval/caption.toml" "$@" propose "$worlds/eval/features" --out "$run/held-out" >/dev/null
 echo "== $setting: proposals and pseudo-queries on the held-out videos"
 "$mm" --config "$worlds/eval/caption.toml" "$@" eval-proposals --gt "$worlds/eval/gt.jsonl" --proposals "$run/held-out"
-"$mm" --config "$worlds/train/caption.toml" "$@" --set "train.epochs=${EPOCHS:-12}" \
-  train --dataset "$run/pseudo/dataset" --features "$worlds/train/features" --out "$run/model" >/dev/null
+"$mm" --config "$train/caption.toml" "$@" --set "train.epochs=${EPOCHS:-12}" \
+  train --dataset "$run/pseudo/dataset" --features "$train/features" --out "$run/model" >/dev/null
 echo "== $setting: grounding on the held-out videos"
 "$mm" --config "$worlds/eval/caption.toml" "$@" eval --model "$run/model" \
   --annotations "$worlds/eval/gt.jsonl" --features "$worlds/eval/features" --baselines

@@ -348,6 +348,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub nearest_word_similarity: f32,
     #[serde(default)]
+    pub similarity_input: bool,
+    #[serde(default)]
     pub head: Head,
     #[serde(default = "default_map_clips")]
     pub map_clips: usize,

@@ -19,7 +19,7 @@ use crate::train::{
     model::Reading,
     projection_matrix,
     query::{read_queries, Lexicon, QueryBank, WordCoverage},
-    video_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
+    video_steps, visual_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
 };
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -59,9 +59,11 @@ pub struct Grounder {
     lexicon: Lexicon,
     matrix: Vec<f32>,
     config: Config,
-    /// The training-free similarity and its weight next to the model's attention
-    /// (`train.similarity_weight`), when both are there.
-    similarity: Option<(SimilarityGrounder, f64)>,
+    /// The text tower, when answers weigh its similarity (`train.similarity_weight`) or the
+    /// model reads it (`train.similarity_input`) and one loads.
+    tower: Option<SimilarityGrounder>,
+    /// The tower's weight next to the model's attention when ranking answers.
+    similarity_weight: f64,
 }
 
 impl Grounder {
@@ -91,9 +93,18 @@ impl Grounder {
                 message,
             })?;
         config.train = card.config.clone();
-        let similarity = match similarity_weight > 0.0 {
+        let reads_tower = card.config.similarity_input;
+        let tower = match similarity_weight > 0.0 || reads_tower {
             true => match SimilarityGrounder::load(&config) {
-                Ok(similarity) => Some((similarity, similarity_weight)),
+                Ok(tower) => Some(tower),
+                Err(e) if reads_tower => {
+                    return Err(TrainError::Model {
+                        path: dir.to_path_buf(),
+                        message: format!(
+                            "the model reads the text tower's similarity (train.similarity_input) and the tower does not load: {e}"
+                        ),
+                    })
+                }
                 Err(e) => {
                     tracing::info!(
                         "answers ranked by the model alone (train.similarity_weight needs a text tower): {e}"
@@ -104,7 +115,8 @@ impl Grounder {
             false => None,
         };
         Ok(Grounder {
-            similarity,
+            tower,
+            similarity_weight,
             lexicon: Lexicon::new(card.lexicon.iter().cloned(), nearest_word_similarity),
             matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
             network,
@@ -129,7 +141,7 @@ impl Grounder {
 
     /// Whether answers are ranked with the text tower's similarity too.
     pub fn weighs_similarity(&self) -> bool {
-        self.similarity.is_some()
+        self.tower.is_some() && self.similarity_weight > 0.0
     }
 
     /// The configuration it answers with: the caller's, with the model's training settings
@@ -160,11 +172,20 @@ impl Grounder {
             });
         }
         let train = &self.config.train;
+        let reads_tower = self.tower.as_ref().filter(|_| train.similarity_input);
+        let mut visual = HashMap::new();
+        if reads_tower.is_some() {
+            visual.insert(
+                video.id.clone(),
+                Arc::new(visual_steps(video, &self.config)?),
+            );
+        }
         let bank = VideoBank {
             steps: HashMap::from([(
                 video.id.clone(),
                 Arc::new(video_steps(features, &self.config, &self.matrix)),
             )]),
+            visual,
             durations: HashMap::from([(video.id.clone(), video.duration)]),
             feature_dim: features.dim,
         };
@@ -175,6 +196,10 @@ impl Grounder {
             &self.lexicon,
             train.max_query_words,
         )?;
+        let texts = match reads_tower {
+            Some(grounder) => texts.with_tower(&grounder.tower)?,
+            None => texts,
+        };
         let pairs: Vec<Pair> = queries
             .iter()
             .map(|q| Pair {
@@ -189,14 +214,17 @@ impl Grounder {
         let predictions = self.network.predict(&refs, &bank, &texts, train)?;
         // The tower's scores of every query on the candidates and on every regressed span, in
         // one pass: each span's mean and each query's embedding computed once.
-        let similarity = match &self.similarity {
-            Some((grounder, weight)) => {
+        let similarity = match self.tower.as_ref().filter(|_| self.weighs_similarity()) {
+            Some(grounder) => {
                 let spans: Vec<[f64; 2]> = candidates
                     .iter()
                     .copied()
                     .chain(predictions.iter().map(|r| [r.span.0, r.span.1]))
                     .collect();
-                Some((grounder.scores(video, queries, &spans)?, *weight))
+                Some((
+                    grounder.scores(video, queries, &spans)?,
+                    self.similarity_weight,
+                ))
             }
             None => None,
         };

@@ -207,8 +207,22 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         "{report}"
     );
 
+    // The tower's per-step similarity as a model input, through the same commands.
+    let reads_tower = dir.path().join("reads-tower");
+    must(&train_args(
+        &caption,
+        &dataset,
+        &features,
+        &reads_tower,
+        &["train.epochs=1", "train.similarity_input=true"],
+    ));
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(reads_tower.join("model.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["config"]["similarity_input"], true, "{card}");
+
     let video = test.join("features/synth_01000.npz");
-    for trained in [&model, &map] {
+    for trained in [&model, &map, &reads_tower] {
         let report = must(&[
             "ground",
             "--config",

@@ -5,11 +5,13 @@
 use super::error::TrainError;
 use super::query::{QueryBank, WordSampler, QUERY_DIM};
 use crate::batch::collect_videos;
+use crate::caption::{visual_stream, CaptionError};
 use crate::config::{Config, TrainConfig};
 use crate::dataset::Moment;
 use crate::ingest::{read_video, Durations, Features, Video, VideoRef};
 use crate::rng::{hash_str, Rng};
 use crate::sample::sample;
+use crate::similarity::dot;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -35,6 +37,9 @@ pub struct Pair {
 pub struct VideoBank {
     /// Each video's `steps × projection` inputs.
     pub steps: HashMap<String, Arc<Vec<f32>>>,
+    /// Each video's `steps × width` tower stream ([`visual_steps`]) with
+    /// `train.similarity_input`; empty otherwise.
+    pub visual: HashMap<String, Arc<Vec<f32>>>,
     /// Each video's duration in seconds.
     pub durations: HashMap<String, f64>,
     /// Width of the raw features (all videos alike).
@@ -52,23 +57,51 @@ pub fn projection_matrix(seed: u64, dim: usize, projection: usize) -> Vec<f32> {
         .collect()
 }
 
-/// One video's model input: resampled to exactly `config.steps` steps (short videos repeat
-/// steps), each L2-normalised, then projected.
-pub fn video_steps(features: &Features, config: &Config, matrix: &[f32]) -> Vec<f32> {
-    let train = &config.train;
+/// `features` resampled to exactly `train.steps` rows (short videos repeat rows), each handed
+/// to `each` in order: the model's steps, whichever stream they are read from.
+fn each_step(features: &Features, config: &Config, mut each: impl FnMut(&[f32])) {
+    let steps = config.train.steps;
     let mut sample_config = config.sample.clone();
-    sample_config.steps = train.steps;
+    sample_config.steps = steps;
     let sampled = sample(features, &sample_config);
-    let dim = sampled.dim;
-    let mut out = Vec::with_capacity(train.steps * train.projection);
-    for i in 0..train.steps {
-        let row = sampled.row((i * sampled.frames / train.steps).min(sampled.frames - 1));
-        let norm = crate::similarity::dot(row, row).sqrt().max(1e-12);
-        for p in 0..train.projection {
-            out.push(crate::similarity::dot(&matrix[p * dim..(p + 1) * dim], row) / norm);
-        }
+    for i in 0..steps {
+        each(sampled.row((i * sampled.frames / steps).min(sampled.frames - 1)));
     }
+}
+
+/// One video's model input: resampled to exactly `config.steps` steps, each L2-normalised,
+/// then projected.
+pub fn video_steps(features: &Features, config: &Config, matrix: &[f32]) -> Vec<f32> {
+    let projection = config.train.projection;
+    let mut out = Vec::with_capacity(config.train.steps * projection);
+    each_step(features, config, |row| {
+        let (dim, norm) = (row.len(), dot(row, row).sqrt().max(1e-12));
+        for p in 0..projection {
+            out.push(dot(&matrix[p * dim..(p + 1) * dim], row) / norm);
+        }
+    });
     out
+}
+
+/// One video's text-tower stream (`caption.visual_stream`) at the model's steps, each
+/// L2-normalised: what `train.similarity_input` compares a query's tower embedding with.
+pub fn visual_steps(video: &Video, config: &Config) -> Result<Vec<f32>, CaptionError> {
+    let stream = visual_stream(video, &config.caption.visual_stream)?;
+    let mut out = Vec::with_capacity(config.train.steps * stream.dim);
+    each_step(stream, config, |row| {
+        let norm = dot(row, row).sqrt().max(1e-12);
+        out.extend(row.iter().map(|v| v / norm));
+    });
+    Ok(out)
+}
+
+/// One video as [`VideoBank::load`] reads it, before the bank takes it in.
+struct LoadedVideo {
+    vid: String,
+    duration: f64,
+    dim: usize,
+    steps: Vec<f32>,
+    visual: Option<Vec<f32>>,
 }
 
 impl VideoBank {
@@ -107,18 +140,23 @@ impl VideoBank {
         }
         let durations = Durations::load(&config.ingest.durations_file)?;
         let matrices: std::sync::Mutex<HashMap<usize, Arc<Vec<f32>>>> = Default::default();
-        let loaded: Vec<(String, f64, usize, Vec<f32>)> = vids
+        let loaded: Vec<LoadedVideo> = vids
             .par_iter()
             .map(|vid| {
                 let video_ref = by_id[vid];
-                let video: Video =
-                    read_video(video_ref, &config.ingest, &durations).map_err(|e| {
-                        TrainError::Features {
-                            vid: vid.clone(),
-                            path: video_ref.path.clone(),
-                            message: e.problem.to_string(),
-                        }
-                    })?;
+                let unreadable = |message: String| TrainError::Features {
+                    vid: vid.clone(),
+                    path: video_ref.path.clone(),
+                    message,
+                };
+                let video: Video = read_video(video_ref, &config.ingest, &durations)
+                    .map_err(|e| unreadable(e.problem.to_string()))?;
+                let visual = match config.train.similarity_input {
+                    true => {
+                        Some(visual_steps(&video, config).map_err(|e| unreadable(e.to_string()))?)
+                    }
+                    false => None,
+                };
                 let features = video.features();
                 let matrix = {
                     let mut cache = matrices.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,15 +171,16 @@ impl VideoBank {
                         })
                         .clone()
                 };
-                Ok((
-                    vid.clone(),
-                    video.duration,
-                    features.dim,
-                    video_steps(features, config, &matrix),
-                ))
+                Ok(LoadedVideo {
+                    vid: vid.clone(),
+                    duration: video.duration,
+                    dim: features.dim,
+                    steps: video_steps(features, config, &matrix),
+                    visual,
+                })
             })
             .collect::<Result<_, TrainError>>()?;
-        let dims: HashSet<usize> = loaded.iter().map(|l| l.2).collect();
+        let dims: HashSet<usize> = loaded.iter().map(|l| l.dim).collect();
         if dims.len() > 1 {
             return Err(TrainError::Data(format!(
                 "the videos' features have different widths {dims:?}; one model reads one kind of feature"
@@ -150,12 +189,16 @@ impl VideoBank {
         let feature_dim = dims.into_iter().next().unwrap_or(0);
         let mut bank = VideoBank {
             steps: HashMap::new(),
+            visual: HashMap::new(),
             durations: HashMap::new(),
             feature_dim,
         };
-        for (vid, duration, _, steps) in loaded {
-            bank.durations.insert(vid.clone(), duration);
-            bank.steps.insert(vid, Arc::new(steps));
+        for video in loaded {
+            if let Some(visual) = video.visual {
+                bank.visual.insert(video.vid.clone(), Arc::new(visual));
+            }
+            bank.durations.insert(video.vid.clone(), video.duration);
+            bank.steps.insert(video.vid, Arc::new(video.steps));
         }
         Ok(bank)
     }
@@ -179,6 +222,9 @@ pub struct Batch {
     pub inside: Tensor,
     /// Each pair's loss weight, `(B,)`.
     pub weights: Tensor,
+    /// With `train.similarity_input`, each pair's tower cosine between its query and every
+    /// step, standardised over the steps, `(B, N)`.
+    pub similarity: Option<Tensor>,
 }
 
 impl Batch {
@@ -221,6 +267,10 @@ impl Batch {
             let last = ((pair.end * n as f64).ceil() as usize).clamp(first + 1, n);
             inside[i * n + first..i * n + last].fill(1.0);
         }
+        let similarity = match config.similarity_input {
+            true => Some(step_similarity(pairs, videos, queries, n)?),
+            false => None,
+        };
         let device = Device::Cpu;
         Ok(Batch {
             steps: Tensor::from_vec(steps, (index.len(), n, p), &device)?,
@@ -230,8 +280,53 @@ impl Batch {
             targets: Tensor::from_vec(targets, (b, 2), &device)?,
             inside: Tensor::from_vec(inside, (b, n), &device)?,
             weights: Tensor::from_vec(pairs.iter().map(|p| p.weight).collect(), b, &device)?,
+            similarity: similarity
+                .map(|rows| Tensor::from_vec(rows, (b, n), &device))
+                .transpose()?,
         })
     }
+}
+
+/// Each pair's tower cosine between its query and each of the `n` steps of its video,
+/// standardised over the steps: a video's steps all share its scene, so the raw cosines differ
+/// by little and by a different offset in every video.
+fn step_similarity(
+    pairs: &[&Pair],
+    videos: &VideoBank,
+    queries: &QueryBank,
+    n: usize,
+) -> Result<Vec<f32>, TrainError> {
+    let mut rows = Vec::with_capacity(pairs.len() * n);
+    for pair in pairs {
+        let text = queries.tower_vector(&pair.query).ok_or_else(|| {
+            TrainError::Data(format!(
+                "the query {:?} has no text-tower embedding (train.similarity_input needs a tower)",
+                pair.query
+            ))
+        })?;
+        let visual = videos.visual.get(&pair.vid).ok_or_else(|| {
+            TrainError::Data(format!(
+                "video {} has no tower stream (train.similarity_input)",
+                pair.vid
+            ))
+        })?;
+        if visual.len() != n * text.len() {
+            return Err(TrainError::Caption(CaptionError::Dimensions {
+                visual: visual.len() / n.max(1),
+                text: text.len(),
+            }));
+        }
+        let cosines: Vec<f32> = visual
+            .chunks(text.len())
+            .map(|step| dot(step, text))
+            .collect();
+        let mean = cosines.iter().sum::<f32>() / n as f32;
+        let spread = (cosines.iter().map(|c| (c - mean).powi(2)).sum::<f32>() / n as f32)
+            .sqrt()
+            .max(1e-6);
+        rows.extend(cosines.iter().map(|c| (c - mean) / spread));
+    }
+    Ok(rows)
 }
 
 /// The pairs of an epoch: videos in a shuffled order, each video's pairs together (shuffled
@@ -385,5 +480,50 @@ mod tests {
         assert_eq!(half, vec![1.25, 0.5, 1.0, 0.875, 0.875, 1.5]);
         let ranked: f32 = full.iter().sum::<f32>() - full[2];
         assert!((ranked / 5.0 - 1.0).abs() < 1e-6);
+    }
+
+    /// Four steps of a 2-d tower stream, the query's direction on the last two.
+    fn similarity_batch(tower: bool) -> Result<Batch, TrainError> {
+        let mut config = Config::default().train;
+        config.steps = 4;
+        config.projection = 2;
+        config.similarity_input = true;
+        let videos = VideoBank {
+            steps: HashMap::from([("v".into(), Arc::new(vec![0.0; 8]))]),
+            visual: HashMap::from([(
+                "v".into(),
+                Arc::new(vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0]),
+            )]),
+            durations: HashMap::from([("v".into(), 10.0)]),
+            feature_dim: 2,
+        };
+        let mut queries = QueryBank::from_parts(
+            HashMap::from([("a cup".into(), vec!["cup".into()])]),
+            HashMap::from([("cup".into(), vec![1.0; QUERY_DIM])]),
+        );
+        if tower {
+            queries =
+                queries.with_tower_embeddings(HashMap::from([("a cup".into(), vec![0.0, 2.0])]));
+        }
+        let pair = Pair {
+            vid: "v".into(),
+            query: "a cup".into(),
+            start: 0.5,
+            end: 1.0,
+            weight: 1.0,
+        };
+        Batch::new(&[&pair], &videos, &queries, &config, None)
+    }
+
+    #[test]
+    fn the_tower_similarity_input_is_standardised_over_the_steps() {
+        let batch = similarity_batch(true).unwrap();
+        let rows = batch.similarity.unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(rows, vec![vec![-1.0, -1.0, 1.0, 1.0]]);
+        let error = similarity_batch(false).err().unwrap().to_string();
+        assert!(
+            error.contains("\"a cup\"") && error.contains("train.similarity_input"),
+            "{error}"
+        );
     }
 }

@@ -20,6 +20,7 @@ mod optim;
 pub mod query;
 
 use crate::caption::text::TextEncoder;
+use crate::caption::TextTower;
 use crate::config::{Checkpoint, Config, TrainConfig};
 use crate::dataset::{read_moments, AnnotationFormat};
 use crate::rng::Rng;
@@ -88,6 +89,10 @@ pub fn train(
         ),
         train_config.max_query_words,
     )?;
+    let queries = match train_config.similarity_input {
+        true => queries.with_tower(&TextTower::open(config)?)?,
+        false => queries,
+    };
     let captions = CaptionRecord::of(config).map_err(|message| TrainError::Model {
         path: out.to_path_buf(),
         message: format!("cannot record the caption settings: {message}"),
@@ -324,6 +329,7 @@ mod tests {
         };
         let mut videos = VideoBank {
             steps: HashMap::new(),
+            visual: HashMap::new(),
             durations: HashMap::new(),
             feature_dim: 8,
         };
@@ -368,10 +374,21 @@ mod tests {
         }
         vectors.insert("kind".into(), vec![0.5; QUERY_DIM]);
         let queries = QueryBank::from_parts(words, vectors);
+        train_tiny(config, &pairs, &pairs, &videos, &queries)
+    }
+
+    /// 200 steps of full-batch training on `pairs`: the losses, then the figures on `judged`.
+    fn train_tiny(
+        config: &TrainConfig,
+        pairs: &[Pair],
+        judged: &[Pair],
+        videos: &VideoBank,
+        queries: &QueryBank,
+    ) -> (Vec<f32>, Validation) {
         let network = Network::new(config).unwrap();
         let mut optimiser = AdamW::new(&network.varmap, config).unwrap();
         let refs: Vec<&Pair> = pairs.iter().collect();
-        let batch = Batch::new(&refs, &videos, &queries, config, None).unwrap();
+        let batch = Batch::new(&refs, videos, queries, config, None).unwrap();
         let map_targets = network.model.map_targets(&batch.targets).unwrap();
         let mut losses = Vec::new();
         for _ in 0..200 {
@@ -388,7 +405,8 @@ mod tests {
             losses.push(loss.to_scalar::<f32>().unwrap());
             optimiser.step(&loss).unwrap();
         }
-        let check = validate(&network, &refs, &videos, &queries, config).unwrap();
+        let judged: Vec<&Pair> = judged.iter().collect();
+        let check = validate(&network, &judged, videos, queries, config).unwrap();
         (losses, check)
     }
 
@@ -418,6 +436,56 @@ mod tests {
         assert!(losses.last() < losses.first(), "{losses:?}");
         assert!(check.r1[1] > 0.8, "{check:?}");
         assert!(check.miou > 0.6, "{check:?}");
+    }
+
+    /// Every pair asks the same words, and the steps the model sees are noise: only the tower's
+    /// per-step similarity (`train.similarity_input`) says where each span is, on videos the
+    /// model has not seen as on those it has learnt by heart.
+    #[test]
+    fn the_tower_similarity_input_finds_what_the_words_cannot_tell() {
+        let mut rng = Rng::new(9);
+        let mut videos = VideoBank {
+            steps: HashMap::new(),
+            visual: HashMap::new(),
+            durations: HashMap::new(),
+            feature_dim: 8,
+        };
+        let mut pairs = Vec::new();
+        for v in 0..48 {
+            let vid = format!("v{v}");
+            let start = rng.range_usize(0, 12);
+            let steps = (0..16 * 8).map(|_| 0.1 * rng.normal() as f32).collect();
+            let visual = (0..16)
+                .flat_map(|t| match (start..start + 4).contains(&t) {
+                    true => [1.0, 0.0],
+                    false => [0.0, 1.0],
+                })
+                .collect();
+            pairs.push(Pair {
+                vid: vid.clone(),
+                query: "the thing".into(),
+                start: start as f64 / 16.0,
+                end: (start + 4) as f64 / 16.0,
+                weight: 1.0,
+            });
+            videos.steps.insert(vid.clone(), Arc::new(steps));
+            videos.visual.insert(vid, Arc::new(visual));
+        }
+        let queries = QueryBank::from_parts(
+            HashMap::from([("the thing".into(), vec!["thing".into()])]),
+            HashMap::from([("thing".into(), vec![1.0; QUERY_DIM])]),
+        )
+        .with_tower_embeddings(HashMap::from([("the thing".into(), vec![3.0, 0.0])]));
+        let mut config = tiny();
+        config.similarity_input = true;
+        let (seen, unseen) = pairs.split_at(24);
+        let (_, reading) = train_tiny(&config, seen, unseen, &videos, &queries);
+        config.similarity_input = false;
+        let (_, blind) = train_tiny(&config, seen, unseen, &videos, &queries);
+        // Both learn the seen videos by heart; on the unseen ones only the similarity helps
+        // (measured: R@1 at IoU .5 0.46 against 0.17, mIoU 0.40 against 0.23).
+        assert!(reading.r1[1] > blind.r1[1] + 0.2, "{reading:?} {blind:?}");
+        assert!(reading.miou > blind.miou + 0.1, "{reading:?} {blind:?}");
     }
 
     #[test]

@@ -276,6 +276,8 @@ pub struct AttentivePooling {
     score: Linear,
     step_key: Linear,
     sentence_key: Linear,
+    /// The learned weight of the tower's per-step similarity (`train.similarity_input`).
+    similarity_scale: Option<Tensor>,
 }
 
 impl AttentivePooling {
@@ -285,22 +287,38 @@ impl AttentivePooling {
             score: linear(config.hidden, 1, vb.pp("score"))?,
             step_key: linear(config.hidden, config.hidden, vb.pp("step_key"))?,
             sentence_key: linear(config.hidden, config.hidden, vb.pp("sentence_key"))?,
+            similarity_scale: match config.similarity_input {
+                true => {
+                    Some(vb.get_with_hints(1, "similarity_scale", candle_nn::Init::Const(1.0))?)
+                }
+                false => None,
+            },
         })
     }
 
-    /// (pooled (B, H), weights (B, N)) of steps `x` (B, N, H) for `sentence` (B, H).
-    fn forward(&self, x: &Tensor, sentence: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// (pooled (B, H), weights (B, N)) of steps `x` (B, N, H) for `sentence` (B, H), the
+    /// tower's standardised per-step `similarity` (B, N) added to the scores when the model
+    /// reads it.
+    fn forward(
+        &self,
+        x: &Tensor,
+        sentence: &Tensor,
+        similarity: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let scale = 1.0 / (x.dim(2)? as f64).sqrt();
         let matched = self
             .step_key
             .forward(x)?
             .matmul(&self.sentence_key.forward(sentence)?.unsqueeze(2)?)?
             .squeeze(2)?;
-        let scores = (self
+        let mut scores = (self
             .score
             .forward(&self.hidden.forward(x)?.tanh()?)?
             .squeeze(2)?
             + (matched * scale)?)?;
+        if let (Some(weight), Some(similarity)) = (&self.similarity_scale, similarity) {
+            scores = (scores + similarity.broadcast_mul(weight)?)?;
+        }
         let weights = softmax(&scores)?;
         let pooled = weights.unsqueeze(1)?.matmul(x)?.squeeze(1)?;
         Ok((pooled, weights))
@@ -526,7 +544,9 @@ impl GroundingModel {
         for block in &self.nonlocal {
             video = block.forward(&video, dropout)?;
         }
-        let (pooled, attention) = self.pooling.forward(&video, &sentence)?;
+        let (pooled, attention) =
+            self.pooling
+                .forward(&video, &sentence, batch.similarity.as_ref())?;
         match &self.map {
             None => Ok(Prediction {
                 spans: self.head.forward(&pooled, &attention)?,

@@ -12,6 +12,7 @@
 use super::error::TrainError;
 use crate::caption::text::TextEncoder;
 use crate::caption::vocab::STOPWORDS;
+use crate::caption::TextTower;
 use crate::rng::Rng;
 use crate::similarity::dot;
 use std::collections::{HashMap, HashSet};
@@ -247,6 +248,8 @@ pub fn read_queries(
 pub struct QueryBank {
     words: HashMap<String, Vec<String>>,
     vectors: HashMap<String, Vec<f32>>,
+    /// Each query's text-tower embedding, unit length, with `train.similarity_input`.
+    tower: HashMap<String, Vec<f32>>,
 }
 
 impl QueryBank {
@@ -270,7 +273,41 @@ impl QueryBank {
         words: HashMap<String, Vec<String>>,
         vectors: HashMap<String, Vec<f32>>,
     ) -> QueryBank {
-        QueryBank { words, vectors }
+        QueryBank {
+            words,
+            vectors,
+            tower: HashMap::new(),
+        }
+    }
+
+    /// Adds every query's embedding by the text tower, as written (the tower reads sentences,
+    /// not the lexicon's words), for `train.similarity_input`.
+    pub fn with_tower(self, tower: &TextTower) -> Result<QueryBank, TrainError> {
+        let queries: Vec<&str> = self.words.keys().map(String::as_str).collect();
+        let embedded = tower.embed(&queries)?;
+        let embeddings = queries
+            .iter()
+            .map(|q| q.to_string())
+            .zip(embedded)
+            .collect();
+        Ok(self.with_tower_embeddings(embeddings))
+    }
+
+    /// Adds the queries' tower embeddings at hand, each brought to unit length.
+    pub(crate) fn with_tower_embeddings(mut self, embeddings: HashMap<String, Vec<f32>>) -> Self {
+        self.tower = embeddings
+            .into_iter()
+            .map(|(query, vector)| {
+                let norm = dot(&vector, &vector).sqrt().max(1e-12);
+                (query, vector.iter().map(|v| v / norm).collect())
+            })
+            .collect();
+        self
+    }
+
+    /// `query`'s unit text-tower embedding, when [`QueryBank::with_tower`] added them.
+    pub fn tower_vector(&self, query: &str) -> Option<&[f32]> {
+        self.tower.get(query).map(Vec::as_slice)
     }
 
     /// The vectors of `query`'s words, in order; with `keep`, each word survives with the
