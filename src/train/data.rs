@@ -105,6 +105,16 @@ struct LoadedVideo {
 }
 
 impl VideoBank {
+    /// A bank of no videos yet, of features `feature_dim` wide.
+    pub fn empty(feature_dim: usize) -> VideoBank {
+        VideoBank {
+            steps: HashMap::new(),
+            visual: HashMap::new(),
+            durations: HashMap::new(),
+            feature_dim,
+        }
+    }
+
     /// Loads and prepares the videos `vids` from the feature files under `features` (files or
     /// folders); every one must be there.
     pub fn load(
@@ -187,12 +197,7 @@ impl VideoBank {
             )));
         }
         let feature_dim = dims.into_iter().next().unwrap_or(0);
-        let mut bank = VideoBank {
-            steps: HashMap::new(),
-            visual: HashMap::new(),
-            durations: HashMap::new(),
-            feature_dim,
-        };
+        let mut bank = VideoBank::empty(feature_dim);
         for video in loaded {
             if let Some(visual) = video.visual {
                 bank.visual.insert(video.vid.clone(), Arc::new(visual));

@@ -327,12 +327,7 @@ mod tests {
                 .map(|d| if d % 2 == k { 1.0 } else { -1.0 })
                 .collect()
         };
-        let mut videos = VideoBank {
-            steps: HashMap::new(),
-            visual: HashMap::new(),
-            durations: HashMap::new(),
-            feature_dim: 8,
-        };
+        let mut videos = VideoBank::empty(8);
         let mut pairs = Vec::new();
         for v in 0..24 {
             let vid = format!("v{v}");
@@ -444,12 +439,7 @@ mod tests {
     #[test]
     fn the_tower_similarity_input_finds_what_the_words_cannot_tell() {
         let mut rng = Rng::new(9);
-        let mut videos = VideoBank {
-            steps: HashMap::new(),
-            visual: HashMap::new(),
-            durations: HashMap::new(),
-            feature_dim: 8,
-        };
+        let mut videos = VideoBank::empty(8);
         let mut pairs = Vec::new();
         for v in 0..48 {
             let vid = format!("v{v}");
