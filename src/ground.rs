@@ -22,7 +22,7 @@ use crate::train::{
     video_steps, visual_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
 };
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -173,22 +173,20 @@ impl Grounder {
         }
         let train = &self.config.train;
         let reads_tower = self.tower.as_ref().filter(|_| train.similarity_input);
-        let mut visual = HashMap::new();
+        let mut bank = VideoBank::empty(features.dim);
+        bank.steps.insert(
+            video.id.clone(),
+            Arc::new(video_steps(features, &self.config, &self.matrix)),
+        );
+        bank.durations.insert(video.id.clone(), video.duration);
         if reads_tower.is_some() {
-            visual.insert(
-                video.id.clone(),
-                Arc::new(visual_steps(video, &self.config)?),
-            );
+            let visual = visual_steps(video, &self.config).map_err(|e| TrainError::Features {
+                vid: video.id.clone(),
+                path: video.source.clone(),
+                message: e.to_string(),
+            })?;
+            bank.visual.insert(video.id.clone(), Arc::new(visual));
         }
-        let bank = VideoBank {
-            steps: HashMap::from([(
-                video.id.clone(),
-                Arc::new(video_steps(features, &self.config, &self.matrix)),
-            )]),
-            visual,
-            durations: HashMap::from([(video.id.clone(), video.duration)]),
-            feature_dim: features.dim,
-        };
         let distinct: HashSet<&str> = queries.iter().copied().collect();
         let texts = QueryBank::encode(
             &distinct,
