@@ -187,6 +187,13 @@ impl Grounder {
             })?;
             bank.visual.insert(video.id.clone(), Arc::new(visual));
         }
+        // Each query's tower embedding, computed once for the model's input and the ranking.
+        let embedded = match &self.tower {
+            Some(grounder) if reads_tower.is_some() || self.weighs_similarity() => {
+                grounder.tower.embed(queries)?
+            }
+            _ => Vec::new(),
+        };
         let distinct: HashSet<&str> = queries.iter().copied().collect();
         let texts = QueryBank::encode(
             &distinct,
@@ -195,7 +202,13 @@ impl Grounder {
             train.max_query_words,
         )?;
         let texts = match reads_tower {
-            Some(grounder) => texts.with_tower(&grounder.tower)?,
+            Some(_) => texts.with_tower_embeddings(
+                queries
+                    .iter()
+                    .map(|q| q.to_string())
+                    .zip(embedded.iter().cloned())
+                    .collect(),
+            ),
             None => texts,
         };
         let pairs: Vec<Pair> = queries
@@ -220,7 +233,7 @@ impl Grounder {
                     .chain(predictions.iter().map(|r| [r.span.0, r.span.1]))
                     .collect();
                 Some((
-                    grounder.scores(video, queries, &spans)?,
+                    grounder.scores_of(video, &embedded, &spans)?,
                     self.similarity_weight,
                 ))
             }
@@ -324,8 +337,17 @@ impl SimilarityGrounder {
         queries: &[&str],
         candidates: &[[f64; 2]],
     ) -> Result<Vec<Vec<f64>>, CaptionError> {
+        self.scores_of(video, &self.tower.embed(queries)?, candidates)
+    }
+
+    /// [`SimilarityGrounder::scores`] of queries already embedded by the tower (`texts`).
+    fn scores_of(
+        &self,
+        video: &Video,
+        texts: &[Vec<f32>],
+        candidates: &[[f64; 2]],
+    ) -> Result<Vec<Vec<f64>>, CaptionError> {
         let stream = visual_stream(video, &self.stream)?;
-        let texts = self.tower.embed(queries)?;
         if let Some(text) = texts.first().filter(|t| t.len() != stream.dim) {
             return Err(CaptionError::Dimensions {
                 visual: stream.dim,
@@ -361,17 +383,17 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
         .collect()
 }
 
-/// The regressed span and the candidates by the model's score of each, by default the
-/// attention they hold beyond their share of an even spread (mass minus the fraction of steps
-/// they cover; with a temporal map, the probability of the cell overlapping them most),
-/// greedily skipping any that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to
-/// [0, 1]. A span gains by taking in a step only where the attention there is above average,
-/// so attention that leaks thinly over the whole video does not pull the answer long. The regressed span is not put
+/// The regressed span and the candidates by the model's score of each, by default the attention
+/// they hold beyond their share of an even spread (mass minus the fraction of steps they cover;
+/// with a temporal map, the probability of the cell overlapping them most), greedily skipping
+/// any that overlaps a chosen one by [`SUPPRESS_IOU`]; all normalised to [0, 1]. A span gains
+/// by taking in a step only where the attention there is above average, so attention that leaks
+/// thinly over the whole video does not pull the answer long. The regressed span is not put
 /// first: where the attention is sharp it wins on its own, and where the regression is off a
 /// proposal that holds the attention answers better. With `similarity` (the text tower's score
 /// of each candidate, then of the regressed span, and its weight), the tower's scores are
-/// standardised over the candidates and added, weighted, to the attention's, centred and
-/// scaled by [`ATTENTION_SCALE`].
+/// standardised over the candidates and added, weighted, to the attention's, centred and scaled
+/// by [`ATTENTION_SCALE`].
 fn rank(
     regressed: &[f64; 2],
     candidates: &[[f64; 2]],
