@@ -5,7 +5,7 @@
 #
 #   scripts/dev-world.sh OUT SETTING [--set KEY=VALUE ...]
 #
-# SETTING: real-like, weak-scene, noisy or very-noisy (the world's three `structure` keys). The --set pairs
+# SETTING: real-like, weak-scene, noisy, very-noisy or weak-tower (the world's `structure` keys). The --set pairs
 # go to propose, train and eval, never to synth, so one pair of worlds in OUT serves every
 # variant of the pipeline: worlds already in OUT are reused, everything else is redone.
 # MM names the binary (default target/release/momentminer); EPOCHS the epochs (12); VIDEOS the
@@ -23,7 +23,8 @@ case $setting in
   weak-scene) world=(--set structure.scene=2 --set structure.noise=1 --set structure.correlation=0.8) ;;
   noisy) world=(--set structure.scene=2.5 --set structure.noise=3 --set structure.correlation=0.6) ;;
   very-noisy) world=(--set structure.scene=2.5 --set structure.noise=4 --set structure.correlation=0.6) ;;
-  *) echo "unknown setting $setting: real-like, weak-scene, noisy or very-noisy" >&2; exit 2 ;;
+  weak-tower) world=(--set structure.scene=2.5 --set structure.noise=4 --set structure.correlation=0.6 --set structure.tower_gap=2) ;;
+  *) echo "unknown setting $setting: real-like, weak-scene, noisy, very-noisy or weak-tower" >&2; exit 2 ;;
 esac
 worlds=$out/$setting
 videos=${VIDEOS:-600}
