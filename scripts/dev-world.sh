@@ -5,15 +5,16 @@
 #
 #   scripts/dev-world.sh OUT SETTING [--set KEY=VALUE ...]
 #
-# SETTING: real-like, weak-scene, noisy, very-noisy or weak-tower (the world's `structure` keys). The --set pairs
-# go to propose, train and eval, never to synth, so one pair of worlds in OUT serves every
-# variant of the pipeline: worlds already in OUT are reused, everything else is redone.
+# SETTING: real-like, weak-scene, noisy, very-noisy or weak-tower (the world's `structure`
+# keys; weak-tower is very-noisy's features with a captioner's tower twice as far off). The
+# --set pairs go to propose, train and eval, never to synth, so one pair of worlds in OUT serves
+# every variant of the pipeline: worlds already in OUT are reused, everything else is redone.
 # MM names the binary (default target/release/momentminer); EPOCHS the epochs (12); VIDEOS the
 # pseudo-labelled videos (600; another count gets its own world, train-VIDEOS, whose first 600
 # videos are the default's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,13p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,14p "$0" >&2; exit 2; }
 out=$1 setting=$2
 shift 2
 mm=${MM:-target/release/momentminer}

@@ -337,8 +337,6 @@ pub struct TrainConfig {
     pub min_improvement: f64,
     #[serde(default)]
     pub confidence_weighting: f64,
-    #[serde(default)]
-    pub drop_hardest: f64,
     pub validation_share: f64,
     pub attention_loss: f64,
     pub seed: u64,
@@ -697,11 +695,6 @@ impl Config {
                 "train.confidence_weighting",
                 (0.0..=1.0).contains(&t.confidence_weighting),
                 "must lie in [0, 1]",
-            ),
-            (
-                "train.drop_hardest",
-                (0.0..1.0).contains(&t.drop_hardest),
-                "must lie in [0, 1)",
             ),
             (
                 "train.validation_share",

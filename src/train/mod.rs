@@ -157,24 +157,14 @@ pub fn train(
                 rng: Some(&mut dropout_rng),
             };
             let prediction = network.model.forward(&batch, &mut dropout)?;
-            let each = model::pair_losses(
+            let loss = model::loss(
                 &prediction,
                 &batch.targets,
                 network.model.map_targets(&batch.targets)?.as_ref(),
                 &batch.inside,
+                Some(&batch.weights),
                 train_config.attention_loss,
             )?;
-            // The first epoch learns from every pair: selection needs a model that has
-            // learnt what most pairs share before its loss can tell the wrong ones.
-            let weights = match epoch > 1 && train_config.drop_hardest > 0.0 {
-                true => model::without_hardest(
-                    &each.detach(),
-                    &batch.weights,
-                    train_config.drop_hardest,
-                )?,
-                false => batch.weights.clone(),
-            };
-            let loss = (each * weights)?.mean(0)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             batches += 1;
             optimiser.step(&loss)?;
@@ -413,26 +403,6 @@ mod tests {
         let judged: Vec<&Pair> = judged.iter().collect();
         let check = validate(&network, &judged, videos, queries, config).unwrap();
         (losses, check)
-    }
-
-    #[test]
-    fn dropping_the_hardest_pairs_zeroes_them_and_keeps_the_batch_weight() {
-        let device = candle_core::Device::Cpu;
-        let losses = candle_core::Tensor::new(&[0.1f32, 3.0, 0.5, 2.0], &device).unwrap();
-        let weights = candle_core::Tensor::new(&[0.5f32, 1.0, 1.5, 1.0], &device).unwrap();
-        let kept = |share| {
-            model::without_hardest(&losses, &weights, share)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        assert_eq!(kept(0.5), vec![1.0, 0.0, 3.0, 0.0]);
-        assert_eq!(
-            kept(0.25),
-            vec![0.5 * 4.0 / 3.0, 0.0, 1.5 * 4.0 / 3.0, 4.0 / 3.0]
-        );
-        // Under one pair of the batch: nothing to drop.
-        assert_eq!(kept(0.2), vec![0.5, 1.0, 1.5, 1.0]);
     }
 
     /// The guide loss starts at the uniform attention's −log(1/16) ≈ 2.8; its floor, attention

@@ -579,16 +579,17 @@ impl GroundingModel {
     }
 }
 
-/// Each pair's loss (B,): the span's loss plus `attention_weight` × the temporal attention guide
-/// loss `-Σ mask·log(w) / Σ mask`. The span's loss is smooth-L1 on start and end, or with a
-/// temporal map, binary cross-entropy of every cell's logit against its scaled IoU
-/// (`map_targets`, (B, M)), averaged over the cells. `targets` (B, 2), `inside` (B, N) is 1 on
-/// the steps of the target span.
-pub fn pair_losses(
+/// The span's loss plus `attention_weight` × the temporal attention guide loss
+/// `-Σ mask·log(w) / Σ mask`, each pair's weighted by `weights` (B,) when given and averaged
+/// over the batch. The span's loss is smooth-L1 on start and end, or with a temporal map, binary
+/// cross-entropy of every cell's logit against its scaled IoU (`map_targets`, (B, M)), averaged
+/// over the cells. `targets` (B, 2), `inside` (B, N) is 1 on the steps of the target span.
+pub fn loss(
     prediction: &Prediction,
     targets: &Tensor,
     map_targets: Option<&Tensor>,
     inside: &Tensor,
+    weights: Option<&Tensor>,
     attention_weight: f64,
 ) -> Result<Tensor> {
     let span_loss = match (&prediction.cells, map_targets) {
@@ -608,42 +609,11 @@ pub fn pair_losses(
         .sum(1)?
         .neg()?
         .div(&inside.sum(1)?.maximum(1.0)?)?;
-    span_loss + (guide * attention_weight)?
-}
-
-/// The batch's loss: [`pair_losses`], each pair's weighted by `weights` (B,) when given, averaged
-/// over the batch.
-pub fn loss(
-    prediction: &Prediction,
-    targets: &Tensor,
-    map_targets: Option<&Tensor>,
-    inside: &Tensor,
-    weights: Option<&Tensor>,
-    attention_weight: f64,
-) -> Result<Tensor> {
-    let each = pair_losses(prediction, targets, map_targets, inside, attention_weight)?;
+    let each = (span_loss + (guide * attention_weight)?)?;
     match weights {
         Some(weights) => (each * weights)?.mean(0),
         None => each.mean(0),
     }
-}
-
-/// `weights` (B,) with the `share` of the pairs whose `losses` (B,) are highest set to 0 and the
-/// rest scaled up to keep the batch's total weight (`train.drop_hardest`).
-pub fn without_hardest(losses: &Tensor, weights: &Tensor, share: f64) -> Result<Tensor> {
-    let values: Vec<f32> = losses.to_vec1()?;
-    let dropped = (share * values.len() as f64).floor() as usize;
-    if dropped == 0 {
-        return Ok(weights.clone());
-    }
-    let mut hardest_first: Vec<usize> = (0..values.len()).collect();
-    hardest_first.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
-    let scale = values.len() as f32 / (values.len() - dropped) as f32;
-    let mut keep = vec![scale; values.len()];
-    for &i in &hardest_first[..dropped] {
-        keep[i] = 0.0;
-    }
-    weights * Tensor::from_vec(keep, values.len(), losses.device())?
 }
 
 /// Each row's mean binary cross-entropy of `logits` against soft targets in [0, 1], in the
