@@ -350,6 +350,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub similarity_input: bool,
     #[serde(default)]
+    pub query_words: QueryWords,
+    #[serde(default)]
     pub head: Head,
     #[serde(default = "default_map_clips")]
     pub map_clips: usize,
@@ -371,6 +373,19 @@ pub enum Head {
     Regression,
     /// A score for every span of a 2D temporal map of clips, 2D-TAN's.
     Map,
+}
+
+/// How the grounding model reads a query's words.
+// Mirrors a part of config/momentminer.toml, where each key is documented.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryWords {
+    /// Brought to the lexicon, each word's vector on its own.
+    #[default]
+    Lexicon,
+    /// As written, each word's token vectors in the context of its sentence.
+    Contextual,
 }
 
 /// Which epoch's weights a training run keeps.

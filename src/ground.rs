@@ -10,7 +10,7 @@
 
 use crate::caption::text::TextEncoder;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
-use crate::config::Config;
+use crate::config::{Config, QueryWords};
 use crate::ingest::Video;
 use crate::processor::{analyse, StageTimes};
 use crate::similarity::{dot, Spread};
@@ -18,7 +18,7 @@ use crate::span::iou;
 use crate::train::{
     model::Reading,
     projection_matrix,
-    query::{read_queries, Lexicon, QueryBank, WordCoverage},
+    query::{read_in_context, read_queries, Lexicon, QueryBank, WordCoverage},
     video_steps, visual_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
 };
 use serde::Serialize;
@@ -127,16 +127,16 @@ impl Grounder {
     }
 
     /// How the content words of `queries` reach the model: in its lexicon, read as their
-    /// nearest lexicon word, or left out.
+    /// nearest lexicon word, read in context (`train.query_words`), or left out.
     pub fn word_coverage(&self, queries: &[&str]) -> Result<WordCoverage, TrainError> {
         let distinct: HashSet<&str> = queries.iter().copied().collect();
-        let (_, coverage) = read_queries(
-            &distinct,
-            &self.encoder,
-            &self.lexicon,
-            self.config.train.max_query_words,
-        )?;
-        Ok(coverage)
+        let max_words = self.config.train.max_query_words;
+        Ok(match self.config.train.query_words {
+            QueryWords::Lexicon => {
+                read_queries(&distinct, &self.encoder, &self.lexicon, max_words)?.1
+            }
+            QueryWords::Contextual => read_in_context(&distinct, &self.encoder, max_words)?.1,
+        })
     }
 
     /// Whether answers are ranked with the text tower's similarity too.
@@ -199,6 +199,7 @@ impl Grounder {
             &distinct,
             &self.encoder,
             &self.lexicon,
+            train.query_words,
             train.max_query_words,
         )?;
         let texts = match reads_tower {

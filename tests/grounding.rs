@@ -221,8 +221,33 @@ fn train_resume_ground_and_eval_on_a_small_world() {
             .unwrap();
     assert_eq!(card["config"]["similarity_input"], true, "{card}");
 
+    // Queries read in context: every content word as written reaches the model.
+    let in_context = dir.path().join("in-context");
+    must(&train_args(
+        &caption,
+        &dataset,
+        &features,
+        &in_context,
+        &["train.epochs=1", "train.query_words=contextual"],
+    ));
+    let report = must(&[
+        "eval",
+        "--config",
+        p(&caption),
+        "--model",
+        p(&in_context),
+        "--annotations",
+        p(&test.join("gt.jsonl")),
+        "--features",
+        p(&test.join("features")),
+    ]);
+    assert!(
+        report.contains("0.0% in the lexicon") && report.contains("100.0% as written"),
+        "{report}"
+    );
+
     let video = test.join("features/synth_01000.npz");
-    for trained in [&model, &map, &reads_tower] {
+    for trained in [&model, &map, &reads_tower, &in_context] {
         let report = must(&[
             "ground",
             "--config",

@@ -20,6 +20,9 @@ use tokenizers::Tokenizer;
 pub struct EncodedText {
     /// Token ids, `[CLS]` and `[SEP]` included.
     pub ids: Vec<u32>,
+    /// For each token, the place of the word it belongs to among the text's words, and the
+    /// word's bytes in the text it came from (`None` for `[CLS]` and `[SEP]`).
+    pub words: Vec<Option<(u32, (usize, usize))>>,
     /// One vector per token, `[CLS]` and `[SEP]` included; empty for models that give only a
     /// sentence embedding.
     pub tokens: Vec<Vec<f32>>,
@@ -131,6 +134,7 @@ impl TextEncoder {
             return Ok(Vec::new());
         }
         let mut ids = Vec::with_capacity(texts.len());
+        let mut words = Vec::with_capacity(texts.len());
         for text in texts {
             let encoding =
                 self.tokenizer
@@ -148,6 +152,14 @@ impl TextEncoder {
                 });
             }
             ids.push(row);
+            words.push(
+                encoding
+                    .get_word_ids()
+                    .iter()
+                    .zip(encoding.get_offsets())
+                    .map(|(word, &offsets)| word.map(|w| (w, offsets)))
+                    .collect::<Vec<_>>(),
+            );
         }
         let batch = ids.len();
         let length = self
@@ -166,9 +178,11 @@ impl TextEncoder {
             let dim = output.len() / batch;
             return Ok(ids
                 .into_iter()
+                .zip(words)
                 .zip(output.chunks(dim))
-                .map(|(ids, embedding)| EncodedText {
+                .map(|((ids, words), embedding)| EncodedText {
                     ids,
+                    words,
                     tokens: Vec::new(),
                     pooled: unit(embedding.to_vec()),
                 })
@@ -177,8 +191,9 @@ impl TextEncoder {
         let dim = output.len() / (batch * length).max(1);
         Ok(ids
             .into_iter()
+            .zip(words)
             .enumerate()
-            .map(|(row, ids)| {
+            .map(|(row, (ids, words))| {
                 let tokens: Vec<Vec<f32>> = (0..ids.len())
                     .map(|col| {
                         let at = (row * length + col) * dim;
@@ -188,6 +203,7 @@ impl TextEncoder {
                 let pooled = mean_pool(&tokens, dim);
                 EncodedText {
                     ids,
+                    words,
                     tokens,
                     pooled,
                 }

@@ -87,6 +87,7 @@ pub fn train(
             lexicon.iter().cloned(),
             train_config.nearest_word_similarity,
         ),
+        train_config.query_words,
         train_config.max_query_words,
     )?;
     let queries = match train_config.similarity_input {

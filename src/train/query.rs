@@ -8,11 +8,15 @@
 //! kind of input it was trained on. A content word the lexicon lacks ("the person grabs a
 //! mug") is read as the lexicon word nearest it in MiniLM's space (*take*, *cup*) when that
 //! one is near enough, and left out otherwise.
+//!
+//! With `train.query_words = "contextual"` neither is reduced: every content word as written
+//! is read, as MiniLM's token vectors of the word in its own sentence.
 
 use super::error::TrainError;
-use crate::caption::text::TextEncoder;
+use crate::caption::text::{unit, TextEncoder};
 use crate::caption::vocab::STOPWORDS;
 use crate::caption::TextTower;
+use crate::config::QueryWords;
 use crate::rng::Rng;
 use crate::similarity::dot;
 use std::collections::{HashMap, HashSet};
@@ -131,7 +135,8 @@ pub struct WordCoverage {
     pub known: usize,
     /// Read as their nearest lexicon word.
     pub mapped: usize,
-    /// In queries none of whose words the lexicon knows, which are read as written.
+    /// Read as written: every word with `train.query_words = "contextual"`, else those of
+    /// queries none of whose words the lexicon knows.
     pub as_written: usize,
 }
 
@@ -140,7 +145,7 @@ impl std::fmt::Display for WordCoverage {
         let pct = |n: usize| 100.0 * n as f64 / self.content.max(1) as f64;
         write!(
             f,
-            "query words: {} content words, {:.1}% in the lexicon, {:.1}% read as their nearest lexicon word, {:.1}% as written (no word of their query in the lexicon), {:.1}% left out",
+            "query words: {} content words, {:.1}% in the lexicon, {:.1}% read as their nearest lexicon word, {:.1}% as written (read in context, or no word of their query in the lexicon), {:.1}% left out",
             self.content,
             pct(self.known),
             pct(self.mapped),
@@ -244,6 +249,88 @@ pub fn read_queries(
     Ok((words, coverage))
 }
 
+/// One word of a query as the tokenizer split it.
+struct WordPieces<'a> {
+    /// Its bytes in the query.
+    bytes: (usize, usize),
+    /// Its tokens' vectors.
+    tokens: Vec<&'a [f32]>,
+}
+
+/// Each distinct query's content words as written (stopwords and words under three letters
+/// aside), each the unit mean of its MiniLM token vectors in the context of the whole query,
+/// keyed by its place and its query so that one word in two sentences is two vectors; a query
+/// of more than `max_words` such words, or of none, is an error.
+pub fn read_in_context(
+    queries: &HashSet<&str>,
+    encoder: &TextEncoder,
+    max_words: usize,
+) -> Result<(QueryBank, WordCoverage), TrainError> {
+    let mut sorted: Vec<&str> = queries.iter().copied().collect();
+    sorted.sort_unstable();
+    let (mut words, mut vectors) = (HashMap::new(), HashMap::new());
+    let mut coverage = WordCoverage::default();
+    for chunk in sorted.chunks(64) {
+        for (&query, encoded) in chunk.iter().zip(encoder.encode(chunk)?) {
+            // The tokens of each word, in order: a word split into word pieces is one word.
+            let mut pieces: Vec<WordPieces> = Vec::new();
+            let mut last = None;
+            for (word, token) in encoded.words.iter().zip(&encoded.tokens) {
+                let Some((place, bytes)) = *word else {
+                    continue;
+                };
+                match pieces.last_mut() {
+                    Some(word) if last == Some(place) => {
+                        word.bytes.1 = bytes.1;
+                        word.tokens.push(token);
+                    }
+                    _ => pieces.push(WordPieces {
+                        bytes,
+                        tokens: vec![token],
+                    }),
+                }
+                last = Some(place);
+            }
+            let mut keys = Vec::new();
+            for WordPieces { bytes, tokens } in pieces {
+                let word = query
+                    .get(bytes.0..bytes.1)
+                    .unwrap_or_default()
+                    .to_lowercase();
+                if word.len() < 3
+                    || !word.chars().any(char::is_alphabetic)
+                    || STOPWORDS.contains(&word.as_str())
+                {
+                    continue;
+                }
+                let mut mean = vec![0.0f32; tokens[0].len()];
+                for token in &tokens {
+                    mean.iter_mut().zip(*token).for_each(|(m, t)| *m += t);
+                }
+                let key = format!("{}\u{1f}{query}", keys.len());
+                vectors.insert(key.clone(), unit(mean));
+                keys.push(key);
+            }
+            coverage.content += keys.len();
+            coverage.as_written += keys.len();
+            if keys.is_empty() {
+                return Err(TrainError::Data(format!(
+                    "the query {query:?} has no words"
+                )));
+            }
+            if keys.len() > max_words {
+                return Err(TrainError::QueryTooLong {
+                    query: query.to_string(),
+                    words: keys.len(),
+                    max: max_words,
+                });
+            }
+            words.insert(query.to_string(), keys);
+        }
+    }
+    Ok((QueryBank::from_parts(words, vectors), coverage))
+}
+
 /// Every distinct query's words, and every distinct word's vector, computed once.
 pub struct QueryBank {
     words: HashMap<String, Vec<String>>,
@@ -253,13 +340,18 @@ pub struct QueryBank {
 }
 
 impl QueryBank {
-    /// Reads each distinct query ([`read_queries`]) and embeds every distinct word once.
+    /// Reads each distinct query as `reading` says: brought to `lexicon` ([`read_queries`]),
+    /// every distinct word embedded once, or in context ([`read_in_context`]).
     pub fn encode(
         queries: &HashSet<&str>,
         encoder: &TextEncoder,
         lexicon: &Lexicon,
+        reading: QueryWords,
         max_words: usize,
     ) -> Result<QueryBank, TrainError> {
+        if reading == QueryWords::Contextual {
+            return Ok(read_in_context(queries, encoder, max_words)?.0);
+        }
         let (words, _) = read_queries(queries, encoder, lexicon, max_words)?;
         let mut list: Vec<&str> = words.values().flatten().map(String::as_str).collect();
         list.sort_unstable();
@@ -419,6 +511,43 @@ mod tests {
         let (words, coverage) = read(&queries, &lexicon, 1.01);
         assert_eq!(words, ["the person grabs a mug", "open"]);
         assert_eq!(coverage.mapped, 0);
+    }
+
+    #[test]
+    fn read_in_context_every_content_word_reaches_the_model_and_its_sentence_shapes_it() {
+        let encoder = crate::caption::text::fetched_encoder();
+        let queries = [
+            "A person is opening the refrigerator and unzips a bag.",
+            "the person grabs a mug",
+            "open door",
+            "someone opens the door",
+        ];
+        let (bank, coverage) =
+            read_in_context(&queries.iter().copied().collect(), &encoder, 20).unwrap();
+        // Stopwords ("a", "the", "and", "person", "someone", "is") aside, every word as
+        // written: "unzips", several word pieces, is one word.
+        assert!(encoder.encode(&["unzips"]).unwrap()[0].ids.len() > 3);
+        let counts: Vec<usize> = queries
+            .iter()
+            .map(|q| bank.vectors(q, None).len())
+            .collect();
+        assert_eq!(counts, [4, 2, 2, 2]);
+        assert_eq!(
+            (coverage.content, coverage.as_written, coverage.known),
+            (10, 10, 0)
+        );
+        for vector in queries.iter().flat_map(|q| bank.vectors(q, None)) {
+            assert_eq!(vector.len(), QUERY_DIM);
+            assert!((dot(vector, vector) - 1.0).abs() < 1e-4);
+        }
+        // One word in two sentences: two vectors, alike but not the same.
+        let door = |query: &str| bank.vectors(query, None).last().unwrap().to_vec();
+        let similarity = dot(&door("open door"), &door("someone opens the door"));
+        assert!(similarity < 0.999 && similarity > 0.5, "{similarity}");
+        let error = read_in_context(&HashSet::from(["the a of"]), &encoder, 20)
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("has no words"), "{error}");
     }
 
     #[test]
