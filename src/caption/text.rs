@@ -265,10 +265,10 @@ pub fn model_key(model: &Path) -> Result<String, CaptionError> {
 }
 
 /// Mean of the token vectors, L2-normalised.
-fn mean_pool(tokens: &[Vec<f32>], dim: usize) -> Vec<f32> {
+pub(crate) fn mean_pool<T: AsRef<[f32]>>(tokens: &[T], dim: usize) -> Vec<f32> {
     let mut pooled = vec![0f32; dim];
     for token in tokens {
-        for (p, v) in pooled.iter_mut().zip(token) {
+        for (p, v) in pooled.iter_mut().zip(token.as_ref()) {
             *p += v;
         }
     }

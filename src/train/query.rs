@@ -13,7 +13,7 @@
 //! is read, as MiniLM's token vectors of the word in its own sentence.
 
 use super::error::TrainError;
-use crate::caption::text::{unit, TextEncoder};
+use crate::caption::text::{mean_pool, TextEncoder};
 use crate::caption::vocab::STOPWORDS;
 use crate::caption::TextTower;
 use crate::config::QueryWords;
@@ -53,11 +53,16 @@ fn read_words(text: &str, lexicon: &HashSet<String>) -> Vec<Word> {
                 .find(|c| lexicon.contains(c))
             {
                 Some(known) => Some(Word::Known(known)),
-                None if w.len() < 3 || STOPWORDS.contains(&w.as_str()) => None,
+                None if !is_content_word(&w) => None,
                 None => Some(Word::Unknown(w)),
             }
         })
         .collect()
+}
+
+/// Whether a lower-cased word says what happens: not a stopword, and three letters or more.
+fn is_content_word(word: &str) -> bool {
+    word.len() >= 3 && !STOPWORDS.contains(&word)
 }
 
 /// The words queries are brought to, and how near a word outside it must be to one of them
@@ -297,18 +302,11 @@ pub fn read_in_context(
                     .get(bytes.0..bytes.1)
                     .unwrap_or_default()
                     .to_lowercase();
-                if word.len() < 3
-                    || !word.chars().any(char::is_alphabetic)
-                    || STOPWORDS.contains(&word.as_str())
-                {
+                if !is_content_word(&word) || !word.chars().any(char::is_alphabetic) {
                     continue;
                 }
-                let mut mean = vec![0.0f32; tokens[0].len()];
-                for token in &tokens {
-                    mean.iter_mut().zip(*token).for_each(|(m, t)| *m += t);
-                }
                 let key = format!("{}\u{1f}{query}", keys.len());
-                vectors.insert(key.clone(), unit(mean));
+                vectors.insert(key.clone(), mean_pool(&tokens, tokens[0].len()));
                 keys.push(key);
             }
             coverage.content += keys.len();
