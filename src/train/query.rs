@@ -256,6 +256,8 @@ pub fn read_queries(
 
 /// One word of a query as the tokenizer split it.
 struct WordPieces<'a> {
+    /// Its place among the query's words.
+    place: u32,
     /// Its bytes in the query.
     bytes: (usize, usize),
     /// Its tokens' vectors.
@@ -279,25 +281,24 @@ pub fn read_in_context(
         for (&query, encoded) in chunk.iter().zip(encoder.encode(chunk)?) {
             // The tokens of each word, in order: a word split into word pieces is one word.
             let mut pieces: Vec<WordPieces> = Vec::new();
-            let mut last = None;
             for (word, token) in encoded.words.iter().zip(&encoded.tokens) {
                 let Some((place, bytes)) = *word else {
                     continue;
                 };
                 match pieces.last_mut() {
-                    Some(word) if last == Some(place) => {
+                    Some(word) if word.place == place => {
                         word.bytes.1 = bytes.1;
                         word.tokens.push(token);
                     }
                     _ => pieces.push(WordPieces {
+                        place,
                         bytes,
                         tokens: vec![token],
                     }),
                 }
-                last = Some(place);
             }
             let mut keys = Vec::new();
-            for WordPieces { bytes, tokens } in pieces {
+            for WordPieces { bytes, tokens, .. } in pieces {
                 let word = query
                     .get(bytes.0..bytes.1)
                     .unwrap_or_default()
