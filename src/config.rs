@@ -326,6 +326,9 @@ pub struct TrainConfig {
     pub word_keep: f64,
     pub pairs_per_video: usize,
     pub checkpoint: Checkpoint,
+    // Model cards written before it was a setting carry none.
+    #[serde(default)]
+    pub keep_epochs: bool,
     pub dropout: f64,
     pub batch: usize,
     pub learning_rate: f64,

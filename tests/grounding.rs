@@ -150,18 +150,34 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         std::fs::read(again.join("model.safetensors")).unwrap(),
         "a resumed run ends where an uninterrupted one does"
     );
-    // train.checkpoint = "last" keeps the last epoch, whatever the validation says.
+    // train.checkpoint = "last" keeps the last epoch, whatever the validation says, and
+    // train.keep_epochs keeps every epoch's model beside it (one answers below).
     let last = dir.path().join("m3");
     must(&train_args(
         &caption,
         &dataset,
         &features,
         &last,
-        &["train.epochs=3", "train.checkpoint=last"],
+        &[
+            "train.epochs=3",
+            "train.checkpoint=last",
+            "train.keep_epochs=true",
+        ],
     ));
-    let card: Value =
-        serde_json::from_str(&std::fs::read_to_string(last.join("model.json")).unwrap()).unwrap();
-    assert_eq!(card["best_epoch"], 3, "{card}");
+    let card_of = |folder: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(folder.join("model.json")).unwrap()).unwrap()
+    };
+    assert_eq!(card_of(&last)["best_epoch"], 3);
+    let epochs = last.join("epochs");
+    for epoch in 1..=3 {
+        let kept = epochs.join(format!("{epoch:03}"));
+        let card = card_of(&kept);
+        assert_eq!(card["best_epoch"], epoch, "{card}");
+        assert_eq!(card["history"].as_array().unwrap().len(), epoch);
+    }
+    let weights = |folder: &Path| std::fs::read(folder.join("model.safetensors")).unwrap();
+    assert_eq!(weights(&epochs.join("003")), weights(&last));
+    assert_ne!(weights(&epochs.join("002")), weights(&last));
     // Each pair's word margins reach the dataset, and training weighs pairs by them when asked:
     // the same seed and data give other weights.
     let lines = std::fs::read_to_string(dataset.join("moment_detr.jsonl")).unwrap();
@@ -247,7 +263,8 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     );
 
     let video = test.join("features/synth_01000.npz");
-    for trained in [&model, &map, &reads_tower, &in_context] {
+    let second_epoch = last.join("epochs/002");
+    for trained in [&model, &map, &reads_tower, &in_context, &second_epoch] {
         let report = must(&[
             "ground",
             "--config",

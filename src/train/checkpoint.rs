@@ -20,6 +20,8 @@ const OLDEST_CARD_VERSION: u32 = 2;
 pub const CARD_FILE: &str = "model.json";
 /// The weights' file in a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Where `train.keep_epochs` keeps each epoch's model folder inside a run's folder.
+pub const EPOCHS_FOLDER: &str = "epochs";
 pub(crate) const STATE_FILE: &str = "train-state.json";
 pub(crate) const STATE_WEIGHTS_FILE: &str = "train-state.safetensors";
 
@@ -254,6 +256,12 @@ pub(crate) struct TrainState {
     pub(crate) history: Vec<EpochRecord>,
 }
 
+/// Epoch `epoch`'s own model folder in the run folder `out` (`train.keep_epochs`):
+/// `epochs/001`, ..., so the folders list in order.
+pub fn epoch_folder(out: &Path, epoch: usize) -> PathBuf {
+    out.join(EPOCHS_FOLDER).join(format!("{epoch:03}"))
+}
+
 /// Continues the run saved in `out` if it trained on the same data with the same settings.
 pub(crate) fn resume(
     out: &Path,
@@ -268,10 +276,12 @@ pub(crate) fn resume(
         tracing::warn!(dir = %out.display(), "unreadable training state; starting afresh");
         return Ok(None);
     };
-    // More epochs or patience continue a run; any other change starts afresh.
+    // More epochs or patience continue a run, kept epochs or not; any other change starts
+    // afresh.
     let comparable = |c: &TrainConfig| TrainConfig {
         epochs: 0,
         patience: 0,
+        keep_epochs: false,
         ..c.clone()
     };
     if saved.data_hash != state.data_hash || comparable(&saved.config) != comparable(&state.config)

@@ -188,11 +188,8 @@ pub fn train(
                 .best
                 .is_none_or(|best| check.better_than(&best, train_config.min_improvement)),
         };
-        if keep {
-            state.best = Some(check);
-            state.best_epoch = epoch;
-            state.bad_epochs = 0;
-            let best = ModelCard {
+        let this_epoch = || -> Result<ModelCard, TrainError> {
+            Ok(ModelCard {
                 format: "momentminer-grounding".into(),
                 version: CARD_VERSION,
                 momentminer: env!("CARGO_PKG_VERSION").into(),
@@ -205,7 +202,22 @@ pub fn train(
                 best_epoch: epoch,
                 validation: check,
                 history: state.history.clone(),
-            };
+            })
+        };
+        if train_config.keep_epochs {
+            let folder = epoch_folder(out, epoch);
+            std::fs::create_dir_all(&folder).map_err(|source| TrainError::Write {
+                path: folder.clone(),
+                source,
+            })?;
+            save_weights(&named_tensors(&network.varmap), &folder.join(WEIGHTS_FILE))?;
+            write_json(&folder.join(CARD_FILE), &this_epoch()?)?;
+        }
+        if keep {
+            let best = this_epoch()?;
+            state.best = Some(check);
+            state.best_epoch = epoch;
+            state.bad_epochs = 0;
             save_weights(&named_tensors(&network.varmap), &out.join(WEIGHTS_FILE))?;
             write_json(&out.join(CARD_FILE), &best)?;
             card = Some(best);
