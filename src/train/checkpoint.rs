@@ -20,8 +20,6 @@ const OLDEST_CARD_VERSION: u32 = 2;
 pub const CARD_FILE: &str = "model.json";
 /// The weights' file in a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// Where `train.keep_epochs` keeps each epoch's model folder inside a run's folder.
-pub const EPOCHS_FOLDER: &str = "epochs";
 pub(crate) const STATE_FILE: &str = "train-state.json";
 pub(crate) const STATE_WEIGHTS_FILE: &str = "train-state.safetensors";
 
@@ -258,8 +256,8 @@ pub(crate) struct TrainState {
 
 /// Epoch `epoch`'s own model folder in the run folder `out` (`train.keep_epochs`):
 /// `epochs/001`, ..., so the folders list in order.
-pub fn epoch_folder(out: &Path, epoch: usize) -> PathBuf {
-    out.join(EPOCHS_FOLDER).join(format!("{epoch:03}"))
+pub(crate) fn epoch_folder(out: &Path, epoch: usize) -> PathBuf {
+    out.join("epochs").join(format!("{epoch:03}"))
 }
 
 /// Continues the run saved in `out` if it trained on the same data with the same settings.

@@ -132,6 +132,7 @@ pub fn train(
         history: Vec::new(),
     };
     let resumed_from = resume(out, &mut state, &network, &mut optimiser)?;
+    let query_encoder = encoder.model_key()?;
     let mut stopped_early = false;
     let mut card = None;
     while state.epoch < train_config.epochs {
@@ -188,40 +189,41 @@ pub fn train(
                 .best
                 .is_none_or(|best| check.better_than(&best, train_config.min_improvement)),
         };
-        let this_epoch = || -> Result<ModelCard, TrainError> {
-            Ok(ModelCard {
+        if keep || train_config.keep_epochs {
+            let epoch_card = ModelCard {
                 format: "momentminer-grounding".into(),
                 version: CARD_VERSION,
                 momentminer: env!("CARGO_PKG_VERSION").into(),
                 config: train_config.clone(),
                 feature_dim: videos.feature_dim,
-                query_encoder: encoder.model_key()?,
+                query_encoder: query_encoder.clone(),
                 lexicon: lexicon.clone(),
                 captions: captions.clone(),
                 data: data.clone(),
                 best_epoch: epoch,
                 validation: check,
                 history: state.history.clone(),
-            })
-        };
-        if train_config.keep_epochs {
-            let folder = epoch_folder(out, epoch);
-            std::fs::create_dir_all(&folder).map_err(|source| TrainError::Write {
-                path: folder.clone(),
-                source,
-            })?;
-            save_weights(&named_tensors(&network.varmap), &folder.join(WEIGHTS_FILE))?;
-            write_json(&folder.join(CARD_FILE), &this_epoch()?)?;
+            };
+            let weights = named_tensors(&network.varmap);
+            if train_config.keep_epochs {
+                let folder = epoch_folder(out, epoch);
+                std::fs::create_dir_all(&folder).map_err(|source| TrainError::Write {
+                    path: folder.clone(),
+                    source,
+                })?;
+                save_weights(&weights, &folder.join(WEIGHTS_FILE))?;
+                write_json(&folder.join(CARD_FILE), &epoch_card)?;
+            }
+            if keep {
+                state.best = Some(check);
+                state.best_epoch = epoch;
+                state.bad_epochs = 0;
+                save_weights(&weights, &out.join(WEIGHTS_FILE))?;
+                write_json(&out.join(CARD_FILE), &epoch_card)?;
+                card = Some(epoch_card);
+            }
         }
-        if keep {
-            let best = this_epoch()?;
-            state.best = Some(check);
-            state.best_epoch = epoch;
-            state.bad_epochs = 0;
-            save_weights(&named_tensors(&network.varmap), &out.join(WEIGHTS_FILE))?;
-            write_json(&out.join(CARD_FILE), &best)?;
-            card = Some(best);
-        } else {
+        if !keep {
             state.bad_epochs += 1;
         }
         let mut saved = optimiser.named_moments();
