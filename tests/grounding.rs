@@ -237,6 +237,21 @@ fn train_resume_ground_and_eval_on_a_small_world() {
             .unwrap();
     assert_eq!(card["config"]["similarity_input"], true, "{card}");
 
+    // `eval` on the test videos, with the world's caption settings and `args`.
+    let (truth, test_features) = (test.join("gt.jsonl"), test.join("features"));
+    let eval_on_test = |args: &[&str]| {
+        let on_test = [
+            "eval",
+            "--config",
+            p(&caption),
+            "--annotations",
+            p(&truth),
+            "--features",
+            p(&test_features),
+        ];
+        must(&[&on_test[..], args].concat())
+    };
+
     // Queries read in context: every content word as written reaches the model.
     let in_context = dir.path().join("in-context");
     must(&train_args(
@@ -246,17 +261,7 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         &in_context,
         &["train.epochs=1", "train.query_words=contextual"],
     ));
-    let report = must(&[
-        "eval",
-        "--config",
-        p(&caption),
-        "--model",
-        p(&in_context),
-        "--annotations",
-        p(&test.join("gt.jsonl")),
-        "--features",
-        p(&test.join("features")),
-    ]);
+    let report = eval_on_test(&["--model", p(&in_context)]);
     assert!(
         report.contains("0.0% in the lexicon") && report.contains("100.0% as written"),
         "{report}"
@@ -299,16 +304,9 @@ fn train_resume_ground_and_eval_on_a_small_world() {
     }
 
     let per_query = dir.path().join("per-query.jsonl");
-    let report = must(&[
-        "eval",
-        "--config",
-        p(&caption),
+    let report = eval_on_test(&[
         "--model",
         p(&model),
-        "--annotations",
-        p(&test.join("gt.jsonl")),
-        "--features",
-        p(&test.join("features")),
         "--baselines",
         "--per-query",
         p(&per_query),
@@ -322,24 +320,14 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         assert!(report.lines().any(|l| l.starts_with(method)), "{report}");
     }
     // The training-free grounder needs no model: the text tower alone.
-    let report = must(&[
-        "eval",
-        "--method",
-        "similarity",
-        "--config",
-        p(&caption),
-        "--annotations",
-        p(&test.join("gt.jsonl")),
-        "--features",
-        p(&test.join("features")),
-    ]);
+    let report = eval_on_test(&["--method", "similarity"]);
     assert!(
         report.lines().any(|l| l.starts_with("similarity")),
         "{report}"
     );
     let lines = std::fs::read_to_string(&per_query).unwrap();
-    let truth = std::fs::read_to_string(test.join("gt.jsonl")).unwrap();
-    assert_eq!(lines.lines().count(), truth.lines().count());
+    let annotated = std::fs::read_to_string(&truth).unwrap();
+    assert_eq!(lines.lines().count(), annotated.lines().count());
 }
 
 #[test]
