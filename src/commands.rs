@@ -243,13 +243,17 @@ pub(crate) fn train_model(
         .map(|r| r.pairs_per_second * r.seconds)
         .sum();
     println!(
-        "trained on {} pairs of {} videos ({} held out for validation); best epoch {} of {}{}: validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch; model in {}",
+        "trained on {} pairs of {} videos ({} held out for validation); best epoch {} of {}{}{}: validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch; model in {}",
         card.data.train_pairs,
         card.data.videos,
         card.data.validation_pairs,
         card.best_epoch,
         card.history.len(),
         if report.stopped_early { " (stopped early)" } else { "" },
+        match card.averaged_epochs.as_slice() {
+            [first, .., last] => format!(", weights averaged over epochs {first}-{last}"),
+            _ => String::new(),
+        },
         card.validation.loss,
         100.0 * card.validation.r1[1],
         100.0 * card.validation.miou,

@@ -329,6 +329,9 @@ pub struct TrainConfig {
     // Model cards written before it was a setting carry none.
     #[serde(default)]
     pub keep_epochs: bool,
+    // Model cards written before it was a setting carry none: their weights are one epoch's.
+    #[serde(default)]
+    pub neighbour_epochs: usize,
     pub dropout: f64,
     pub batch: usize,
     pub learning_rate: f64,

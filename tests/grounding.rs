@@ -150,8 +150,9 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         std::fs::read(again.join("model.safetensors")).unwrap(),
         "a resumed run ends where an uninterrupted one does"
     );
-    // train.checkpoint = "last" keeps the last epoch, whatever the validation says, and
-    // train.keep_epochs keeps every epoch's model beside it (one answers below).
+    // train.checkpoint = "last" keeps the last epoch, whatever the validation says, and ships
+    // its weights averaged with the epoch before it (train.neighbour_epochs = 1);
+    // train.keep_epochs keeps every epoch's own model beside it (one answers below).
     let last = dir.path().join("m3");
     must(&train_args(
         &caption,
@@ -168,6 +169,7 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         serde_json::from_str(&std::fs::read_to_string(folder.join("model.json")).unwrap()).unwrap()
     };
     assert_eq!(card_of(&last)["best_epoch"], 3);
+    assert_eq!(card_of(&last)["averaged_epochs"], serde_json::json!([2, 3]));
     let epochs = last.join("epochs");
     for epoch in 1..=3 {
         let kept = epochs.join(format!("{epoch:03}"));
@@ -175,9 +177,29 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         assert_eq!(card["best_epoch"], epoch, "{card}");
         assert_eq!(card["history"].as_array().unwrap().len(), epoch);
     }
-    let weights = |folder: &Path| std::fs::read(folder.join("model.safetensors")).unwrap();
-    assert_eq!(weights(&epochs.join("003")), weights(&last));
-    assert_ne!(weights(&epochs.join("002")), weights(&last));
+    let weights = |folder: &Path| {
+        candle_core::safetensors::load(folder.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (second, third, shipped) = (
+        weights(&epochs.join("002")),
+        weights(&epochs.join("003")),
+        weights(&last),
+    );
+    assert_eq!(shipped.len(), third.len());
+    let mut largest_step = 0f32;
+    for (name, tensor) in &shipped {
+        let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (a, b, mean) = (flat(&second[name]), flat(&third[name]), flat(tensor));
+        for ((a, b), mean) in a.iter().zip(&b).zip(&mean) {
+            assert!(
+                (mean - (a + b) / 2.0).abs() <= 1e-6 * (1.0 + mean.abs()),
+                "{name}"
+            );
+            largest_step = largest_step.max((a - b).abs());
+        }
+    }
+    assert!(largest_step > 0.0, "epochs 2 and 3 have the same weights");
     // Each pair's word margins reach the dataset, and training weighs pairs by them when asked:
     // the same seed and data give other weights.
     let lines = std::fs::read_to_string(dataset.join("moment_detr.jsonl")).unwrap();

@@ -1,6 +1,7 @@
 //! What a run leaves on disk: the model card (`model.json`), the weights, and the state an
 //! interrupted run resumes from; all written under temporary names and renamed.
 
+use super::average::{Neighbours, Weights};
 use super::error::TrainError;
 use super::model::Network;
 use super::optim::*;
@@ -98,10 +99,15 @@ pub struct ModelCard {
     pub captions: CaptionRecord,
     /// What it was trained on.
     pub data: DataSummary,
-    /// The epoch whose weights these are.
+    /// The epoch the run kept (`train.checkpoint`).
     pub best_epoch: usize,
-    /// That epoch's validation figures.
+    /// The validation figures of these weights.
     pub validation: Validation,
+    /// The epochs these weights are the average of: `best_epoch` and up to
+    /// `train.neighbour_epochs` on either side of it. Cards written before the average carry
+    /// none; their weights are `best_epoch`'s.
+    #[serde(default)]
+    pub averaged_epochs: Vec<usize>,
     /// Every epoch run.
     pub history: Vec<EpochRecord>,
 }
@@ -266,6 +272,7 @@ pub(crate) fn resume(
     state: &mut TrainState,
     network: &Network,
     optimiser: &mut AdamW,
+    neighbours: &mut Neighbours,
 ) -> Result<Option<usize>, TrainError> {
     let Ok(text) = std::fs::read_to_string(out.join(STATE_FILE)) else {
         return Ok(None);
@@ -293,6 +300,23 @@ pub(crate) fn resume(
             path: path.clone(),
             message: e.to_string(),
         })?;
+    set_weights(network, &tensors, &path)?;
+    *neighbours = Neighbours::from_tensors(state.config.neighbour_epochs, &tensors);
+    optimiser.restore(&tensors, saved.step)?;
+    let epoch = saved.epoch;
+    let config = state.config.clone();
+    *state = saved;
+    state.config = config;
+    tracing::info!(epoch, "resuming");
+    Ok(Some(epoch))
+}
+
+/// Sets every parameter of `network` to its tensor in `tensors` (read from `source`).
+pub(crate) fn set_weights(
+    network: &Network,
+    tensors: &Weights,
+    source: &Path,
+) -> Result<(), TrainError> {
     for (name, var) in network
         .varmap
         .data()
@@ -301,18 +325,12 @@ pub(crate) fn resume(
         .iter()
     {
         let tensor = tensors.get(name).ok_or_else(|| TrainError::Model {
-            path: path.clone(),
+            path: source.to_path_buf(),
             message: format!("no tensor {name}"),
         })?;
         var.set(tensor)?;
     }
-    optimiser.restore(&tensors, saved.step)?;
-    let epoch = saved.epoch;
-    let config = state.config.clone();
-    *state = saved;
-    state.config = config;
-    tracing::info!(epoch, "resuming");
-    Ok(Some(epoch))
+    Ok(())
 }
 
 /// The parameters by name, as safetensors files hold them.

@@ -9,9 +9,11 @@
 //! checkpoint; the test set is never looked at.
 //!
 //! One file per job: [`data`] (inputs, pairs, split, batches), [`query`] (query tokens),
-//! [`model`] (the network), `optim` (AdamW), [`checkpoint`] (model card, weights, resumable
-//! state), [`error`]; this file is the training loop and its validation.
+//! [`model`] (the network), `optim` (AdamW), `average` (the shipped average of the kept epoch
+//! and its neighbours), [`checkpoint`] (model card, weights, resumable state), [`error`]; this
+//! file is the training loop and its validation.
 
+mod average;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -25,6 +27,7 @@ use crate::config::{Checkpoint, Config, TrainConfig};
 use crate::dataset::{read_moments, AnnotationFormat};
 use crate::rng::Rng;
 use crate::span::{iou, IOU_THRESHOLDS};
+use average::{Neighbours, Weights};
 pub use checkpoint::*;
 pub use data::*;
 pub use error::TrainError;
@@ -131,7 +134,10 @@ pub fn train(
         bad_epochs: 0,
         history: Vec::new(),
     };
-    let resumed_from = resume(out, &mut state, &network, &mut optimiser)?;
+    let mut neighbours = Neighbours::new(train_config.neighbour_epochs);
+    let resumed_from = resume(out, &mut state, &network, &mut optimiser, &mut neighbours)?;
+    // Holds the average of the kept epoch and its neighbours, to validate it.
+    let shipped = Network::new(train_config)?;
     let query_encoder = encoder.model_key()?;
     let mut stopped_early = false;
     let mut card = None;
@@ -189,45 +195,60 @@ pub fn train(
                 .best
                 .is_none_or(|best| check.better_than(&best, train_config.min_improvement)),
         };
-        if keep || train_config.keep_epochs {
-            let epoch_card = ModelCard {
-                format: "momentminer-grounding".into(),
-                version: CARD_VERSION,
-                momentminer: env!("CARGO_PKG_VERSION").into(),
-                config: train_config.clone(),
-                feature_dim: videos.feature_dim,
-                query_encoder: query_encoder.clone(),
-                lexicon: lexicon.clone(),
-                captions: captions.clone(),
-                data: data.clone(),
-                best_epoch: epoch,
-                validation: check,
-                history: state.history.clone(),
-            };
-            let weights = named_tensors(&network.varmap);
-            if train_config.keep_epochs {
-                let folder = epoch_folder(out, epoch);
-                std::fs::create_dir_all(&folder).map_err(|source| TrainError::Write {
-                    path: folder.clone(),
-                    source,
-                })?;
-                save_weights(&weights, &folder.join(WEIGHTS_FILE))?;
-                write_json(&folder.join(CARD_FILE), &epoch_card)?;
-            }
-            if keep {
-                state.best = Some(check);
-                state.best_epoch = epoch;
-                state.bad_epochs = 0;
-                save_weights(&weights, &out.join(WEIGHTS_FILE))?;
-                write_json(&out.join(CARD_FILE), &epoch_card)?;
-                card = Some(epoch_card);
-            }
-        }
-        if !keep {
+        if keep {
+            state.best = Some(check);
+            state.best_epoch = epoch;
+            state.bad_epochs = 0;
+        } else {
             state.bad_epochs += 1;
+        }
+        let card_of = |best_epoch, validation, averaged_epochs| ModelCard {
+            format: "momentminer-grounding".into(),
+            version: CARD_VERSION,
+            momentminer: env!("CARGO_PKG_VERSION").into(),
+            config: train_config.clone(),
+            feature_dim: videos.feature_dim,
+            query_encoder: query_encoder.clone(),
+            lexicon: lexicon.clone(),
+            captions: captions.clone(),
+            data: data.clone(),
+            best_epoch,
+            validation,
+            averaged_epochs,
+            history: state.history.clone(),
+        };
+        // A copy: the optimiser changes the network's tensors in place.
+        let weights = named_tensors(&network.varmap)
+            .into_iter()
+            .map(|(name, tensor)| Ok((name, tensor.copy()?)))
+            .collect::<Result<Weights, TrainError>>()?;
+        if train_config.keep_epochs {
+            let folder = epoch_folder(out, epoch);
+            std::fs::create_dir_all(&folder).map_err(|source| TrainError::Write {
+                path: folder.clone(),
+                source,
+            })?;
+            save_weights(&weights, &folder.join(WEIGHTS_FILE))?;
+            write_json(&folder.join(CARD_FILE), &card_of(epoch, check, vec![epoch]))?;
+        }
+        if neighbours.record(epoch, weights, keep, state.best_epoch) {
+            let average = neighbours.average()?;
+            let averaged_epochs = neighbours.epochs();
+            let shipped_validation = match averaged_epochs.len() {
+                1 => check,
+                _ => {
+                    set_weights(&shipped, &average, &out.join(WEIGHTS_FILE))?;
+                    validate(&shipped, &validation, &videos, &queries, train_config)?
+                }
+            };
+            save_weights(&average, &out.join(WEIGHTS_FILE))?;
+            let run_card = card_of(state.best_epoch, shipped_validation, averaged_epochs);
+            write_json(&out.join(CARD_FILE), &run_card)?;
+            card = Some(run_card);
         }
         let mut saved = optimiser.named_moments();
         saved.extend(named_tensors(&network.varmap));
+        saved.extend(neighbours.to_tensors());
         save_weights(&saved, &out.join(STATE_WEIGHTS_FILE))?;
         write_json(&out.join(STATE_FILE), &state)?;
         progress(&record, &state.best.unwrap_or_default());
