@@ -6,7 +6,7 @@
 
 use super::error::TrainError;
 use candle_core::Tensor;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A model's parameters by name.
 pub(crate) type Weights = HashMap<String, Tensor>;
@@ -100,41 +100,29 @@ impl Neighbours {
 
     /// What [`Neighbours::to_tensors`] saved, picked out of `tensors` (which may hold more).
     pub(crate) fn from_tensors(radius: usize, tensors: &Weights) -> Neighbours {
-        let mut parts: [Vec<(usize, Weights)>; 2] = Default::default();
+        let (mut recent, mut window) = (BTreeMap::new(), BTreeMap::new());
         for (key, tensor) in tensors {
             let mut fields = key.splitn(3, '/');
-            let (Some(part), Some(epoch), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let (slot, Ok(epoch)) = (
-                match part {
-                    "recent" => 0,
-                    "window" => 1,
-                    _ => continue,
-                },
-                epoch.parse::<usize>(),
+            let (Some(part), Some(Ok(epoch)), Some(name)) = (
+                fields.next(),
+                fields.next().map(str::parse::<usize>),
+                fields.next(),
             ) else {
                 continue;
             };
-            let held = &mut parts[slot];
-            let index = match held.iter().position(|(e, _)| *e == epoch) {
-                Some(index) => index,
-                None => {
-                    held.push((epoch, Weights::new()));
-                    held.len() - 1
-                }
+            let held: &mut BTreeMap<usize, Weights> = match part {
+                "recent" => &mut recent,
+                "window" => &mut window,
+                _ => continue,
             };
-            held[index].1.insert(name.to_string(), tensor.clone());
+            held.entry(epoch)
+                .or_default()
+                .insert(name.to_string(), tensor.clone());
         }
-        let [mut recent, mut window] = parts;
-        recent.sort_by_key(|(epoch, _)| *epoch);
-        window.sort_by_key(|(epoch, _)| *epoch);
         Neighbours {
             radius,
-            recent,
-            window,
+            recent: recent.into_iter().collect(),
+            window: window.into_iter().collect(),
         }
     }
 }
