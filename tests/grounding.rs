@@ -150,21 +150,25 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         std::fs::read(again.join("model.safetensors")).unwrap(),
         "a resumed run ends where an uninterrupted one does"
     );
-    // train.checkpoint = "last" keeps the last epoch, whatever the validation says, and ships
-    // its weights averaged with the epoch before it (train.neighbour_epochs = 1);
-    // train.keep_epochs keeps every epoch's own model beside it (one answers below).
+    // train.checkpoint = "last" keeps the last epoch, whatever the validation says;
+    // train.neighbour_epochs = 1 ships its weights averaged with the epoch before it, also when
+    // that epoch ran before a resume; train.keep_epochs keeps every epoch's own model beside it
+    // (one answers below).
     let last = dir.path().join("m3");
-    must(&train_args(
-        &caption,
-        &dataset,
-        &features,
-        &last,
-        &[
-            "train.epochs=3",
-            "train.checkpoint=last",
-            "train.keep_epochs=true",
-        ],
-    ));
+    for epochs in ["train.epochs=2", "train.epochs=3"] {
+        must(&train_args(
+            &caption,
+            &dataset,
+            &features,
+            &last,
+            &[
+                epochs,
+                "train.checkpoint=last",
+                "train.keep_epochs=true",
+                "train.neighbour_epochs=1",
+            ],
+        ));
+    }
     let card_of = |folder: &Path| -> Value {
         serde_json::from_str(&std::fs::read_to_string(folder.join("model.json")).unwrap()).unwrap()
     };

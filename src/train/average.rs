@@ -1,8 +1,9 @@
-//! The weights a run ships: the average of the kept epoch's and those of up to
-//! `train.neighbour_epochs` epochs on either side of it. Which epoch the validation loss keeps
-//! is partly a draw (R@1 moves by 2–5 points from one epoch to the next in every development
-//! world), and the average of neighbouring epochs sits nearer the middle of that spread
-//! (README, grounding).
+//! The weights a run ships with `train.neighbour_epochs` above 0: the mean of the kept epoch's
+//! and those of up to that many epochs on either side of it. Which epoch the validation loss
+//! keeps is partly a draw (R@1 moves by 2–5 points from one epoch to the next in every
+//! development world); of a given epoch, the mean of three is the better model, but at the
+//! epochs the loss keeps it gained nothing on average, so it is off by default (README,
+//! grounding). With 0 the kept epoch's weights pass through unchanged.
 
 use super::error::TrainError;
 use candle_core::Tensor;
