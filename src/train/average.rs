@@ -30,30 +30,34 @@ impl Neighbours {
         }
     }
 
-    /// Takes epoch `epoch`'s `weights` (a copy no optimiser step changes), `kept` when it is
-    /// the run's new checkpoint, `kept_epoch` the checkpoint's epoch after it. Returns whether
-    /// the average changed.
+    /// Takes epoch `epoch`'s `weights` (the network's own tensors, copied here only if held,
+    /// since the optimiser changes them in place), `kept` when it is the run's new checkpoint,
+    /// `kept_epoch` the checkpoint's epoch after it. Returns whether the average changed.
     pub(crate) fn record(
         &mut self,
         epoch: usize,
-        weights: Weights,
+        weights: &Weights,
         kept: bool,
         kept_epoch: usize,
-    ) -> bool {
-        let changed = if kept {
+    ) -> Result<bool, TrainError> {
+        let joins_window = kept || (!self.window.is_empty() && epoch <= kept_epoch + self.radius);
+        if !joins_window && self.radius == 0 {
+            return Ok(false);
+        }
+        let copy = weights
+            .iter()
+            .map(|(name, tensor)| Ok((name.clone(), tensor.copy()?)))
+            .collect::<Result<Weights, TrainError>>()?;
+        if kept {
             self.window = self.recent.clone();
-            self.window.push((epoch, weights.clone()));
-            true
-        } else if !self.window.is_empty() && epoch <= kept_epoch + self.radius {
-            self.window.push((epoch, weights.clone()));
-            true
-        } else {
-            false
-        };
-        self.recent.push((epoch, weights));
+        }
+        if joins_window {
+            self.window.push((epoch, copy.clone()));
+        }
+        self.recent.push((epoch, copy));
         let surplus = self.recent.len().saturating_sub(self.radius);
         self.recent.drain(..surplus);
-        changed
+        Ok(joins_window)
     }
 
     /// The epochs averaged, in order.
@@ -148,14 +152,14 @@ mod tests {
     fn the_kept_epoch_is_averaged_with_its_neighbours_on_either_side() {
         let mut neighbours = Neighbours::new(1);
         // Epoch 1 kept; 2 not (its neighbour); 3 kept; 4 not (its neighbour); 5 not.
-        assert!(neighbours.record(1, weights(1.0), true, 1));
+        assert!(neighbours.record(1, &weights(1.0), true, 1).unwrap());
         assert_eq!(mean(&neighbours), [1.0, 2.0]);
-        assert!(neighbours.record(2, weights(3.0), false, 1));
+        assert!(neighbours.record(2, &weights(3.0), false, 1).unwrap());
         assert_eq!(neighbours.epochs(), [1, 2]);
-        assert!(neighbours.record(3, weights(5.0), true, 3));
+        assert!(neighbours.record(3, &weights(5.0), true, 3).unwrap());
         assert_eq!(neighbours.epochs(), [2, 3]);
-        assert!(neighbours.record(4, weights(10.0), false, 3));
-        assert!(!neighbours.record(5, weights(100.0), false, 3));
+        assert!(neighbours.record(4, &weights(10.0), false, 3).unwrap());
+        assert!(!neighbours.record(5, &weights(100.0), false, 3).unwrap());
         assert_eq!(neighbours.epochs(), [2, 3, 4]);
         assert_eq!(mean(&neighbours), [6.0, 12.0]);
         // What an interrupted run saves, it resumes with.
@@ -171,9 +175,9 @@ mod tests {
     #[test]
     fn without_neighbours_the_kept_epochs_weights_are_shipped_unchanged() {
         let mut neighbours = Neighbours::new(0);
-        assert!(neighbours.record(1, weights(1.0), true, 1));
-        assert!(!neighbours.record(2, weights(3.0), false, 1));
-        assert!(neighbours.record(3, weights(0.1), true, 3));
+        assert!(neighbours.record(1, &weights(1.0), true, 1).unwrap());
+        assert!(!neighbours.record(2, &weights(3.0), false, 1).unwrap());
+        assert!(neighbours.record(3, &weights(0.1), true, 3).unwrap());
         assert_eq!(neighbours.epochs(), [3]);
         assert_eq!(mean(&neighbours), [0.1, 0.2]);
         assert!(Neighbours::new(2).average().unwrap().is_empty());

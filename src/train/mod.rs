@@ -27,7 +27,7 @@ use crate::config::{Checkpoint, Config, TrainConfig};
 use crate::dataset::{read_moments, AnnotationFormat};
 use crate::rng::Rng;
 use crate::span::{iou, IOU_THRESHOLDS};
-use average::{Neighbours, Weights};
+use average::Neighbours;
 pub use checkpoint::*;
 pub use data::*;
 pub use error::TrainError;
@@ -137,7 +137,10 @@ pub fn train(
     let mut neighbours = Neighbours::new(train_config.neighbour_epochs);
     let resumed_from = resume(out, &mut state, &network, &mut optimiser, &mut neighbours)?;
     // Holds the average of the kept epoch and its neighbours, to validate it.
-    let shipped = Network::new(train_config)?;
+    let shipped = match train_config.neighbour_epochs {
+        0 => None,
+        _ => Some(Network::new(train_config)?),
+    };
     let query_encoder = encoder.model_key()?;
     let mut stopped_early = false;
     let mut card = None;
@@ -217,11 +220,7 @@ pub fn train(
             averaged_epochs,
             history: state.history.clone(),
         };
-        // A copy: the optimiser changes the network's tensors in place.
-        let weights = named_tensors(&network.varmap)
-            .into_iter()
-            .map(|(name, tensor)| Ok((name, tensor.copy()?)))
-            .collect::<Result<Weights, TrainError>>()?;
+        let weights = named_tensors(&network.varmap);
         if train_config.keep_epochs {
             let folder = epoch_folder(out, epoch);
             std::fs::create_dir_all(&folder).map_err(|source| TrainError::Write {
@@ -231,15 +230,15 @@ pub fn train(
             save_weights(&weights, &folder.join(WEIGHTS_FILE))?;
             write_json(&folder.join(CARD_FILE), &card_of(epoch, check, vec![epoch]))?;
         }
-        if neighbours.record(epoch, weights, keep, state.best_epoch) {
+        if neighbours.record(epoch, &weights, keep, state.best_epoch)? {
             let average = neighbours.average()?;
             let averaged_epochs = neighbours.epochs();
-            let shipped_validation = match averaged_epochs.len() {
-                1 => check,
-                _ => {
-                    set_weights(&shipped, &average, &out.join(WEIGHTS_FILE))?;
-                    validate(&shipped, &validation, &videos, &queries, train_config)?
+            let shipped_validation = match (&shipped, averaged_epochs.len()) {
+                (Some(shipped), 2..) => {
+                    set_weights(shipped, &average, &out.join(WEIGHTS_FILE))?;
+                    validate(shipped, &validation, &videos, &queries, train_config)?
                 }
+                _ => check,
             };
             save_weights(&average, &out.join(WEIGHTS_FILE))?;
             let run_card = card_of(state.best_epoch, shipped_validation, averaged_epochs);
