@@ -208,9 +208,17 @@ pub(crate) fn train_model(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = train::train(dataset, format, features, out, config, |record, best| {
-        let line = format!(
-            "epoch {:>3}: loss {:.4}, validation loss {:.4} R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best loss {:.4}), {:.0} pairs/s",
+    let several = !config.train.member_seeds.is_empty();
+    let report = train::train(
+        dataset,
+        format,
+        features,
+        out,
+        config,
+        |seed, record, best| {
+            let line = format!(
+            "{}epoch {:>3}: loss {:.4}, validation loss {:.4} R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best loss {:.4}), {:.0} pairs/s",
+            if several { format!("seed {seed} ") } else { String::new() },
             record.epoch,
             record.loss,
             record.validation.loss,
@@ -221,32 +229,57 @@ pub(crate) fn train_model(
             best.loss,
             record.pairs_per_second
         );
-        bar.set_position(record.epoch as u64);
-        bar.set_message(format!(
-            "loss {:.4} validation {:.4}",
-            record.loss, record.validation.loss
-        ));
-        bar.println(&line);
-        if bar.is_hidden() {
-            println!("{line}");
-        }
-    })?;
+            bar.set_position(record.epoch as u64);
+            bar.set_message(format!(
+                "seed {seed} loss {:.4} validation {:.4}",
+                record.loss, record.validation.loss
+            ));
+            bar.println(&line);
+            if bar.is_hidden() {
+                println!("{line}");
+            }
+        },
+    )?;
     bar.finish_and_clear();
     let card = &report.card;
     if let Some(epoch) = report.resumed_from {
         println!("resumed after epoch {epoch}");
     }
+    println!(
+        "trained on {} pairs of {} videos ({} held out for validation); {}; model in {}",
+        card.data.train_pairs,
+        card.data.videos,
+        card.data.validation_pairs,
+        run_summary(&report),
+        out.display()
+    );
+    for member in &report.members {
+        println!(
+            "seed {} in {}{}: {}",
+            member.card.config.seed,
+            out.join(train::member_folder(member.card.config.seed))
+                .display(),
+            match member.resumed_from {
+                Some(epoch) => format!(" (resumed after epoch {epoch})"),
+                None => String::new(),
+            },
+            run_summary(member)
+        );
+    }
+    Ok(())
+}
+
+/// The kept epoch of one seed's run and how it went.
+fn run_summary(report: &train::TrainReport) -> String {
+    let card = &report.card;
     let seconds: f64 = card.history.iter().map(|r| r.seconds).sum();
     let pairs: f64 = card
         .history
         .iter()
         .map(|r| r.pairs_per_second * r.seconds)
         .sum();
-    println!(
-        "trained on {} pairs of {} videos ({} held out for validation); best epoch {} of {}{}{}: validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch; model in {}",
-        card.data.train_pairs,
-        card.data.videos,
-        card.data.validation_pairs,
+    format!(
+        "best epoch {} of {}{}{}: validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}; {:.0} pairs/s, {:.1} s per epoch",
         card.best_epoch,
         card.history.len(),
         if report.stopped_early { " (stopped early)" } else { "" },
@@ -259,9 +292,7 @@ pub(crate) fn train_model(
         100.0 * card.validation.miou,
         pairs / seconds.max(1e-9),
         seconds / card.history.len().max(1) as f64,
-        out.display()
-    );
-    Ok(())
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -346,6 +346,9 @@ pub struct TrainConfig {
     pub validation_share: f64,
     pub attention_loss: f64,
     pub seed: u64,
+    // Model cards written before it was a setting carry none: one model.
+    #[serde(default)]
+    pub member_seeds: Vec<u64>,
     pub threads: usize,
     pub top_k: usize,
     // Model cards written before it was a setting carry none.
@@ -724,6 +727,14 @@ impl Config {
             ),
             ("train.top_k", t.top_k >= 1, "must be at least 1"),
             (
+                "train.member_seeds",
+                t.member_seeds
+                    .iter()
+                    .enumerate()
+                    .all(|(i, s)| *s != t.seed && !t.member_seeds[..i].contains(s)),
+                "must differ from train.seed and from each other (a repeated seed trains the same model twice)",
+            ),
+            (
                 "caption.noun_lift",
                 self.caption.noun_lift >= 0.0 && self.caption.noun_lift.is_finite(),
                 "must be 0 or more",
@@ -936,6 +947,15 @@ mod tests {
             weighting.to_string(),
             "invalid configuration: train.confidence_weighting must lie in [0, 1]"
         );
+        for seeds in ["[1, 13]", "[1, 7, 1]"] {
+            let repeated = Config::load(&[], &[format!("train.member_seeds={seeds}")]).unwrap_err();
+            assert!(
+                repeated
+                    .to_string()
+                    .contains("train.member_seeds must differ from train.seed and from each other"),
+                "{repeated}"
+            );
+        }
         let typo = Config::load(&[], &["proposals.sampler=random".into()]).unwrap_err();
         assert!(typo.to_string().contains("random"), "{typo}");
         let device = Config::load(&[], &["compute.device=\"gpu\"".into()]).unwrap_err();

@@ -10,7 +10,7 @@
 
 use crate::caption::text::TextEncoder;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
-use crate::config::{Config, QueryWords};
+use crate::config::{Config, QueryWords, TrainConfig};
 use crate::ingest::Video;
 use crate::processor::{analyse, StageTimes};
 use crate::similarity::{dot, Spread};
@@ -19,7 +19,8 @@ use crate::train::{
     model::Reading,
     projection_matrix,
     query::{read_in_context, read_queries, Lexicon, QueryBank, WordCoverage},
-    video_steps, visual_steps, ModelCard, Network, Pair, TrainError, VideoBank, WEIGHTS_FILE,
+    video_steps, visual_steps, CaptionRecord, ModelCard, Network, Pair, TrainError, VideoBank,
+    WEIGHTS_FILE,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -49,15 +50,44 @@ pub struct Answer {
     pub segments: Vec<Segment>,
 }
 
+/// One trained network with the fixed projection its seed gave it.
+struct Member {
+    network: Network,
+    matrix: Vec<f32>,
+}
+
+impl Member {
+    fn load(dir: &Path, card: &ModelCard) -> Result<Member, TrainError> {
+        Ok(Member {
+            network: Network::load(&card.config, &dir.join(WEIGHTS_FILE))?,
+            matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
+        })
+    }
+}
+
+/// What members must share to be averaged: everything on the card but the seed, the weights
+/// and how training went.
+fn answers_alike(card: &ModelCard) -> (TrainConfig, usize, &str, &[String], &CaptionRecord) {
+    let mut train = card.config.clone();
+    (train.seed, train.member_seeds) = (0, Vec::new());
+    (
+        train,
+        card.feature_dim,
+        &card.query_encoder,
+        &card.lexicon,
+        &card.captions,
+    )
+}
+
 /// A trained model ready to answer, with the query encoder it was trained with.
 pub struct Grounder {
-    network: Network,
+    /// The card's model, then those of its further seeds (`train.member_seeds`).
+    members: Vec<Member>,
     /// The model card.
     pub card: ModelCard,
     encoder: TextEncoder,
     /// The card's lexicon, as queries are looked up in it.
     lexicon: Lexicon,
-    matrix: Vec<f32>,
     config: Config,
     /// The text tower, when answers weigh its similarity (`train.similarity_weight`) or the
     /// model reads it (`train.similarity_input`) and one loads.
@@ -67,14 +97,29 @@ pub struct Grounder {
 }
 
 impl Grounder {
-    /// Loads `dir` (model.json + model.safetensors), checking it was made by this version and
-    /// with the query encoder configured now.
+    /// Loads `dir` (model.json + model.safetensors, and the model folders its card lists as
+    /// members), checking it was made by this version and with the query encoder configured
+    /// now.
     pub fn load(dir: &Path, config: &Config) -> Result<Grounder, TrainError> {
         let card = ModelCard::read(dir)?;
         // An answer-time setting: the caller's, not the one the model was trained under.
         let similarity_weight = config.train.similarity_weight;
         let nearest_word_similarity = config.train.nearest_word_similarity;
-        let network = Network::load(&card.config, &dir.join(WEIGHTS_FILE))?;
+        let mut members = vec![Member::load(dir, &card)?];
+        for folder in &card.members {
+            let member_dir = dir.join(folder);
+            let member = ModelCard::read(&member_dir)?;
+            if answers_alike(&member) != answers_alike(&card) {
+                return Err(TrainError::Model {
+                    path: member_dir,
+                    message: format!(
+                        "a member of {} trained with other settings, features or queries than it; retrain the model",
+                        dir.display()
+                    ),
+                });
+            }
+            members.push(Member::load(&member_dir, &member)?);
+        }
         let encoder = TextEncoder::load(&config.caption)?;
         if encoder.model_key()? != card.query_encoder {
             return Err(TrainError::Model {
@@ -118,8 +163,7 @@ impl Grounder {
             tower,
             similarity_weight,
             lexicon: Lexicon::new(card.lexicon.iter().cloned(), nearest_word_similarity),
-            matrix: projection_matrix(card.config.seed, card.feature_dim, card.config.projection),
-            network,
+            members,
             card,
             encoder,
             config,
@@ -174,10 +218,6 @@ impl Grounder {
         let train = &self.config.train;
         let reads_tower = self.tower.as_ref().filter(|_| train.similarity_input);
         let mut bank = VideoBank::empty(features.dim);
-        bank.steps.insert(
-            video.id.clone(),
-            Arc::new(video_steps(features, &self.config, &self.matrix)),
-        );
         bank.durations.insert(video.id.clone(), video.duration);
         if reads_tower.is_some() {
             let visual = visual_steps(video, &self.config).map_err(|e| TrainError::Features {
@@ -223,7 +263,14 @@ impl Grounder {
             })
             .collect();
         let refs: Vec<&Pair> = pairs.iter().collect();
-        let predictions = self.network.predict(&refs, &bank, &texts, train)?;
+        let mut readings = Vec::with_capacity(self.members.len());
+        for member in &self.members {
+            let steps = video_steps(features, &self.config, &member.matrix);
+            bank.steps.insert(video.id.clone(), Arc::new(steps));
+            readings.push(member.network.predict(&refs, &bank, &texts, train)?);
+        }
+        let cell_spans = self.members[0].network.model.cell_spans();
+        let predictions = mean_readings(readings, cell_spans);
         // The tower's scores of every query on the candidates and on every regressed span, in
         // one pass: each span's mean and each query's embedding computed once.
         let similarity = match self.tower.as_ref().filter(|_| self.weighs_similarity()) {
@@ -259,7 +306,7 @@ impl Grounder {
                 } = reading;
                 let model = match &cells {
                     Some(probabilities) => ModelScore::Map {
-                        cells: self.network.model.cell_spans(),
+                        cells: cell_spans,
                         probabilities,
                     },
                     None => ModelScore::Attention(&attention),
@@ -272,6 +319,63 @@ impl Grounder {
             })
             .collect())
     }
+}
+
+/// What the members (`readings[m][q]`: member `m`'s reading of query `q`) read together: their
+/// mean attention and regressed span or, with a temporal map, their mean cell probabilities and
+/// the cell of the highest. One member's readings pass through as they are.
+fn mean_readings(readings: Vec<Vec<Reading>>, cell_spans: &[[f64; 2]]) -> Vec<Reading> {
+    let count = readings.len();
+    let mut members = readings.into_iter();
+    let Some(first) = members.next() else {
+        return Vec::new();
+    };
+    if count == 1 {
+        return first;
+    }
+    let rest: Vec<Vec<Reading>> = members.collect();
+    let share = 1.0 / count as f32;
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(q, mut mean)| {
+            let others = || rest.iter().filter_map(move |member| member.get(q));
+            let sum = |own: f32, each: &dyn Fn(&Reading) -> f32| {
+                (own + others().map(each).sum::<f32>()) * share
+            };
+            for (i, a) in mean.attention.iter_mut().enumerate() {
+                *a = sum(*a, &|r| r.attention.get(i).copied().unwrap_or(0.0));
+            }
+            match &mut mean.cells {
+                Some(cells) => {
+                    for (i, p) in cells.iter_mut().enumerate() {
+                        *p = sum(*p, &|r| {
+                            r.cells
+                                .as_ref()
+                                .and_then(|c| c.get(i))
+                                .copied()
+                                .unwrap_or(0.0)
+                        });
+                    }
+                    let best = cells
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|(i, _)| i);
+                    if let Some(&[start, end]) = best.and_then(|i| cell_spans.get(i)) {
+                        mean.span = (start, end);
+                    }
+                }
+                None => {
+                    let n = count as f64;
+                    let starts: f64 = others().map(|r| r.span.0).sum();
+                    let ends: f64 = others().map(|r| r.span.1).sum();
+                    mean.span = ((mean.span.0 + starts) / n, (mean.span.1 + ends) / n);
+                }
+            }
+            mean
+        })
+        .collect()
 }
 
 /// Sliding windows the similarity baseline over windows ranks (`eval --baselines`): every
@@ -586,6 +690,46 @@ mod tests {
             1,
         )[0];
         assert_eq!([unsure.start, unsure.end], [0.6, 0.8]);
+    }
+
+    #[test]
+    fn members_answer_with_their_mean_attention_span_and_map() {
+        let reading = |span, attention: &[f32], cells: Option<&[f32]>| Reading {
+            span,
+            attention: attention.to_vec(),
+            cells: cells.map(<[f32]>::to_vec),
+        };
+        let alone = vec![reading((0.1, 0.4), &[0.5, 0.5], None)];
+        let passed = mean_readings(vec![alone], &[]);
+        assert_eq!(passed[0].span, (0.1, 0.4));
+        assert_eq!(passed[0].attention, [0.5, 0.5]);
+        // Two queries read by two members.
+        let first = vec![
+            reading((0.0, 0.4), &[1.0, 0.0], None),
+            reading((0.2, 0.6), &[0.25, 0.75], None),
+        ];
+        let second = vec![
+            reading((0.2, 0.8), &[0.5, 0.5], None),
+            reading((0.4, 1.0), &[0.75, 0.25], None),
+        ];
+        let mean = mean_readings(vec![first, second], &[]);
+        assert_eq!(mean.len(), 2);
+        assert!((mean[0].span.0 - 0.1).abs() < 1e-12 && (mean[0].span.1 - 0.6).abs() < 1e-12);
+        assert_eq!(mean[0].attention, [0.75, 0.25]);
+        assert!((mean[1].span.0 - 0.3).abs() < 1e-12 && (mean[1].span.1 - 0.8).abs() < 1e-12);
+        assert_eq!(mean[1].attention, [0.5, 0.5]);
+        // With a map the span is the cell the mean probabilities favour, which neither member's
+        // own best cell is.
+        let cells = [[0.0, 0.5], [0.25, 0.75], [0.5, 1.0]];
+        let mapped = mean_readings(
+            vec![
+                vec![reading((0.0, 0.5), &[0.5, 0.5], Some(&[0.6, 0.4, 0.0]))],
+                vec![reading((0.5, 1.0), &[0.5, 0.5], Some(&[0.0, 0.4, 0.6]))],
+            ],
+            &cells,
+        );
+        assert_eq!(mapped[0].span, (0.25, 0.75));
+        assert_eq!(mapped[0].cells.as_deref(), Some(&[0.3, 0.4, 0.3][..]));
     }
 
     #[test]

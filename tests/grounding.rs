@@ -135,6 +135,28 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
         .collect();
     assert!(leftovers.is_empty(), "half-written checkpoints remain");
+    // The default trains two further seeds beside the first, each a model folder of its own,
+    // resumed like it, with its own weights.
+    assert_eq!(
+        card["members"],
+        serde_json::json!(["members/seed-1", "members/seed-7"])
+    );
+    for (folder, seed) in [("members/seed-1", 1), ("members/seed-7", 7)] {
+        let member: Value = serde_json::from_str(
+            &std::fs::read_to_string(model.join(folder).join("model.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(member["config"]["seed"], seed);
+        assert_eq!(member["history"].as_array().unwrap().len(), 2);
+        assert_ne!(
+            std::fs::read(model.join(folder).join("model.safetensors")).unwrap(),
+            std::fs::read(model.join("model.safetensors")).unwrap()
+        );
+    }
+    assert!(
+        report.contains("seed 1 in") && report.contains("seed 7 in"),
+        "{report}"
+    );
 
     // Training is deterministic: the same seed gives the same weights.
     let again = dir.path().join("m2");
@@ -430,6 +452,57 @@ fn grounding_mistakes_are_clear_errors() {
         report.contains("48-d features") && report.contains("64-d"),
         "{report}"
     );
+    // A member trained otherwise than the model it belongs to, or gone, is named.
+    let member = model.join("members/seed-7");
+    let card_path = member.join("model.json");
+    let original = std::fs::read_to_string(&card_path).unwrap();
+    let mut card: Value = serde_json::from_str(&original).unwrap();
+    card["config"]["hidden"] = serde_json::json!(16);
+    std::fs::write(&card_path, card.to_string()).unwrap();
+    let ask = [
+        "ground",
+        "--config",
+        p(&caption),
+        "--model",
+        p(&model),
+        "--features",
+        p(&video),
+        "--query",
+        "a person opens the door",
+    ];
+    let report = fail(&ask);
+    assert!(
+        report.contains("seed-7") && report.contains("other settings"),
+        "{report}"
+    );
+    std::fs::write(&card_path, original).unwrap();
+    let aside = dir.path().join("seed-7");
+    std::fs::rename(&member, &aside).unwrap();
+    let report = fail(&ask);
+    assert!(
+        report.contains("seed-7") && report.contains("model.json"),
+        "{report}"
+    );
+    std::fs::rename(&aside, &member).unwrap();
+    // The members vote: the first model alone scores the answers otherwise.
+    let together = must(&ask);
+    let main_card = model.join("model.json");
+    let listed = std::fs::read_to_string(&main_card).unwrap();
+    let mut alone: Value = serde_json::from_str(&listed).unwrap();
+    alone["members"] = serde_json::json!([]);
+    std::fs::write(&main_card, alone.to_string()).unwrap();
+    let first = must(&ask);
+    std::fs::write(&main_card, listed).unwrap();
+    let scores = |answer: &str| -> Vec<f64> {
+        let answer: Value = serde_json::from_str(answer).unwrap();
+        answer["answers"][0]["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["score"].as_f64().unwrap())
+            .collect()
+    };
+    assert_ne!(scores(&together), scores(&first), "{together}\n{first}");
     // --method decides whether a model is needed.
     let report = fail(&["ground", "--features", p(&video), "--query", "a door"]);
     assert!(report.contains("--model FOLDER is needed"), "{report}");

@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The model card's format; a folder written by another version is refused.
-pub const CARD_VERSION: u32 = 3;
-/// The oldest card read: version 2 lacks only [`ModelCard::captions`].
+pub const CARD_VERSION: u32 = 4;
+/// The oldest card read: version 2 lacks [`ModelCard::captions`]; before 4 a card lists no
+/// [`ModelCard::members`] (an older momentminer would answer with the first model alone).
 const OLDEST_CARD_VERSION: u32 = 2;
 /// The model card's file in a model folder.
 pub const CARD_FILE: &str = "model.json";
@@ -108,6 +109,10 @@ pub struct ModelCard {
     /// none; their weights are `best_epoch`'s.
     #[serde(default)]
     pub averaged_epochs: Vec<usize>,
+    /// The folders, relative to this one, of the models trained beside it with the seeds of
+    /// `train.member_seeds`; answers average all of them. Each is a model folder of its own.
+    #[serde(default)]
+    pub members: Vec<String>,
     /// Every epoch run.
     pub history: Vec<EpochRecord>,
 }
@@ -281,12 +286,14 @@ pub(crate) fn resume(
         tracing::warn!(dir = %out.display(), "unreadable training state; starting afresh");
         return Ok(None);
     };
-    // More epochs or patience continue a run, kept epochs or not; any other change starts
-    // afresh.
+    // More epochs or patience continue a run, kept epochs or other members or not; any other
+    // change starts afresh.
     let comparable = |c: &TrainConfig| TrainConfig {
         epochs: 0,
         patience: 0,
         keep_epochs: false,
+        // Trained after this run, each in its own folder.
+        member_seeds: Vec::new(),
         ..c.clone()
     };
     if saved.data_hash != state.data_hash || comparable(&saved.config) != comparable(&state.config)

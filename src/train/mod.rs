@@ -48,13 +48,59 @@ pub struct TrainReport {
     pub resumed_from: Option<usize>,
     /// Whether validation stopped it before `train.epochs`.
     pub stopped_early: bool,
+    /// The runs of the further seeds (`train.member_seeds`), in their order.
+    pub members: Vec<TrainReport>,
+}
+
+/// The folder, under a model folder, of the member trained with `seed`.
+pub fn member_folder(seed: u64) -> PathBuf {
+    Path::new("members").join(format!("seed-{seed}"))
 }
 
 /// Trains on the pairs of `dataset` (a file or a folder of our shards) over the features under
 /// `features`, writing `out/model.safetensors` + `out/model.json` (the best epoch on the
-/// validation split) and resuming an interrupted run in `out` when the data and settings are
-/// the same. `progress` is called after every epoch.
+/// validation split) and then, for each of `train.member_seeds`, a model of that seed in
+/// [`member_folder`], which the card lists; each run resumes an interrupted one in its folder
+/// when the data and settings are the same. `progress` is called after every epoch with the
+/// seed of the run.
 pub fn train(
+    dataset: &Path,
+    format: Option<AnnotationFormat>,
+    features: &[PathBuf],
+    out: &Path,
+    config: &Config,
+    mut progress: impl FnMut(u64, &EpochRecord, &Validation),
+) -> Result<TrainReport, TrainError> {
+    let train_config = &config.train;
+    let mut members = Vec::new();
+    let mut report = train_one(dataset, format, features, out, config, |record, best| {
+        progress(train_config.seed, record, best)
+    })?;
+    for &seed in &train_config.member_seeds {
+        let mut member_config = config.clone();
+        member_config.train.seed = seed;
+        member_config.train.member_seeds.clear();
+        let folder = member_folder(seed);
+        tracing::info!(seed, folder = %out.join(&folder).display(), "training a further seed");
+        report.members.push(train_one(
+            dataset,
+            format,
+            features,
+            &out.join(&folder),
+            &member_config,
+            |record, best| progress(seed, record, best),
+        )?);
+        members.push(folder.display().to_string());
+    }
+    report.card.members = members;
+    // Written once every member is in place, so an interrupted run leaves a model of the
+    // members finished before it, never one listing a folder not yet trained.
+    write_json(&out.join(CARD_FILE), &report.card)?;
+    Ok(report)
+}
+
+/// One model of `config.train.seed`, as [`train`] describes.
+fn train_one(
     dataset: &Path,
     format: Option<AnnotationFormat>,
     features: &[PathBuf],
@@ -218,6 +264,7 @@ pub fn train(
             best_epoch,
             validation,
             averaged_epochs,
+            members: Vec::new(),
             history: state.history.clone(),
         };
         let weights = named_tensors(&network.varmap);
@@ -258,11 +305,14 @@ pub fn train(
     };
     // The card always carries the whole history, also of epochs after the best one.
     card.history = state.history.clone();
+    // Listed again by [`train`] once they are trained, not while one may be half done.
+    card.members.clear();
     write_json(&out.join(CARD_FILE), &card)?;
     Ok(TrainReport {
         card,
         resumed_from,
         stopped_early,
+        members: Vec::new(),
     })
 }
 
