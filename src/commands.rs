@@ -209,16 +209,14 @@ pub(crate) fn train_model(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let several = !config.train.member_seeds.is_empty();
-    let report = train::train(
-        dataset,
-        format,
-        features,
-        out,
-        config,
-        |seed, record, best| {
-            let line = format!(
+    let seed_of = |seed: u64| match several {
+        true => format!("seed {seed} "),
+        false => String::new(),
+    };
+    let report_epoch = |seed: u64, record: &train::EpochRecord, best: &train::Validation| {
+        let line = format!(
             "{}epoch {:>3}: loss {:.4}, validation loss {:.4} R@1 IoU .3/.5/.7 {:.1}/{:.1}/{:.1} mIoU {:.1} (best loss {:.4}), {:.0} pairs/s",
-            if several { format!("seed {seed} ") } else { String::new() },
+            seed_of(seed),
             record.epoch,
             record.loss,
             record.validation.loss,
@@ -229,17 +227,17 @@ pub(crate) fn train_model(
             best.loss,
             record.pairs_per_second
         );
-            bar.set_position(record.epoch as u64);
-            bar.set_message(format!(
-                "seed {seed} loss {:.4} validation {:.4}",
-                record.loss, record.validation.loss
-            ));
-            bar.println(&line);
-            if bar.is_hidden() {
-                println!("{line}");
-            }
-        },
-    )?;
+        bar.set_position(record.epoch as u64);
+        bar.set_message(format!(
+            "seed {seed} loss {:.4} validation {:.4}",
+            record.loss, record.validation.loss
+        ));
+        bar.println(&line);
+        if bar.is_hidden() {
+            println!("{line}");
+        }
+    };
+    let report = train::train(dataset, format, features, out, config, report_epoch)?;
     bar.finish_and_clear();
     let card = &report.card;
     if let Some(epoch) = report.resumed_from {

@@ -4,9 +4,11 @@
 //! proposals, ranked by how much more of the attention they hold than an even spread would
 //! give them, overlapping ones suppressed. A model with a temporal map (`train.head = "map"`)
 //! answers with its best-scored cell instead of the regressed span, and scores each candidate
-//! by the cell overlapping it most. The [`SimilarityGrounder`] ranks the video's
-//! proposals by the cosine between the query's text embedding and the span's mean visual
-//! embedding: a real zero-shot grounder wherever such a tower exists.
+//! by the cell overlapping it most. A model trained with further seeds (`train.member_seeds`)
+//! reads each query with every seed's network and answers from their mean reading. The
+//! [`SimilarityGrounder`] ranks the video's proposals by the cosine between the query's text
+//! embedding and the span's mean visual embedding: a real zero-shot grounder wherever such a
+//! tower exists.
 
 use crate::caption::text::TextEncoder;
 use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};

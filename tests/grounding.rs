@@ -59,6 +59,26 @@ fn train_args<'a>(
     args
 }
 
+/// `ground` with `model` on one `video` for one `query`, with the caption settings `caption`.
+fn ground_args<'a>(
+    caption: &'a Path,
+    model: &'a Path,
+    video: &'a Path,
+    query: &'a str,
+) -> [&'a str; 9] {
+    [
+        "ground",
+        "--config",
+        p(caption),
+        "--model",
+        p(model),
+        "--features",
+        p(video),
+        "--query",
+        query,
+    ]
+}
+
 /// Proposes and captions the world in `world`; returns its caption settings file.
 fn propose_world(world: &Path) -> std::path::PathBuf {
     let caption = world.join("caption.toml");
@@ -423,31 +443,17 @@ fn grounding_mistakes_are_clear_errors() {
     ));
     let long = "word ".repeat(40);
     let video = features.join("synth_00001.npz");
-    let report = fail(&[
-        "ground",
-        "--config",
-        p(&caption),
-        "--model",
-        p(&model),
-        "--features",
-        p(&video),
-        "--query",
-        &long,
-    ]);
+    let report = fail(&ground_args(&caption, &model, &video, &long));
     assert!(report.contains("longer than"), "{report}");
     let other = dir.path().join("wide");
     must(&["synth", "--out", p(&other), "--videos", "1", "--dim", "48"]);
-    let report = fail(&[
-        "ground",
-        "--config",
-        p(&caption),
-        "--model",
-        p(&model),
-        "--features",
-        p(&other.join("features/synth_00000.npz")),
-        "--query",
+    let wide = other.join("features/synth_00000.npz");
+    let report = fail(&ground_args(
+        &caption,
+        &model,
+        &wide,
         "a person opens the door",
-    ]);
+    ));
     assert!(
         report.contains("48-d features") && report.contains("64-d"),
         "{report}"
@@ -459,17 +465,7 @@ fn grounding_mistakes_are_clear_errors() {
     let mut card: Value = serde_json::from_str(&original).unwrap();
     card["config"]["hidden"] = serde_json::json!(16);
     std::fs::write(&card_path, card.to_string()).unwrap();
-    let ask = [
-        "ground",
-        "--config",
-        p(&caption),
-        "--model",
-        p(&model),
-        "--features",
-        p(&video),
-        "--query",
-        "a person opens the door",
-    ];
+    let ask = ground_args(&caption, &model, &video, "a person opens the door");
     let report = fail(&ask);
     assert!(
         report.contains("seed-7") && report.contains("other settings"),
