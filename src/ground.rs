@@ -329,55 +329,39 @@ impl Grounder {
 fn mean_readings(readings: Vec<Vec<Reading>>, cell_spans: &[[f64; 2]]) -> Vec<Reading> {
     let count = readings.len();
     let mut members = readings.into_iter();
-    let Some(first) = members.next() else {
+    let Some(mut mean) = members.next() else {
         return Vec::new();
     };
     if count == 1 {
-        return first;
+        return mean;
     }
-    let rest: Vec<Vec<Reading>> = members.collect();
+    let add = |sum: &mut [f32], other: &[f32]| sum.iter_mut().zip(other).for_each(|(s, o)| *s += o);
+    for member in members {
+        for (sum, reading) in mean.iter_mut().zip(member) {
+            sum.span = (sum.span.0 + reading.span.0, sum.span.1 + reading.span.1);
+            add(&mut sum.attention, &reading.attention);
+            if let (Some(cells), Some(other)) = (&mut sum.cells, &reading.cells) {
+                add(cells, other);
+            }
+        }
+    }
     let share = 1.0 / count as f32;
-    first
-        .into_iter()
-        .enumerate()
-        .map(|(q, mut mean)| {
-            let others = || rest.iter().filter_map(move |member| member.get(q));
-            let sum = |own: f32, each: &dyn Fn(&Reading) -> f32| {
-                (own + others().map(each).sum::<f32>()) * share
-            };
-            for (i, a) in mean.attention.iter_mut().enumerate() {
-                *a = sum(*a, &|r| r.attention.get(i).copied().unwrap_or(0.0));
+    for reading in &mut mean {
+        reading.span = (reading.span.0 / count as f64, reading.span.1 / count as f64);
+        reading.attention.iter_mut().for_each(|a| *a *= share);
+        if let Some(cells) = &mut reading.cells {
+            cells.iter_mut().for_each(|p| *p *= share);
+            let best = cells
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .and_then(|(i, _)| cell_spans.get(i));
+            if let Some(&[start, end]) = best {
+                reading.span = (start, end);
             }
-            match &mut mean.cells {
-                Some(cells) => {
-                    for (i, p) in cells.iter_mut().enumerate() {
-                        *p = sum(*p, &|r| {
-                            r.cells
-                                .as_ref()
-                                .and_then(|c| c.get(i))
-                                .copied()
-                                .unwrap_or(0.0)
-                        });
-                    }
-                    let best = cells
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .map(|(i, _)| i);
-                    if let Some(&[start, end]) = best.and_then(|i| cell_spans.get(i)) {
-                        mean.span = (start, end);
-                    }
-                }
-                None => {
-                    let n = count as f64;
-                    let starts: f64 = others().map(|r| r.span.0).sum();
-                    let ends: f64 = others().map(|r| r.span.1).sum();
-                    mean.span = ((mean.span.0 + starts) / n, (mean.span.1 + ends) / n);
-                }
-            }
-            mean
-        })
-        .collect()
+        }
+    }
+    mean
 }
 
 /// Sliding windows the similarity baseline over windows ranks (`eval --baselines`): every
