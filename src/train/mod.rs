@@ -72,7 +72,6 @@ pub fn train(
     mut progress: impl FnMut(u64, &EpochRecord, &Validation),
 ) -> Result<TrainReport, TrainError> {
     let train_config = &config.train;
-    let mut members = Vec::new();
     let mut report = train_one(dataset, format, features, out, config, |record, best| {
         progress(train_config.seed, record, best)
     })?;
@@ -90,11 +89,14 @@ pub fn train(
             &member_config,
             |record, best| progress(seed, record, best),
         )?);
-        members.push(folder.display().to_string());
     }
-    report.card.members = members;
-    // Written once every member is in place, so an interrupted run leaves a model of the
-    // members finished before it, never one listing a folder not yet trained.
+    report.card.members = train_config
+        .member_seeds
+        .iter()
+        .map(|&seed| member_folder(seed).display().to_string())
+        .collect();
+    // Written once every member is in place: an interrupted run leaves the first seed's model
+    // answering alone, never a card that lists a folder not yet trained.
     write_json(&out.join(CARD_FILE), &report.card)?;
     Ok(report)
 }
