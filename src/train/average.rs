@@ -30,9 +30,10 @@ impl Neighbours {
         }
     }
 
-    /// Takes epoch `epoch`'s `weights` (the network's own tensors, copied here only if held,
-    /// since the optimiser changes them in place), `kept` when it is the run's new checkpoint,
-    /// `kept_epoch` the checkpoint's epoch after it. Returns whether the average changed.
+    /// Takes epoch `epoch`'s `weights` (the network's own tensors, copied here where held past
+    /// this epoch, since the optimiser changes them in place), `kept` when it is the run's new
+    /// checkpoint, `kept_epoch` the checkpoint's epoch after it. Returns whether the average
+    /// changed.
     pub(crate) fn record(
         &mut self,
         epoch: usize,
@@ -40,10 +41,15 @@ impl Neighbours {
         kept: bool,
         kept_epoch: usize,
     ) -> Result<bool, TrainError> {
-        let joins_window = kept || (!self.window.is_empty() && epoch <= kept_epoch + self.radius);
-        if !joins_window && self.radius == 0 {
-            return Ok(false);
+        if self.radius == 0 {
+            // The kept epoch alone, shipped before the optimiser touches the weights again:
+            // nothing to copy, and nothing to hold past this epoch or save for a resume.
+            if kept {
+                self.window = vec![(epoch, weights.clone())];
+            }
+            return Ok(kept);
         }
+        let joins_window = kept || (!self.window.is_empty() && epoch <= kept_epoch + self.radius);
         let copy = weights
             .iter()
             .map(|(name, tensor)| Ok((name.clone(), tensor.copy()?)))
@@ -90,9 +96,12 @@ impl Neighbours {
     }
 
     /// Everything held, as tensors named `recent/EPOCH/NAME` and `window/EPOCH/NAME`, for
-    /// the state an interrupted run resumes from.
+    /// the state an interrupted run resumes from; none without neighbours.
     pub(crate) fn to_tensors(&self) -> Weights {
         let mut tensors = Weights::new();
+        if self.radius == 0 {
+            return tensors;
+        }
         for (part, epochs) in [("recent", &self.recent), ("window", &self.window)] {
             for (epoch, weights) in epochs {
                 for (name, tensor) in weights {
@@ -181,5 +190,6 @@ mod tests {
         assert_eq!(neighbours.epochs(), [3]);
         assert_eq!(mean(&neighbours), [0.1, 0.2]);
         assert!(Neighbours::new(2).average().unwrap().is_empty());
+        assert!(neighbours.to_tensors().is_empty());
     }
 }

@@ -295,7 +295,7 @@ fn train_one(
             card = Some(run_card);
         }
         let mut saved = optimiser.named_moments();
-        saved.extend(named_tensors(&network.varmap));
+        saved.extend(weights);
         saved.extend(neighbours.to_tensors());
         save_weights(&saved, &out.join(STATE_WEIGHTS_FILE))?;
         write_json(&out.join(STATE_FILE), &state)?;
