@@ -108,6 +108,24 @@ pub(crate) fn demo(
 
 /// `momentminer ground`: the best segments of one video for each sentence, as JSON.
 /// The model folder `--method` needs: one for `model`, none for `similarity`.
+/// Runs `work` on `threads` threads (`train.threads`; 0: every core), over which the model's
+/// arithmetic (candle's matrix products) and everything else inside it spread: training and
+/// answering leave the other cores to whatever else the machine runs.
+pub(crate) fn on_model_threads<T: Send>(
+    threads: usize,
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    match threads {
+        0 => work(),
+        _ => rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("model-{i}"))
+            .build()
+            .context("cannot start the threads of train.threads")?
+            .install(work),
+    }
+}
+
 fn model_for(method: GroundMethod, model: Option<&Path>) -> Result<Option<&Path>> {
     match (method, model) {
         (GroundMethod::Model, Some(model)) => Ok(Some(model)),
@@ -197,8 +215,10 @@ pub(crate) fn train_model(
     out: &Path,
     config: &Config,
 ) -> Result<()> {
+    // Every seed's epochs, as the seeds train side by side.
+    let seeds = 1 + config.train.member_seeds.len();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(config.train.epochs as u64)
+        indicatif::ProgressBar::new((config.train.epochs * seeds) as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
@@ -208,8 +228,7 @@ pub(crate) fn train_model(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let several = !config.train.member_seeds.is_empty();
-    let seed_of = |seed: u64| match several {
+    let seed_of = |seed: u64| match seeds > 1 {
         true => format!("seed {seed} "),
         false => String::new(),
     };
@@ -227,7 +246,7 @@ pub(crate) fn train_model(
             best.loss,
             record.pairs_per_second
         );
-        bar.set_position(record.epoch as u64);
+        bar.inc(1);
         bar.set_message(format!(
             "seed {seed} loss {:.4} validation {:.4}",
             record.loss, record.validation.loss
@@ -264,6 +283,15 @@ pub(crate) fn train_model(
             run_summary(member)
         );
     }
+    if !report.members.is_empty() {
+        println!(
+            "the {} seeds together: validation loss {:.4}, R@1 IoU .5 {:.1}, mIoU {:.1}",
+            report.members.len() + 1,
+            card.validation.loss,
+            100.0 * card.validation.r1[1],
+            100.0 * card.validation.miou,
+        );
+    }
     Ok(())
 }
 
@@ -285,9 +313,9 @@ fn run_summary(report: &train::TrainReport) -> String {
             [first, .., last] => format!(", weights averaged over epochs {first}-{last}"),
             _ => String::new(),
         },
-        card.validation.loss,
-        100.0 * card.validation.r1[1],
-        100.0 * card.validation.miou,
+        report.validation.loss,
+        100.0 * report.validation.r1[1],
+        100.0 * report.validation.miou,
         pairs / seconds.max(1e-9),
         seconds / card.history.len().max(1) as f64,
     )

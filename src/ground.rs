@@ -18,6 +18,7 @@ use crate::processor::{analyse, StageTimes};
 use crate::similarity::{dot, Spread};
 use crate::span::iou;
 use crate::train::{
+    members::mean_readings,
     model::Reading,
     projection_matrix,
     query::{read_in_context, read_queries, Lexicon, QueryBank, WordCoverage},
@@ -321,47 +322,6 @@ impl Grounder {
             })
             .collect())
     }
-}
-
-/// What the members (`readings[m][q]`: member `m`'s reading of query `q`) read together: their
-/// mean attention and regressed span or, with a temporal map, their mean cell probabilities and
-/// the cell of the highest. One member's readings pass through as they are.
-fn mean_readings(readings: Vec<Vec<Reading>>, cell_spans: &[[f64; 2]]) -> Vec<Reading> {
-    let count = readings.len();
-    let mut members = readings.into_iter();
-    let Some(mut mean) = members.next() else {
-        return Vec::new();
-    };
-    if count == 1 {
-        return mean;
-    }
-    let add = |sum: &mut [f32], other: &[f32]| sum.iter_mut().zip(other).for_each(|(s, o)| *s += o);
-    for member in members {
-        for (sum, reading) in mean.iter_mut().zip(member) {
-            sum.span = (sum.span.0 + reading.span.0, sum.span.1 + reading.span.1);
-            add(&mut sum.attention, &reading.attention);
-            if let (Some(cells), Some(other)) = (&mut sum.cells, &reading.cells) {
-                add(cells, other);
-            }
-        }
-    }
-    let share = 1.0 / count as f32;
-    for reading in &mut mean {
-        reading.span = (reading.span.0 / count as f64, reading.span.1 / count as f64);
-        reading.attention.iter_mut().for_each(|a| *a *= share);
-        if let Some(cells) = &mut reading.cells {
-            cells.iter_mut().for_each(|p| *p *= share);
-            let best = cells
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .and_then(|(i, _)| cell_spans.get(i));
-            if let Some(&[start, end]) = best {
-                reading.span = (start, end);
-            }
-        }
-    }
-    mean
 }
 
 /// Sliding windows the similarity baseline over windows ranks (`eval --baselines`): every
@@ -676,46 +636,6 @@ mod tests {
             1,
         )[0];
         assert_eq!([unsure.start, unsure.end], [0.6, 0.8]);
-    }
-
-    #[test]
-    fn members_answer_with_their_mean_attention_span_and_map() {
-        let reading = |span, attention: &[f32], cells: Option<&[f32]>| Reading {
-            span,
-            attention: attention.to_vec(),
-            cells: cells.map(<[f32]>::to_vec),
-        };
-        let alone = vec![reading((0.1, 0.4), &[0.5, 0.5], None)];
-        let passed = mean_readings(vec![alone], &[]);
-        assert_eq!(passed[0].span, (0.1, 0.4));
-        assert_eq!(passed[0].attention, [0.5, 0.5]);
-        // Two queries read by two members.
-        let first = vec![
-            reading((0.0, 0.4), &[1.0, 0.0], None),
-            reading((0.2, 0.6), &[0.25, 0.75], None),
-        ];
-        let second = vec![
-            reading((0.2, 0.8), &[0.5, 0.5], None),
-            reading((0.4, 1.0), &[0.75, 0.25], None),
-        ];
-        let mean = mean_readings(vec![first, second], &[]);
-        assert_eq!(mean.len(), 2);
-        assert!((mean[0].span.0 - 0.1).abs() < 1e-12 && (mean[0].span.1 - 0.6).abs() < 1e-12);
-        assert_eq!(mean[0].attention, [0.75, 0.25]);
-        assert!((mean[1].span.0 - 0.3).abs() < 1e-12 && (mean[1].span.1 - 0.8).abs() < 1e-12);
-        assert_eq!(mean[1].attention, [0.5, 0.5]);
-        // With a map the span is the cell the mean probabilities favour, which neither member's
-        // own best cell is.
-        let cells = [[0.0, 0.5], [0.25, 0.75], [0.5, 1.0]];
-        let mapped = mean_readings(
-            vec![
-                vec![reading((0.0, 0.5), &[0.5, 0.5], Some(&[0.6, 0.4, 0.0]))],
-                vec![reading((0.5, 1.0), &[0.5, 0.5], Some(&[0.0, 0.4, 0.6]))],
-            ],
-            &cells,
-        );
-        assert_eq!(mapped[0].span, (0.25, 0.75));
-        assert_eq!(mapped[0].cells.as_deref(), Some(&[0.3, 0.4, 0.3][..]));
     }
 
     #[test]

@@ -7,7 +7,9 @@ mod commands;
 use anyhow::Result;
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
-use commands::{evaluate_model, load_video, print_evaluation, propose_paths, train_model};
+use commands::{
+    evaluate_model, load_video, on_model_threads, print_evaluation, propose_paths, train_model,
+};
 use momentminer::bench;
 use momentminer::config::Config;
 use momentminer::processor::{analyse, Source, StageTimes};
@@ -39,6 +41,26 @@ fn chain(error: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// candle spreads large element-wise operations over one pool of threads per process, sized
+/// once from `CANDLE_NUM_THREADS` and serving one operation at a time. Seeds that train side by
+/// side queue on it: two seeds, three epochs, took 37 s with the pool at two threads and 25 s
+/// at one (README, "Several seeds"). So with several seeds it gets one thread, and otherwise
+/// `train.threads`; one set in the environment stands. Called before any thread starts, as the
+/// environment may only change then.
+fn size_candle_pool(train: &momentminer::config::TrainConfig) {
+    const VARIABLE: &str = "CANDLE_NUM_THREADS";
+    if std::env::var_os(VARIABLE).is_some() {
+        return;
+    }
+    let threads = match (train.member_seeds.is_empty(), train.threads) {
+        (false, _) => 1,
+        // candle's own default: every core.
+        (true, 0) => return,
+        (true, threads) => threads,
+    };
+    std::env::set_var(VARIABLE, threads.to_string());
 }
 
 fn init_logging(format: Option<LogFormat>) {
@@ -73,6 +95,15 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         return commands::check(loaded, *print, sample.as_deref());
     }
     let mut config = loaded?;
+    if matches!(
+        cli.command,
+        Command::Train { .. }
+            | Command::Ground { .. }
+            | Command::Eval { .. }
+            | Command::Demo { .. }
+    ) {
+        size_candle_pool(&config.train);
+    }
     match cli.command {
         Command::Propose {
             inputs,
@@ -170,7 +201,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             out,
             epochs,
             test_videos,
-        } => commands::demo(&out, epochs, test_videos, config)?,
+        } => on_model_threads(config.train.threads, move || {
+            commands::demo(&out, epochs, test_videos, config)
+        })?,
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
         Command::Check { .. } => unreachable!("answered above"),
         Command::Kernels { archs, out, bench } => {
@@ -250,7 +283,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             format,
             features,
             out,
-        } => train_model(&dataset, format, &features, &out, &config)?,
+        } => on_model_threads(config.train.threads, || {
+            train_model(&dataset, format, &features, &out, &config)
+        })?,
         Command::Ground {
             model,
             method,
@@ -259,16 +294,18 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             query,
             queries,
             top_k,
-        } => commands::ground(
-            method,
-            model.as_deref(),
-            &features,
-            video.as_deref(),
-            query,
-            queries.as_deref(),
-            top_k,
-            &config,
-        )?,
+        } => on_model_threads(config.train.threads, || {
+            commands::ground(
+                method,
+                model.as_deref(),
+                &features,
+                video.as_deref(),
+                query,
+                queries.as_deref(),
+                top_k,
+                &config,
+            )
+        })?,
         Command::Eval {
             model,
             method,
@@ -277,16 +314,18 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             features,
             baselines,
             per_query,
-        } => evaluate_model(
-            method,
-            model.as_deref(),
-            &annotations,
-            format,
-            &features,
-            baselines,
-            per_query.as_deref(),
-            &config,
-        )?,
+        } => on_model_threads(config.train.threads, || {
+            evaluate_model(
+                method,
+                model.as_deref(),
+                &annotations,
+                format,
+                &features,
+                baselines,
+                per_query.as_deref(),
+                &config,
+            )
+        })?,
         Command::Merge { out } => {
             let out = out.unwrap_or_else(|| config.daemon.output.join("dataset/merged"));
             let report =

@@ -177,21 +177,53 @@ fn train_resume_ground_and_eval_on_a_small_world() {
         report.contains("seed 1 in") && report.contains("seed 7 in"),
         "{report}"
     );
+    // The card's validation figures are those of what the folder answers with, the three seeds
+    // together, not the first seed's kept epoch.
+    assert!(
+        report.contains("the 3 seeds together: validation loss"),
+        "{report}"
+    );
+    let best = card["best_epoch"].as_u64().unwrap() as usize;
+    assert_ne!(card["validation"], card["history"][best - 1]["validation"]);
+    // A setting only answers read does not retrain, for any seed; the card takes it.
+    let report = must(&train_args(
+        &caption,
+        &dataset,
+        &features,
+        &model,
+        &["train.epochs=2", "train.similarity_weight=0.3"],
+    ));
+    assert_eq!(
+        report.matches("resumed after epoch 2").count(),
+        3,
+        "{report}"
+    );
+    assert!(!report.contains("epoch   2:"), "{report}");
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["config"]["similarity_weight"], 0.3);
 
-    // Training is deterministic: the same seed gives the same weights.
+    // Training is deterministic: the same seed gives the same weights, also when the seeds
+    // train one after the other (one thread) rather than side by side.
     let again = dir.path().join("m2");
     must(&train_args(
         &caption,
         &dataset,
         &features,
         &again,
-        &["train.epochs=2"],
+        &["train.epochs=2", "train.threads=1"],
     ));
-    assert_eq!(
-        std::fs::read(model.join("model.safetensors")).unwrap(),
-        std::fs::read(again.join("model.safetensors")).unwrap(),
-        "a resumed run ends where an uninterrupted one does"
-    );
+    for weights in [
+        "model.safetensors",
+        "members/seed-1/model.safetensors",
+        "members/seed-7/model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(model.join(weights)).unwrap(),
+            std::fs::read(again.join(weights)).unwrap(),
+            "{weights}: a resumed run ends where an uninterrupted one does"
+        );
+    }
     // train.checkpoint = "last" keeps the last epoch, whatever the validation says;
     // train.neighbour_epochs = 1 ships its weights averaged with the epoch before it, also when
     // that epoch ran before a resume; train.keep_epochs keeps every epoch's own model beside it

@@ -7,6 +7,7 @@ use super::model::Network;
 use super::optim::*;
 use crate::config::{Config, TrainConfig};
 use crate::fsio::{write_atomic, Durability};
+use crate::span::{iou, IOU_THRESHOLDS};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,47 @@ impl Validation {
     }
 }
 
+/// Sums [`Validation`] figures over batches of held-out pairs.
+#[derive(Default)]
+pub(crate) struct Tally {
+    loss_sum: f64,
+    hits: [usize; 3],
+    iou_sum: f64,
+    count: usize,
+}
+
+impl Tally {
+    /// One batch: its mean loss, and each pair's answered span with the pair's own.
+    pub(crate) fn add(
+        &mut self,
+        mean_loss: f64,
+        answered: impl ExactSizeIterator<Item = ((f64, f64), (f64, f64))>,
+    ) {
+        self.loss_sum += mean_loss * answered.len() as f64;
+        for ((start, end), wanted) in answered {
+            let iou = iou([start, end], [wanted.0, wanted.1]);
+            self.iou_sum += iou;
+            self.count += 1;
+            for (hit, threshold) in self.hits.iter_mut().zip(IOU_THRESHOLDS) {
+                *hit += usize::from(iou >= threshold);
+            }
+        }
+    }
+
+    /// The figures so far; [`Validation::default`] for no pairs.
+    pub(crate) fn validation(&self) -> Validation {
+        if self.count == 0 {
+            return Validation::default();
+        }
+        let n = self.count as f64;
+        Validation {
+            loss: self.loss_sum / n,
+            r1: self.hits.map(|h| h as f64 / n),
+            miou: self.iou_sum / n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 /// One epoch of training, as the card's history keeps it.
 pub struct EpochRecord {
@@ -102,7 +144,8 @@ pub struct ModelCard {
     pub data: DataSummary,
     /// The epoch the run kept (`train.checkpoint`).
     pub best_epoch: usize,
-    /// The validation figures of these weights.
+    /// The validation figures of what the folder answers with: these weights, or with
+    /// [`ModelCard::members`] all of them together (`members::mean_validation`).
     pub validation: Validation,
     /// The epochs these weights are the average of: `best_epoch` and up to
     /// `train.neighbour_epochs` on either side of it. Cards written before the average carry
@@ -286,14 +329,19 @@ pub(crate) fn resume(
         tracing::warn!(dir = %out.display(), "unreadable training state; starting afresh");
         return Ok(None);
     };
-    // More epochs or patience continue a run, kept epochs or other members or not; any other
-    // change starts afresh.
+    // More epochs or patience continue a run, kept epochs or other members or not, and so do
+    // settings that only answering, threading or the daemon's schedule read; any other change
+    // starts afresh.
     let comparable = |c: &TrainConfig| TrainConfig {
         epochs: 0,
         patience: 0,
         keep_epochs: false,
         // Trained after this run, each in its own folder.
         member_seeds: Vec::new(),
+        similarity_weight: 0.0,
+        top_k: 0,
+        threads: 0,
+        retrain_after_videos: 0,
         ..c.clone()
     };
     if saved.data_hash != state.data_hash || comparable(&saved.config) != comparable(&state.config)

@@ -57,6 +57,9 @@ pub enum TrainError {
         /// Why.
         source: std::io::Error,
     },
+    /// The thread a seed trains on cannot start.
+    #[error("cannot start a training thread: {0}")]
+    Thread(#[from] rayon::ThreadPoolBuildError),
     /// A tensor operation failed (shapes, memory).
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),

@@ -17,6 +17,7 @@ mod average;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod members;
 pub mod model;
 mod optim;
 pub mod query;
@@ -26,11 +27,11 @@ use crate::caption::TextTower;
 use crate::config::{Checkpoint, Config, TrainConfig};
 use crate::dataset::{read_moments, AnnotationFormat};
 use crate::rng::Rng;
-use crate::span::{iou, IOU_THRESHOLDS};
 use average::Neighbours;
 pub use checkpoint::*;
 pub use data::*;
 pub use error::TrainError;
+use members::{mean_validation, HeldOut};
 use model::ordered_spans;
 use model::Dropout;
 pub use model::Network;
@@ -38,12 +39,16 @@ use optim::AdamW;
 use query::{Lexicon, QueryBank, WordSampler};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// What a finished run reports.
 pub struct TrainReport {
     /// The model card written.
     pub card: ModelCard,
+    /// This seed's own validation figures: the card's, unless further seeds answer with it
+    /// (the card then holds those of all together).
+    pub validation: Validation,
     /// The epoch an interrupted run was resumed after, if it was.
     pub resumed_from: Option<usize>,
     /// Whether validation stopped it before `train.epochs`.
@@ -52,6 +57,10 @@ pub struct TrainReport {
     pub members: Vec<TrainReport>,
 }
 
+/// One seed's run: its report, and its readings of the held-out pairs where members answer
+/// together.
+type SeedRun = Result<(TrainReport, Option<HeldOut>), TrainError>;
+
 /// The folder, under a model folder, of the member trained with `seed`.
 pub fn member_folder(seed: u64) -> PathBuf {
     Path::new("members").join(format!("seed-{seed}"))
@@ -59,42 +68,109 @@ pub fn member_folder(seed: u64) -> PathBuf {
 
 /// Trains on the pairs of `dataset` (a file or a folder of our shards) over the features under
 /// `features`, writing `out/model.safetensors` + `out/model.json` (the best epoch on the
-/// validation split) and then, for each of `train.member_seeds`, a model of that seed in
+/// validation split) and, for each of `train.member_seeds`, a model of that seed in
 /// [`member_folder`], which the card lists; each run resumes an interrupted one in its folder
 /// when the data and settings are the same. `progress` is called after every epoch with the
 /// seed of the run.
+///
+/// The seeds train side by side, as many at once as the current rayon pool has threads
+/// (`train.threads`), each on its share of those threads: one run keeps little more than one
+/// core busy however many its arithmetic may spread over (its matrix products are small), and
+/// runs that each spread theirs over every core slow each other down (README, "Several
+/// seeds").
 pub fn train(
     dataset: &Path,
     format: Option<AnnotationFormat>,
     features: &[PathBuf],
     out: &Path,
     config: &Config,
-    mut progress: impl FnMut(u64, &EpochRecord, &Validation),
+    progress: impl Fn(u64, &EpochRecord, &Validation) + Sync,
 ) -> Result<TrainReport, TrainError> {
     let train_config = &config.train;
-    let mut report = train_one(dataset, format, features, out, config, |record, best| {
-        progress(train_config.seed, record, best)
-    })?;
-    for &seed in &train_config.member_seeds {
-        let mut member_config = config.clone();
-        member_config.train.seed = seed;
-        member_config.train.member_seeds.clear();
-        let folder = member_folder(seed);
-        tracing::info!(seed, folder = %out.join(&folder).display(), "training a further seed");
-        report.members.push(train_one(
-            dataset,
-            format,
-            features,
-            &out.join(&folder),
-            &member_config,
-            |record, best| progress(seed, record, best),
-        )?);
-    }
-    report.card.members = train_config
-        .member_seeds
-        .iter()
-        .map(|&seed| member_folder(seed).display().to_string())
+    let with_members = !train_config.member_seeds.is_empty();
+    let seeds: Vec<u64> = std::iter::once(train_config.seed)
+        .chain(train_config.member_seeds.iter().copied())
         .collect();
+    let threads = rayon::current_num_threads().max(1);
+    let workers = threads.min(seeds.len());
+    let threads_each = threads / workers;
+    let run_seed = |seed: u64| {
+        let (folder, run_config) = match seed == train_config.seed {
+            true => (out.to_path_buf(), config.clone()),
+            false => {
+                let mut member_config = config.clone();
+                member_config.train.seed = seed;
+                member_config.train.member_seeds.clear();
+                (out.join(member_folder(seed)), member_config)
+            }
+        };
+        tracing::info!(seed, folder = %folder.display(), "training");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads_each)
+            .thread_name(move |_| format!("train-seed-{seed}"))
+            .build()?
+            .install(|| {
+                train_one(
+                    dataset,
+                    format,
+                    features,
+                    &folder,
+                    &run_config,
+                    with_members,
+                    |record, best| progress(seed, record, best),
+                )
+            })
+    };
+    let next = AtomicUsize::new(0);
+    let mut runs: Vec<(usize, SeedRun)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(i) else {
+                            return done;
+                        };
+                        done.push((i, run_seed(seed)));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    runs.sort_by_key(|(i, _)| *i);
+    let runs = runs.into_iter().map(|(_, run)| run);
+    let mut held_out = Vec::with_capacity(seeds.len());
+    let mut reports = Vec::with_capacity(seeds.len());
+    for run in runs {
+        let (report, run_held_out) = run?;
+        reports.push(report);
+        held_out.extend(run_held_out);
+    }
+    let mut reports = reports.into_iter();
+    let Some(mut report) = reports.next() else {
+        return Err(TrainError::Data("no seed to train".into()));
+    };
+    report.members = reports.collect();
+    if with_members {
+        report.card.members = train_config
+            .member_seeds
+            .iter()
+            .map(|&seed| member_folder(seed).display().to_string())
+            .collect();
+        // What the folder answers with is the members' mean, so that is what its validation
+        // figures (and the daemon's choice between model versions) describe; each seed's own
+        // stay in its history.
+        report.card.validation = mean_validation(held_out)?;
+    }
     // Written once every member is in place: an interrupted run leaves the first seed's model
     // answering alone, never a card that lists a folder not yet trained.
     write_json(&out.join(CARD_FILE), &report.card)?;
@@ -108,8 +184,9 @@ fn train_one(
     features: &[PathBuf],
     out: &Path,
     config: &Config,
+    read_held_out: bool,
     mut progress: impl FnMut(&EpochRecord, &Validation),
-) -> Result<TrainReport, TrainError> {
+) -> Result<(TrainReport, Option<HeldOut>), TrainError> {
     let train_config = &config.train;
     let started = Instant::now();
     let moments = first_per_video(read_moments(dataset, format)?, train_config.pairs_per_video);
@@ -305,17 +382,33 @@ fn train_one(
         Some(card) => card,
         None => ModelCard::read(out)?,
     };
-    // The card always carries the whole history, also of epochs after the best one.
+    // The card always carries the whole history, also of epochs after the best one, and the
+    // settings of this run, also where it only resumed a finished one with other answer-time
+    // settings.
     card.history = state.history.clone();
+    card.config = train_config.clone();
     // Listed again by [`train`] once they are trained, not while one may be half done.
     card.members.clear();
     write_json(&out.join(CARD_FILE), &card)?;
-    Ok(TrainReport {
+    let held_out = match read_held_out {
+        true => {
+            let shipped = Network::load(train_config, &out.join(WEIGHTS_FILE))?;
+            Some(HeldOut {
+                readings: shipped.predict(&validation, &videos, &queries, train_config)?,
+                wanted: validation.iter().map(|p| (p.start, p.end)).collect(),
+                cell_spans: shipped.model.cell_spans().to_vec(),
+            })
+        }
+        false => None,
+    };
+    let report = TrainReport {
+        validation: card.validation,
         card,
         resumed_from,
         stopped_early,
         members: Vec::new(),
-    })
+    };
+    Ok((report, held_out))
 }
 
 /// The captioner's vocabulary, verbs and nouns: the words pseudo-queries are made of, and what
@@ -341,10 +434,7 @@ fn validate(
     queries: &QueryBank,
     config: &TrainConfig,
 ) -> Result<Validation, TrainError> {
-    if pairs.is_empty() {
-        return Ok(Validation::default());
-    }
-    let (mut loss_sum, mut hits, mut iou_sum) = (0.0, [0usize; 3], 0.0);
+    let mut tally = Tally::default();
     network.each_batch(
         pairs,
         videos,
@@ -366,23 +456,16 @@ fn validate(
                 None,
                 0.0,
             )?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
-            for (pair, (start, end)) in chunk.iter().zip(ordered_spans(prediction)?) {
-                let iou = iou([start, end], [pair.start, pair.end]);
-                iou_sum += iou;
-                for (hit, threshold) in hits.iter_mut().zip(IOU_THRESHOLDS) {
-                    *hit += usize::from(iou >= threshold);
-                }
-            }
+            tally.add(
+                f64::from(loss.to_scalar::<f32>()?),
+                ordered_spans(prediction)?
+                    .into_iter()
+                    .zip(chunk.iter().map(|pair| (pair.start, pair.end))),
+            );
             Ok(())
         },
     )?;
-    let n = pairs.len() as f64;
-    Ok(Validation {
-        loss: loss_sum / n,
-        r1: hits.map(|h| h as f64 / n),
-        miou: iou_sum / n,
-    })
+    Ok(tally.validation())
 }
 
 #[cfg(test)]

@@ -594,15 +594,7 @@ pub fn loss(
 ) -> Result<Tensor> {
     let span_loss = match (&prediction.cells, map_targets) {
         (Some(logits), Some(wanted)) => binary_cross_entropy(logits, wanted)?,
-        _ => {
-            let diff = (&prediction.spans - targets)?.abs()?;
-            // 0.5·d² below 1, d − 0.5 above; spans are normalised, so |d| < 1 always.
-            diff.minimum(1.0)?
-                .sqr()?
-                .affine(0.5, 0.0)?
-                .add(&(diff.clone() - diff.minimum(1.0)?)?)?
-                .sum(1)?
-        }
+        _ => span_error(&prediction.spans, targets)?,
     };
     let log_w = (prediction.attention.clone() + 1e-8)?.log()?;
     let guide = (log_w * inside)?
@@ -614,6 +606,17 @@ pub fn loss(
         Some(weights) => (each * weights)?.mean(0),
         None => each.mean(0),
     }
+}
+
+/// Each row's smooth-L1 error of the (B, 2) `spans` against `targets`: 0.5·d² below 1,
+/// d − 0.5 above, summed over start and end (spans are normalised, so |d| < 1 always).
+pub(crate) fn span_error(spans: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let diff = (spans - targets)?.abs()?;
+    diff.minimum(1.0)?
+        .sqr()?
+        .affine(0.5, 0.0)?
+        .add(&(diff.clone() - diff.minimum(1.0)?)?)?
+        .sum(1)
 }
 
 /// Each row's mean binary cross-entropy of `logits` against soft targets in [0, 1], in the
