@@ -106,8 +106,6 @@ pub(crate) fn demo(
     Ok(())
 }
 
-/// `momentminer ground`: the best segments of one video for each sentence, as JSON.
-/// The model folder `--method` needs: one for `model`, none for `similarity`.
 /// Runs `work` on `threads` threads (`train.threads`; 0: every core), over which the model's
 /// arithmetic (candle's matrix products) and everything else inside it spread: training and
 /// answering leave the other cores to whatever else the machine runs.
@@ -126,6 +124,7 @@ pub(crate) fn on_model_threads<T: Send>(
     }
 }
 
+/// The model folder `--method` needs: one for `model`, none for `similarity`.
 fn model_for(method: GroundMethod, model: Option<&Path>) -> Result<Option<&Path>> {
     match (method, model) {
         (GroundMethod::Model, Some(model)) => Ok(Some(model)),
@@ -139,6 +138,7 @@ fn model_for(method: GroundMethod, model: Option<&Path>) -> Result<Option<&Path>
     }
 }
 
+/// `momentminer ground`: the best segments of one video for each sentence, as JSON.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn ground(
     method: GroundMethod,

@@ -80,21 +80,21 @@ pub(crate) fn mean_validation(held_out: Vec<HeldOut>) -> Result<Validation, Trai
     if mean.is_empty() {
         return Ok(Validation::default());
     }
-    let as_tensor = |spans: &mut dyn Iterator<Item = (f64, f64)>| {
-        let flat: Vec<f32> = spans.flat_map(|(a, b)| [a as f32, b as f32]).collect();
-        let rows = flat.len() / 2;
-        Tensor::from_vec(flat, (rows, 2), &Device::Cpu)
+    let answered: Vec<(f64, f64)> = mean.iter().map(|r| r.span).collect();
+    let as_tensor = |spans: &[(f64, f64)]| {
+        let flat: Vec<f32> = spans
+            .iter()
+            .flat_map(|&(a, b)| [a as f32, b as f32])
+            .collect();
+        Tensor::from_vec(flat, (spans.len(), 2), &Device::Cpu)
     };
-    let error = span_error(
-        &as_tensor(&mut mean.iter().map(|r| r.span))?,
-        &as_tensor(&mut wanted.iter().copied())?,
-    )?
-    .mean(0)?
-    .to_scalar::<f32>()?;
+    let error = span_error(&as_tensor(&answered)?, &as_tensor(&wanted)?)?
+        .mean(0)?
+        .to_scalar::<f32>()?;
     let mut tally = Tally::default();
     tally.add(
         f64::from(error),
-        mean.iter().map(|r| r.span).zip(wanted.iter().copied()),
+        answered.into_iter().zip(wanted.iter().copied()),
     );
     Ok(tally.validation())
 }
