@@ -4,7 +4,7 @@
 use crate::cli::GroundMethod;
 use anyhow::{bail, Context, Result};
 use momentminer::batch::{collect_videos, propose_all, BatchReport};
-use momentminer::config::Config;
+use momentminer::config::{Config, TrainConfig};
 use momentminer::dataset::AnnotationFormat;
 use momentminer::ingest::{read_video, Durations};
 use momentminer::processor::{Source, VideoProcessor};
@@ -106,22 +106,44 @@ pub(crate) fn demo(
     Ok(())
 }
 
-/// Runs `work` on `threads` threads (`train.threads`; 0: every core), over which the model's
-/// arithmetic (candle's matrix products) and everything else inside it spread: training and
-/// answering leave the other cores to whatever else the machine runs.
+/// Runs `work`, a command that trains or answers with the model, on `train.threads` threads
+/// (0: every core), over which the model's arithmetic (candle's matrix products) and everything
+/// else inside it spread: training and answering leave the other cores to whatever else the
+/// machine runs. Called before any thread of the process starts ([`size_candle_pool`]).
 pub(crate) fn on_model_threads<T: Send>(
-    threads: usize,
+    train: &TrainConfig,
     work: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
-    match threads {
+    size_candle_pool(train);
+    match train.threads {
         0 => work(),
-        _ => rayon::ThreadPoolBuilder::new()
+        threads => rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("model-{i}"))
             .build()
             .context("cannot start the threads of train.threads")?
             .install(work),
     }
+}
+
+/// candle spreads large element-wise operations over one pool of threads per process, sized
+/// once from `CANDLE_NUM_THREADS` and serving one operation at a time. Seeds that train side by
+/// side queue on it: two seeds, three epochs, took 37 s with the pool at two threads and 25 s
+/// at one (README, "Several seeds"). So with several seeds it gets one thread, and otherwise
+/// `train.threads`; one set in the environment stands. Called before any thread starts, as the
+/// environment may only change then.
+fn size_candle_pool(train: &TrainConfig) {
+    const VARIABLE: &str = "CANDLE_NUM_THREADS";
+    if std::env::var_os(VARIABLE).is_some() {
+        return;
+    }
+    let threads = match (train.member_seeds.is_empty(), train.threads) {
+        (false, _) => 1,
+        // candle's own default: every core.
+        (true, 0) => return,
+        (true, threads) => threads,
+    };
+    std::env::set_var(VARIABLE, threads.to_string());
 }
 
 /// The model folder `--method` needs: one for `model`, none for `similarity`.

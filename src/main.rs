@@ -43,26 +43,6 @@ fn chain(error: &anyhow::Error) -> String {
     line
 }
 
-/// candle spreads large element-wise operations over one pool of threads per process, sized
-/// once from `CANDLE_NUM_THREADS` and serving one operation at a time. Seeds that train side by
-/// side queue on it: two seeds, three epochs, took 37 s with the pool at two threads and 25 s
-/// at one (README, "Several seeds"). So with several seeds it gets one thread, and otherwise
-/// `train.threads`; one set in the environment stands. Called before any thread starts, as the
-/// environment may only change then.
-fn size_candle_pool(train: &momentminer::config::TrainConfig) {
-    const VARIABLE: &str = "CANDLE_NUM_THREADS";
-    if std::env::var_os(VARIABLE).is_some() {
-        return;
-    }
-    let threads = match (train.member_seeds.is_empty(), train.threads) {
-        (false, _) => 1,
-        // candle's own default: every core.
-        (true, 0) => return,
-        (true, threads) => threads,
-    };
-    std::env::set_var(VARIABLE, threads.to_string());
-}
-
 fn init_logging(format: Option<LogFormat>) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -95,15 +75,6 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         return commands::check(loaded, *print, sample.as_deref());
     }
     let mut config = loaded?;
-    if matches!(
-        cli.command,
-        Command::Train { .. }
-            | Command::Ground { .. }
-            | Command::Eval { .. }
-            | Command::Demo { .. }
-    ) {
-        size_candle_pool(&config.train);
-    }
     match cli.command {
         Command::Propose {
             inputs,
@@ -201,9 +172,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             out,
             epochs,
             test_videos,
-        } => on_model_threads(config.train.threads, move || {
-            commands::demo(&out, epochs, test_videos, config)
-        })?,
+        } => {
+            let train = config.train.clone();
+            on_model_threads(&train, move || {
+                commands::demo(&out, epochs, test_videos, config)
+            })?
+        }
         Command::Bench(options) => print!("{}", bench::run(&config, &options)?),
         Command::Check { .. } => unreachable!("answered above"),
         Command::Kernels { archs, out, bench } => {
@@ -283,7 +257,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             format,
             features,
             out,
-        } => on_model_threads(config.train.threads, || {
+        } => on_model_threads(&config.train, || {
             train_model(&dataset, format, &features, &out, &config)
         })?,
         Command::Ground {
@@ -294,7 +268,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             query,
             queries,
             top_k,
-        } => on_model_threads(config.train.threads, || {
+        } => on_model_threads(&config.train, || {
             commands::ground(
                 method,
                 model.as_deref(),
@@ -314,7 +288,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             features,
             baselines,
             per_query,
-        } => on_model_threads(config.train.threads, || {
+        } => on_model_threads(&config.train, || {
             evaluate_model(
                 method,
                 model.as_deref(),
