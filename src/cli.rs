@@ -48,7 +48,8 @@ pub(crate) enum LogFormat {
 pub(crate) enum GroundMethod {
     /// A model trained on pseudo-labels (--model).
     Model,
-    /// No training: the text tower's similarity to the spans' mean visual embedding.
+    /// No training: the text tower's similarity to the spans' mean visual embedding, less the
+    /// video's shared scene (caption.remove_scene).
     Similarity,
 }
 

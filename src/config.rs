@@ -303,6 +303,7 @@ pub struct CaptionConfig {
     pub tower_anchors: PathBuf,
     pub vocabulary: PathBuf,
     pub visual_stream: String,
+    pub remove_scene: bool,
     pub verbs: usize,
     pub nouns: usize,
     pub verb_contrast: bool,
@@ -358,6 +359,9 @@ pub struct TrainConfig {
     pub nearest_word_similarity: f32,
     #[serde(default)]
     pub similarity_input: bool,
+    // Model cards written before it was a setting carry none: their input kept the scene.
+    #[serde(default)]
+    pub remove_scene: bool,
     #[serde(default)]
     pub query_words: QueryWords,
     #[serde(default)]

@@ -7,13 +7,13 @@
 //! by the cell overlapping it most. A model trained with further seeds (`train.member_seeds`)
 //! reads each query with every seed's network and answers from their mean reading. The
 //! [`SimilarityGrounder`] ranks the video's proposals by the cosine between the query's text
-//! embedding and the span's mean visual embedding: a real zero-shot grounder wherever such a
-//! tower exists.
+//! embedding and the span's mean visual embedding, less what every step of the video shares:
+//! a real zero-shot grounder wherever such a tower exists.
 
 use crate::caption::text::TextEncoder;
-use crate::caption::{mean_over, visual_stream, CaptionError, TextTower};
+use crate::caption::{mean_over, shared_scene, visual_stream, CaptionError, TextTower};
 use crate::config::{Config, QueryWords, TrainConfig};
-use crate::ingest::Video;
+use crate::ingest::{Features, Video};
 use crate::processor::{analyse, StageTimes};
 use crate::similarity::{dot, Spread};
 use crate::span::iou;
@@ -333,6 +333,8 @@ pub const SIMILARITY_WINDOWS: usize = 143;
 pub struct SimilarityGrounder {
     tower: TextTower,
     stream: String,
+    /// `caption.remove_scene`: each span's mean less the video's [`shared_scene`] first.
+    remove_scene: bool,
 }
 
 impl SimilarityGrounder {
@@ -342,6 +344,7 @@ impl SimilarityGrounder {
         Ok(SimilarityGrounder {
             tower: TextTower::open(config)?,
             stream: config.caption.visual_stream.clone(),
+            remove_scene: config.caption.remove_scene,
         })
     }
 
@@ -380,8 +383,8 @@ impl SimilarityGrounder {
             .collect())
     }
 
-    /// For each query, the cosine of its text embedding with each candidate's (normalised)
-    /// mean visual embedding.
+    /// For each query, the cosine of its text embedding with each candidate's mean visual
+    /// embedding, less the video's shared scene with `caption.remove_scene`.
     pub fn scores(
         &self,
         video: &Video,
@@ -405,19 +408,39 @@ impl SimilarityGrounder {
                 text: text.len(),
             });
         }
-        let visual: Vec<Vec<f32>> = candidates
-            .iter()
-            .map(|c| {
-                let mean = mean_over(stream, c[0], c[1]);
-                let norm = dot(&mean, &mean).sqrt().max(1e-12);
-                mean.into_iter().map(|v| v / norm).collect()
-            })
-            .collect();
-        Ok(texts
-            .iter()
-            .map(|text| visual.iter().map(|v| f64::from(dot(v, text))).collect())
-            .collect())
+        Ok(span_similarities(
+            stream,
+            texts,
+            candidates,
+            self.remove_scene,
+        ))
     }
+}
+
+/// The cosine of each text embedding with each span's mean visual embedding in `stream`, the
+/// video's [`shared_scene`] taken from the mean first where `remove_scene`.
+fn span_similarities(
+    stream: &Features,
+    texts: &[Vec<f32>],
+    candidates: &[[f64; 2]],
+    remove_scene: bool,
+) -> Vec<Vec<f64>> {
+    let scene = remove_scene.then(|| shared_scene(stream));
+    let visual: Vec<Vec<f32>> = candidates
+        .iter()
+        .map(|c| {
+            let mut mean = mean_over(stream, c[0], c[1]);
+            if let Some(scene) = &scene {
+                mean.iter_mut().zip(scene).for_each(|(m, s)| *m -= s);
+            }
+            let norm = dot(&mean, &mean).sqrt().max(1e-12);
+            mean.into_iter().map(|v| v / norm).collect()
+        })
+        .collect();
+    texts
+        .iter()
+        .map(|text| visual.iter().map(|v| f64::from(dot(v, text))).collect())
+        .collect()
 }
 
 /// The video's proposals as spans normalised to [0, 1], best first: what answers are ranked
@@ -596,6 +619,53 @@ mod tests {
                 2
             )),
             [[0.4, 0.6], [0.0, 1.0]]
+        );
+    }
+
+    #[test]
+    fn with_the_scene_taken_out_a_query_finds_what_a_span_adds_to_its_room() {
+        // Eight steps of one room (axis 0, stronger than anything else): the first half adds
+        // one action (axis 1), the second half another (axis 2), weakly. The room dominates
+        // both halves' means, so a query for the second action (axis 2) tells them apart by
+        // 0.2 only; with the room taken out, by 0.8.
+        let (first, second) = ([2.0f32, 1.0, 0.0], [2.5f32, 0.0, 0.5]);
+        let stream = Features {
+            frames: 8,
+            dim: 3,
+            data: [first; 4]
+                .iter()
+                .chain(&[second; 4])
+                .flatten()
+                .copied()
+                .collect(),
+        };
+        let query = [vec![0.0, 0.0, 1.0]];
+        let halves = [[0.0, 0.5], [0.5, 1.0]];
+        let plain = span_similarities(&stream, &query, &halves, false);
+        let removed = span_similarities(&stream, &query, &halves, true);
+        assert!(
+            (plain[0][1] - plain[0][0] - 0.196).abs() < 1e-3,
+            "{plain:?}"
+        );
+        assert!(
+            (removed[0][1] - removed[0][0] - 0.796).abs() < 1e-3,
+            "{removed:?}"
+        );
+        // By hand: the steps' mean cosine over all pairs, times the video's mean, from the half.
+        let length = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cosine: f32 = first.iter().zip(&second).map(|(x, y)| x * y).sum::<f32>()
+            / (length(&first) * length(&second));
+        let alike = (2.0 + 2.0 * cosine) / 4.0;
+        let mean = [2.25f32, 0.5, 0.25];
+        let rest: Vec<f32> = second
+            .iter()
+            .zip(mean)
+            .map(|(v, m)| v - alike * m)
+            .collect();
+        let expected = f64::from(rest[2] / length(&rest));
+        assert!(
+            (removed[0][1] - expected).abs() < 1e-5,
+            "{removed:?} against {expected}"
         );
     }
 

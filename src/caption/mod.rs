@@ -405,6 +405,30 @@ pub fn mean_over(features: &Features, start: f64, end: f64) -> Vec<f32> {
     mean
 }
 
+/// What every step of a video shows alike (its scene, the room of a home video): the video's
+/// mean feature weighted by how alike its steps are, the squared length of the mean of its
+/// unit-length steps. That weight is the mean cosine over all pairs of steps (each with itself
+/// too): near 1 where a scene dominates every step (real CLIP video: about 0.9), near 0 where
+/// the steps share nothing. Taking all of the mean from a span takes the video's other moments
+/// with it, which noise then stands in for; the weight takes less where the steps are noisier
+/// (README, "The scene taken out").
+pub fn shared_scene(features: &Features) -> Vec<f32> {
+    let mut unit_mean = vec![0f32; features.dim];
+    for t in 0..features.frames {
+        let row = features.row(t);
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        unit_mean
+            .iter_mut()
+            .zip(row)
+            .for_each(|(m, v)| *m += v / norm);
+    }
+    let frames = features.frames.max(1) as f32;
+    let alike = unit_mean.iter().map(|m| (m / frames).powi(2)).sum::<f32>();
+    let mut scene = mean_over(features, 0.0, 1.0);
+    scene.iter_mut().for_each(|s| *s *= alike);
+    scene
+}
+
 #[derive(Debug, Error)]
 /// Why captioning cannot start, or failed for one input.
 pub enum CaptionError {
@@ -519,6 +543,49 @@ mod tests {
             token_margins: vec![3.0, noun_margin],
             ..Caption::default()
         }
+    }
+
+    #[test]
+    fn the_shared_scene_is_the_mean_weighted_by_the_mean_cosine_over_all_pairs() {
+        let rows: [[f32; 3]; 4] = [
+            [3.0, 1.0, 0.0],
+            [3.0, 0.0, 1.0],
+            [2.0, 2.0, 0.0],
+            [6.0, 0.0, 0.0],
+        ];
+        let features = Features {
+            frames: 4,
+            dim: 3,
+            data: rows.iter().flatten().copied().collect(),
+        };
+        let cosine = |a: &[f32; 3], b: &[f32; 3]| {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32; 3]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            dot / (norm(a) * norm(b))
+        };
+        let pairs: f32 = rows
+            .iter()
+            .flat_map(|a| rows.iter().map(move |b| cosine(a, b)))
+            .sum();
+        let alike = pairs / 16.0;
+        let mean = [3.5, 0.75, 0.25];
+        let scene = shared_scene(&features);
+        for (s, m) in scene.iter().zip(mean) {
+            assert!(
+                (s - alike * m).abs() < 1e-5,
+                "{scene:?} against {alike} × {mean:?}"
+            );
+        }
+        let same = Features {
+            frames: 3,
+            dim: 2,
+            data: vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0],
+        };
+        let scene = shared_scene(&same);
+        assert!(
+            (scene[0] - 1.0).abs() < 1e-5 && (scene[1] - 2.0).abs() < 1e-5,
+            "{scene:?}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::error::TrainError;
 use super::query::{QueryBank, WordSampler, QUERY_DIM};
 use crate::batch::collect_videos;
-use crate::caption::{visual_stream, CaptionError};
+use crate::caption::{shared_scene, visual_stream, CaptionError};
 use crate::config::{Config, TrainConfig};
 use crate::dataset::Moment;
 use crate::ingest::{read_video, Durations, Features, Video, VideoRef};
@@ -69,18 +69,33 @@ fn each_step(features: &Features, config: &Config, mut each: impl FnMut(&[f32]))
     }
 }
 
-/// One video's model input: resampled to exactly `config.steps` steps, each L2-normalised,
-/// then projected.
+/// One video's model input: resampled to exactly `train.steps` steps, each L2-normalised (with
+/// `train.remove_scene`, less the steps' [`shared_scene`] and normalised again), then projected.
 pub fn video_steps(features: &Features, config: &Config, matrix: &[f32]) -> Vec<f32> {
-    let projection = config.train.projection;
-    let mut out = Vec::with_capacity(config.train.steps * projection);
+    let mut unit = Features {
+        frames: config.train.steps,
+        dim: features.dim,
+        data: Vec::with_capacity(config.train.steps * features.dim),
+    };
     each_step(features, config, |row| {
-        let (dim, norm) = (row.len(), dot(row, row).sqrt().max(1e-12));
-        for p in 0..projection {
-            out.push(dot(&matrix[p * dim..(p + 1) * dim], row) / norm);
-        }
+        let norm = dot(row, row).sqrt().max(1e-12);
+        unit.data.extend(row.iter().map(|v| v / norm));
     });
-    out
+    if config.train.remove_scene {
+        let scene = shared_scene(&unit);
+        for row in unit.data.chunks_mut(unit.dim) {
+            row.iter_mut().zip(&scene).for_each(|(v, s)| *v -= s);
+            let norm = dot(row, row).sqrt().max(1e-12);
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    let dim = unit.dim;
+    unit.data
+        .chunks(dim)
+        .flat_map(|row| {
+            (0..config.train.projection).map(move |p| dot(&matrix[p * dim..(p + 1) * dim], row))
+        })
+        .collect()
 }
 
 /// One video's text-tower stream (`caption.visual_stream`) at the model's steps, each
@@ -518,6 +533,52 @@ mod tests {
             weight: 1.0,
         };
         Batch::new(&[&pair], &videos, &queries, &config, None)
+    }
+
+    #[test]
+    fn the_input_steps_lose_their_shared_scene_and_keep_unit_length() {
+        let (first, second) = ([2.0f32, 1.0, 0.0], [2.5f32, 0.0, 0.5]);
+        let features = Features {
+            frames: 4,
+            dim: 3,
+            data: [first, first, second, second]
+                .iter()
+                .flatten()
+                .copied()
+                .collect(),
+        };
+        let mut config = Config::default();
+        config.train.steps = 4;
+        config.train.projection = 3;
+        let identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        let unit = |v: &[f32]| -> Vec<f32> {
+            let length = dot(v, v).sqrt();
+            v.iter().map(|x| x / length).collect()
+        };
+        let (a, b) = (unit(&first), unit(&second));
+        config.train.remove_scene = false;
+        let kept = video_steps(&features, &config, &identity);
+        assert_eq!(kept, [a.clone(), a.clone(), b.clone(), b.clone()].concat());
+        config.train.remove_scene = true;
+        let removed = video_steps(&features, &config, &identity);
+        let mean: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect();
+        let alike = dot(&mean, &mean);
+        let less = |v: &[f32]| {
+            unit(
+                &v.iter()
+                    .zip(&mean)
+                    .map(|(x, m)| x - alike * m)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let expected = [less(&a), less(&a), less(&b), less(&b)].concat();
+        for (got, want) in removed.iter().zip(&expected) {
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{removed:?} against {expected:?}"
+            );
+        }
+        assert!(dot(&removed[0..3], &removed[6..9]) < dot(&a, &b) - 0.5);
     }
 
     #[test]
