@@ -329,7 +329,8 @@ impl Grounder {
 pub const SIMILARITY_WINDOWS: usize = 143;
 
 /// The training-free grounder (`ground --method similarity`): the text tower's embedding of
-/// each query against the mean of the visual stream over each candidate span.
+/// each query against the mean of the visual stream over each candidate span, less the
+/// video's shared scene.
 pub struct SimilarityGrounder {
     tower: TextTower,
     stream: String,

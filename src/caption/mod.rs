@@ -15,6 +15,7 @@ pub mod vocab;
 use crate::config::{CaptionMode, Config, PairSelection};
 use crate::failure::Reason;
 use crate::ingest::{Features, Video};
+use crate::similarity::dot;
 use anchored::AnchoredTower;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -416,14 +417,14 @@ pub fn shared_scene(features: &Features) -> Vec<f32> {
     let mut unit_mean = vec![0f32; features.dim];
     for t in 0..features.frames {
         let row = features.row(t);
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let norm = dot(row, row).sqrt().max(1e-12);
         unit_mean
             .iter_mut()
             .zip(row)
             .for_each(|(m, v)| *m += v / norm);
     }
     let frames = features.frames.max(1) as f32;
-    let alike = unit_mean.iter().map(|m| (m / frames).powi(2)).sum::<f32>();
+    let alike = dot(&unit_mean, &unit_mean) / (frames * frames);
     let mut scene = mean_over(features, 0.0, 1.0);
     scene.iter_mut().for_each(|s| *s *= alike);
     scene
