@@ -653,9 +653,8 @@ mod tests {
             "{removed:?}"
         );
         // By hand: the steps' mean cosine over all pairs, times the video's mean, from the half.
-        let length = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let cosine: f32 = first.iter().zip(&second).map(|(x, y)| x * y).sum::<f32>()
-            / (length(&first) * length(&second));
+        let length = |v: &[f32]| dot(v, v).sqrt();
+        let cosine = dot(&first, &second) / (length(&first) * length(&second));
         let alike = (2.0 + 2.0 * cosine) / 4.0;
         let mean = [2.25f32, 0.5, 0.25];
         let rest: Vec<f32> = second

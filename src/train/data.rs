@@ -57,36 +57,41 @@ pub fn projection_matrix(seed: u64, dim: usize, projection: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `features` resampled to exactly `train.steps` rows (short videos repeat rows), each handed
-/// to `each` in order: the model's steps, whichever stream they are read from.
-fn each_step(features: &Features, config: &Config, mut each: impl FnMut(&[f32])) {
+/// `features` resampled to exactly `train.steps` rows (short videos repeat rows), each brought
+/// to unit length: the model's steps, whichever stream they are read from.
+fn unit_steps(features: &Features, config: &Config) -> Features {
     let steps = config.train.steps;
     let mut sample_config = config.sample.clone();
     sample_config.steps = steps;
     let sampled = sample(features, &sample_config);
+    let mut unit = Features {
+        frames: steps,
+        dim: sampled.dim,
+        data: Vec::with_capacity(steps * sampled.dim),
+    };
     for i in 0..steps {
-        each(sampled.row((i * sampled.frames / steps).min(sampled.frames - 1)));
+        let start = unit.data.len();
+        unit.data
+            .extend_from_slice(sampled.row((i * sampled.frames / steps).min(sampled.frames - 1)));
+        to_unit_length(&mut unit.data[start..]);
     }
+    unit
 }
 
-/// One video's model input: resampled to exactly `train.steps` steps, each L2-normalised (with
-/// `train.remove_scene`, less the steps' [`shared_scene`] and normalised again), then projected.
+fn to_unit_length(row: &mut [f32]) {
+    let norm = dot(row, row).sqrt().max(1e-12);
+    row.iter_mut().for_each(|v| *v /= norm);
+}
+
+/// One video's model input: [`unit_steps`] (with `train.remove_scene`, less the steps'
+/// [`shared_scene`] and brought back to unit length), then projected.
 pub fn video_steps(features: &Features, config: &Config, matrix: &[f32]) -> Vec<f32> {
-    let mut unit = Features {
-        frames: config.train.steps,
-        dim: features.dim,
-        data: Vec::with_capacity(config.train.steps * features.dim),
-    };
-    each_step(features, config, |row| {
-        let norm = dot(row, row).sqrt().max(1e-12);
-        unit.data.extend(row.iter().map(|v| v / norm));
-    });
+    let mut unit = unit_steps(features, config);
     if config.train.remove_scene {
         let scene = shared_scene(&unit);
         for row in unit.data.chunks_mut(unit.dim) {
             row.iter_mut().zip(&scene).for_each(|(v, s)| *v -= s);
-            let norm = dot(row, row).sqrt().max(1e-12);
-            row.iter_mut().for_each(|v| *v /= norm);
+            to_unit_length(row);
         }
     }
     let dim = unit.dim;
@@ -98,16 +103,11 @@ pub fn video_steps(features: &Features, config: &Config, matrix: &[f32]) -> Vec<
         .collect()
 }
 
-/// One video's text-tower stream (`caption.visual_stream`) at the model's steps, each
-/// L2-normalised: what `train.similarity_input` compares a query's tower embedding with.
+/// One video's text-tower stream (`caption.visual_stream`) as [`unit_steps`]: what
+/// `train.similarity_input` compares a query's tower embedding with.
 pub fn visual_steps(video: &Video, config: &Config) -> Result<Vec<f32>, CaptionError> {
     let stream = visual_stream(video, &config.caption.visual_stream)?;
-    let mut out = Vec::with_capacity(config.train.steps * stream.dim);
-    each_step(stream, config, |row| {
-        let norm = dot(row, row).sqrt().max(1e-12);
-        out.extend(row.iter().map(|v| v / norm));
-    });
-    Ok(out)
+    Ok(unit_steps(stream, config).data)
 }
 
 /// One video as [`VideoBank::load`] reads it, before the bank takes it in.
