@@ -551,11 +551,11 @@ const ATTENTION_SCALE: f64 = 4.0;
 /// How far behind the candidates the regressed span starts in the fused score (the tower's
 /// standard deviations at weight 1). The span is the model's own reading of where its
 /// attention lies, so the model scores it about as high as any span can be scored, while its
-/// boundaries are smooth guesses where a proposal's follow a change in the video: fused
-/// without a handicap, it was the
-/// answer to 28% of the real-like development world's queries but found only 19.7% of its
-/// moments at IoU .7 (README, "The regressed span's handicap"). 0.25 gained in every world
-/// but the synthetic one (0.3 to 0.9 points lower); 0.1 to 0.6 were measured.
+/// boundaries are smooth guesses where a proposal's follow a change in the video: fused without
+/// a handicap, it answered 28% of the real-like development world's queries but finds only
+/// 19.7% of that world's moments at IoU .7 (README, "The regressed span's handicap"). At
+/// weight 0.7, 0.25 gained in every development world but the synthetic one (0.3 to 0.9 points
+/// lower); 0.1 to 0.6 were measured.
 const REGRESSED_HANDICAP: f64 = 0.25;
 
 /// `values` less their mean, over their standard deviation (0 when they are all alike).
