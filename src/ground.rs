@@ -15,7 +15,7 @@ use crate::caption::{mean_over, shared_scene, visual_stream, CaptionError, TextT
 use crate::config::{Config, QueryWords, TrainConfig};
 use crate::ingest::{Features, Video};
 use crate::processor::{analyse, StageTimes};
-use crate::similarity::{dot, Spread};
+use crate::similarity::{dot, to_unit_length, Spread};
 use crate::span::iou;
 use crate::train::{
     members::mean_readings,
@@ -434,8 +434,8 @@ fn span_similarities(
             if let Some(scene) = &scene {
                 mean.iter_mut().zip(scene).for_each(|(m, s)| *m -= s);
             }
-            let norm = dot(&mean, &mean).sqrt().max(1e-12);
-            mean.into_iter().map(|v| v / norm).collect()
+            to_unit_length(&mut mean);
+            mean
         })
         .collect();
     texts

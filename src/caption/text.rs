@@ -277,8 +277,7 @@ pub(crate) fn mean_pool<T: AsRef<[f32]>>(tokens: &[T], dim: usize) -> Vec<f32> {
 
 /// `v` scaled to unit length.
 pub fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|p| p * p).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|p| *p /= norm);
+    crate::similarity::to_unit_length(&mut v);
     v
 }
 

@@ -67,6 +67,12 @@ impl Spread {
     }
 }
 
+/// `row` scaled in place to unit length (left as it is where it is all zeros).
+pub fn to_unit_length(row: &mut [f32]) {
+    let norm = dot(row, row).sqrt().max(1e-12);
+    row.iter_mut().for_each(|v| *v /= norm);
+}
+
 /// Eight independent partial sums let the compiler vectorise without reassociation licence.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];

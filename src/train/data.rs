@@ -11,7 +11,7 @@ use crate::dataset::Moment;
 use crate::ingest::{read_video, Durations, Features, Video, VideoRef};
 use crate::rng::{hash_str, Rng};
 use crate::sample::sample;
-use crate::similarity::dot;
+use crate::similarity::{dot, to_unit_length};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -76,11 +76,6 @@ fn unit_steps(features: &Features, config: &Config) -> Features {
         to_unit_length(&mut unit.data[start..]);
     }
     unit
-}
-
-fn to_unit_length(row: &mut [f32]) {
-    let norm = dot(row, row).sqrt().max(1e-12);
-    row.iter_mut().for_each(|v| *v /= norm);
 }
 
 /// One video's model input: [`unit_steps`] (with `train.remove_scene`, less the steps'
