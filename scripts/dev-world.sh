@@ -8,15 +8,16 @@
 # SETTING: real-like, weak-scene, noisy, very-noisy or weak-tower (the world's `structure`
 # keys; weak-tower is very-noisy's features with a captioner's tower twice as far off), or
 # strong-scene, real-like-again (real-like's keys, another seed) or cluttered (worlds kept for
-# checking, never tuned on). The
-# --set pairs go to propose, train and eval, never to synth, so one pair of worlds in OUT serves
-# every variant of the pipeline: worlds already in OUT are reused, everything else is redone.
+# checking, never tuned on). The --set pairs go to propose, train and eval, never to synth, so
+# one pair of worlds in OUT serves every variant of the pipeline: worlds already in OUT are
+# reused, everything else is redone.
 # MM names the binary (default target/release/momentminer); EPOCHS the epochs (12); VIDEOS the
 # pseudo-labelled videos (600; another count gets its own world, train-VIDEOS, whose first 600
-# videos are the default's).
+# videos are the default's); WORLD_SEED draws the setting's world again with that seed, in
+# OUT/SETTING-sWORLD_SEED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 out=$1 setting=$2
 shift 2
 mm=${MM:-target/release/momentminer}
@@ -33,20 +34,25 @@ case $setting in
   cluttered) world=(--set structure.scene=2 --set structure.noise=3.5 --set structure.correlation=0.4 --set structure.distractors=2 --set structure.tower_gap=1 --set structure.seed=31) ;;
   *) echo "unknown setting $setting: real-like, weak-scene, noisy, very-noisy, weak-tower, strong-scene, real-like-again or cluttered" >&2; exit 2 ;;
 esac
-worlds=$out/$setting
+name=$setting
+if [ -n "${WORLD_SEED:-}" ]; then
+  world+=(--set "structure.seed=$WORLD_SEED")
+  name=$setting-s$WORLD_SEED
+fi
+worlds=$out/$name
 videos=${VIDEOS:-600}
 train=$worlds/train
 [ "$videos" = 600 ] || train=$worlds/train-$videos
 [ -d "$train" ] || "$mm" "${world[@]}" synth --structure "$annotations" --out "$train" --videos "$videos" --first-index 1000
 [ -d "$worlds/eval" ] || "$mm" "${world[@]}" synth --structure "$annotations" --out "$worlds/eval" --videos 800
-run=$out/$setting-run
+run=$out/$name-run
 rm -rf "$run"
 "$mm" --config "$train/caption.toml" "$@" propose "$train/features" --out "$run/pseudo" >/dev/null
 "$mm" --config "$worlds/eval/caption.toml" "$@" propose "$worlds/eval/features" --out "$run/held-out" >/dev/null
-echo "== $setting: proposals and pseudo-queries on the held-out videos"
+echo "== $name: proposals and pseudo-queries on the held-out videos"
 "$mm" --config "$worlds/eval/caption.toml" "$@" eval-proposals --gt "$worlds/eval/gt.jsonl" --proposals "$run/held-out"
 "$mm" --config "$train/caption.toml" "$@" --set "train.epochs=${EPOCHS:-12}" \
   train --dataset "$run/pseudo/dataset" --features "$train/features" --out "$run/model" >/dev/null
-echo "== $setting: grounding on the held-out videos"
+echo "== $name: grounding on the held-out videos"
 "$mm" --config "$worlds/eval/caption.toml" "$@" eval --model "$run/model" \
   --annotations "$worlds/eval/gt.jsonl" --features "$worlds/eval/features" --baselines
