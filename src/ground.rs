@@ -483,7 +483,7 @@ struct TowerScores {
 /// span is read in two parts: its event's (the mean over the spans overlapping it by
 /// [`SUPPRESS_IOU`], itself included), which says which event the sentence names, and its own
 /// beyond its event's, which says where that event begins and ends.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 struct Fusion {
     /// The weight of the model's event score, centred over the spans, times [`ATTENTION_SCALE`].
     event: f64,
@@ -553,6 +553,8 @@ fn rank(
                 ATTENTION_SCALE * model + tower.weight * t
             })
             .collect();
+        // The tower's favourite among the proposals: the regressed span, the model's own
+        // reading, has its handicap instead.
         if let Some((best, lead)) = lead_of(&text[..text.len() - 1]) {
             scores[best] += fusion.tower_lead * lead;
         }
