@@ -7,10 +7,10 @@
 #
 # SETTING: real-like, weak-scene, noisy, very-noisy or weak-tower (the world's `structure`
 # keys; weak-tower is very-noisy's features with a captioner's tower twice as far off), or
-# strong-scene, real-like-again (real-like's keys, another seed) or cluttered (worlds kept for
-# checking, never tuned on). The --set pairs go to propose, train and eval, never to synth, so
-# one pair of worlds in OUT serves every variant of the pipeline: worlds already in OUT are
-# reused, everything else is redone.
+# strong-scene, real-like-again (real-like's keys, another seed) or cluttered (built to check
+# the regressed span's handicap; the fusion by stream was then chosen on them too). The --set
+# pairs go to propose, train and eval, never to synth, so one pair of worlds in OUT serves
+# every variant of the pipeline: worlds already in OUT are reused, everything else is redone.
 # MM names the binary (default target/release/momentminer); EPOCHS the epochs (12); VIDEOS the
 # pseudo-labelled videos (600; another count gets its own world, train-VIDEOS, whose first 600
 # videos are the default's); WORLD_SEED draws the setting's world again with that seed, in
@@ -28,7 +28,7 @@ case $setting in
   noisy) world=(--set structure.scene=2.5 --set structure.noise=3 --set structure.correlation=0.6) ;;
   very-noisy) world=(--set structure.scene=2.5 --set structure.noise=4 --set structure.correlation=0.6) ;;
   weak-tower) world=(--set structure.scene=2.5 --set structure.noise=4 --set structure.correlation=0.6 --set structure.tower_gap=2) ;;
-  # Worlds of their own seed that no default was tuned on, to check the tuned ones.
+  # Worlds of their own seed, built to check the handicap (README, "Three worlds built to check").
   strong-scene) world=(--set structure.scene=3.5 --set structure.noise=2 --set structure.correlation=0.7 --set structure.distractors=1.5 --set structure.tower_gap=0.6 --set structure.seed=23) ;;
   real-like-again) world=(--set structure.scene=3 --set structure.noise=1 --set structure.correlation=0.5 --set structure.seed=37) ;;
   cluttered) world=(--set structure.scene=2 --set structure.noise=3.5 --set structure.correlation=0.4 --set structure.distractors=2 --set structure.tower_gap=1 --set structure.seed=31) ;;

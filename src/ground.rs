@@ -283,7 +283,7 @@ impl Grounder {
                     .copied()
                     .chain(predictions.iter().map(|r| [r.span.0, r.span.1]))
                     .collect();
-                let fusion = if grounder.reads_model_stream(video) {
+                let fusion = if names_model_stream(video, &grounder.stream) {
                     Fusion::TOWER_STREAM
                 } else {
                     Fusion::OWN_STREAM
@@ -399,11 +399,6 @@ impl SimilarityGrounder {
         candidates: &[[f64; 2]],
     ) -> Result<Vec<Vec<f64>>, CaptionError> {
         self.scores_of(video, &self.tower.embed(queries)?, candidates)
-    }
-
-    /// Whether the stream it scores in `video` is the one a model reads.
-    fn reads_model_stream(&self, video: &Video) -> bool {
-        names_model_stream(video, &self.stream)
     }
 
     /// [`SimilarityGrounder::scores`] of queries already embedded by the tower (`texts`).
