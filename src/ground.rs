@@ -516,7 +516,7 @@ impl Fusion {
     /// Its boundaries are votes at a quarter of the tower's standard deviation: the spans
     /// around an answer that score nearly as high are readings of the same event the scores
     /// cannot tell apart, and their weighted mean lands nearer the event's edges than any one
-    /// of them. It raised every figure of all sixteen development worlds of one stream; where
+    /// of them. It raised every figure of all twenty development worlds of one stream; where
     /// the model reads another stream (the synthetic world) its boundaries are its own and a
     /// vote at any temperature lowered them (README, "Boundaries by vote").
     const TOWER_STREAM: Fusion = Fusion {
@@ -536,8 +536,9 @@ impl Fusion {
 /// first: where the attention is sharp it wins on its own, and where the regression is off a
 /// proposal that holds the attention answers better. With `tower`, the tower's scores are
 /// standardised over the candidates and added, weighted, to the model's, centred and scaled by
-/// [`ATTENTION_SCALE`] and read in parts as the tower's [`Fusion`] says, and the regressed span
-/// starts [`REGRESSED_HANDICAP`] behind.
+/// [`ATTENTION_SCALE`] and read in parts as the tower's [`Fusion`] says, the regressed span
+/// starts [`REGRESSED_HANDICAP`] behind, and where the fusion says so the answers' boundaries
+/// are votes ([`best_apart`]).
 fn rank(
     regressed: &[f64; 2],
     candidates: &[[f64; 2]],
