@@ -699,47 +699,69 @@ fn in_seconds(segments: Vec<Segment>, duration: f64) -> Vec<Segment> {
 }
 
 /// The best `top_k` segments by score, each overlapping none better than it by
-/// [`SUPPRESS_IOU`]. With a `vote` temperature, each one's boundaries become the weighted mean
-/// of its own and those of the spans it suppressed (those overlapping it and no better answer),
-/// each weighted by `exp((score - its score) / vote)`; its score stays its own.
+/// [`SUPPRESS_IOU`]. With a `vote` temperature, their boundaries are [`voted`] first, and the
+/// answers are kept apart as voted.
 fn best_apart(mut ranked: Vec<Segment>, top_k: usize, vote: Option<f64>) -> Vec<Segment> {
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let overlaps =
-        |a: &Segment, b: &Segment| iou([a.start, a.end], [b.start, b.end]) >= SUPPRESS_IOU;
-    let mut chosen: Vec<Segment> = Vec::new();
-    // Each chosen segment's total weight and weighted start and end.
-    let mut ballots: Vec<[f64; 3]> = Vec::new();
+    match vote {
+        Some(temperature) => apart(voted(ranked, temperature), top_k),
+        None => apart(ranked, top_k),
+    }
+}
+
+/// The first `top_k` of `ranked` (best first) that overlap none kept before them by
+/// [`SUPPRESS_IOU`].
+fn apart(ranked: Vec<Segment>, top_k: usize) -> Vec<Segment> {
+    let mut kept: Vec<Segment> = Vec::new();
     for candidate in ranked {
-        if vote.is_none() && chosen.len() >= top_k {
+        if kept.len() >= top_k {
             break;
         }
-        match chosen.iter().position(|c| overlaps(c, &candidate)) {
-            Some(answer) => {
-                let weight = vote.map(|t| ((candidate.score - chosen[answer].score) / t).exp());
+        if !kept.iter().any(|k| overlap(k, &candidate)) {
+            kept.push(candidate);
+        }
+    }
+    kept
+}
+
+/// Every segment of `ranked` (best first) that overlaps none better than it by
+/// [`SUPPRESS_IOU`], its boundaries the weighted mean of its own and those of the spans it
+/// suppressed (those overlapping it and no better answer), each weighted by
+/// `exp((score - its score) / temperature)`; its score stays its own. Moved boundaries can bring
+/// two answers within [`SUPPRESS_IOU`] of each other, which is why [`apart`] comes after.
+fn voted(ranked: Vec<Segment>, temperature: f64) -> Vec<Segment> {
+    // Each answer with its ballot: the total weight and the weighted start and end.
+    let mut answers: Vec<(Segment, [f64; 3])> = Vec::new();
+    for candidate in ranked {
+        match answers
+            .iter_mut()
+            .find(|(answer, _)| overlap(answer, &candidate))
+        {
+            Some((answer, ballot)) => {
+                let weight = ((candidate.score - answer.score) / temperature).exp();
                 // A score that is no number casts no vote rather than spoil the answer's.
-                if let Some(weight) = weight.filter(|w| w.is_finite()) {
-                    let ballot = &mut ballots[answer];
+                if weight.is_finite() {
                     ballot[0] += weight;
                     ballot[1] += weight * candidate.start;
                     ballot[2] += weight * candidate.end;
                 }
             }
-            None if chosen.len() < top_k => {
-                ballots.push([1.0, candidate.start, candidate.end]);
-                chosen.push(candidate);
-            }
-            None => {}
+            None => answers.push((candidate, [1.0, candidate.start, candidate.end])),
         }
     }
-    chosen
+    answers
         .into_iter()
-        .zip(ballots)
-        .map(|(segment, [weight, start, end])| Segment {
+        .map(|(answer, [weight, start, end])| Segment {
             start: start / weight,
             end: end / weight,
-            score: segment.score,
+            score: answer.score,
         })
         .collect()
+}
+
+/// Whether two segments count as one answer.
+fn overlap(a: &Segment, b: &Segment) -> bool {
+    iou([a.start, a.end], [b.start, b.end]) >= SUPPRESS_IOU
 }
 
 #[cfg(test)]
@@ -1005,6 +1027,36 @@ mod tests {
         let one = spans(best_apart(ranked, 1, Some(temperature)));
         assert_eq!(one.len(), 1);
         assert!((one[0][0] - expected[0][0]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn answers_that_their_votes_bring_together_count_as_one() {
+        let segment = |start, end, score| Segment { start, end, score };
+        // Two answers overlapping by 0.4, each with a neighbour as good as itself on its far
+        // side from the other; a third answer apart from both.
+        let ranked = vec![
+            segment(0.0, 0.55, 1.0),
+            segment(0.15, 0.6, 1.0 - 1e-9),
+            segment(0.25, 0.75, 0.9),
+            segment(0.2, 0.75, 0.9 - 1e-9),
+            segment(0.8, 1.0, 0.5),
+        ];
+        let spans = |segments: Vec<Segment>| -> Vec<[f64; 2]> {
+            segments.iter().map(|s| [s.start, s.end]).collect()
+        };
+        assert_eq!(
+            spans(best_apart(ranked.clone(), 2, None)),
+            [[0.0, 0.55], [0.25, 0.75]]
+        );
+        // Voted, the first two come to [0.075, 0.575] and [0.225, 0.75], which overlap by 0.52:
+        // the second gives way to the third.
+        let voted = spans(best_apart(ranked, 2, Some(0.25)));
+        assert_eq!(voted.len(), 2);
+        assert!(
+            (voted[0][0] - 0.075).abs() < 1e-6 && (voted[0][1] - 0.575).abs() < 1e-6,
+            "{voted:?}"
+        );
+        assert_eq!(voted[1], [0.8, 1.0]);
     }
 
     #[test]
