@@ -1032,8 +1032,8 @@ mod tests {
     #[test]
     fn answers_that_their_votes_bring_together_count_as_one() {
         let segment = |start, end, score| Segment { start, end, score };
-        // Two answers overlapping by 0.4, each with a neighbour as good as itself on its far
-        // side from the other; a third answer apart from both.
+        // Two answers overlapping by 0.4, each with a neighbour as good as itself that reaches
+        // towards the other; a third answer apart from both.
         let ranked = vec![
             segment(0.0, 0.55, 1.0),
             segment(0.15, 0.6, 1.0 - 1e-9),
