@@ -44,6 +44,12 @@ pub struct Segment {
     pub score: f64,
 }
 
+impl Segment {
+    fn span(&self) -> [f64; 2] {
+        [self.start, self.end]
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 /// The segments answering one query.
 pub struct Answer {
@@ -617,7 +623,7 @@ fn event_scores(spans: &[[f64; 2]], scores: &[f64]) -> Vec<f64> {
             let (sum, count) = spans
                 .iter()
                 .zip(scores)
-                .filter(|(other, _)| iou(*span, **other) >= SUPPRESS_IOU)
+                .filter(|(other, _)| count_as_one(*span, **other))
                 .fold((0.0, 0usize), |(sum, count), (_, s)| (sum + s, count + 1));
             sum / count.max(1) as f64
         })
@@ -717,7 +723,10 @@ fn apart(ranked: Vec<Segment>, top_k: usize) -> Vec<Segment> {
         if kept.len() >= top_k {
             break;
         }
-        if !kept.iter().any(|k| overlap(k, &candidate)) {
+        if !kept
+            .iter()
+            .any(|k| count_as_one(k.span(), candidate.span()))
+        {
             kept.push(candidate);
         }
     }
@@ -735,7 +744,7 @@ fn voted(ranked: Vec<Segment>, temperature: f64) -> Vec<Segment> {
     for candidate in ranked {
         match answers
             .iter_mut()
-            .find(|(answer, _)| overlap(answer, &candidate))
+            .find(|(answer, _)| count_as_one(answer.span(), candidate.span()))
         {
             Some((answer, ballot)) => {
                 let weight = ((candidate.score - answer.score) / temperature).exp();
@@ -759,9 +768,9 @@ fn voted(ranked: Vec<Segment>, temperature: f64) -> Vec<Segment> {
         .collect()
 }
 
-/// Whether two segments count as one answer.
-fn overlap(a: &Segment, b: &Segment) -> bool {
-    iou([a.start, a.end], [b.start, b.end]) >= SUPPRESS_IOU
+/// Whether two spans overlap by [`SUPPRESS_IOU`] or more, so count as one answer.
+fn count_as_one(a: [f64; 2], b: [f64; 2]) -> bool {
+    iou(a, b) >= SUPPRESS_IOU
 }
 
 #[cfg(test)]
