@@ -199,7 +199,7 @@ pub(crate) fn ground(
         None => {
             let grounder = ground::SimilarityGrounder::load(config)?;
             let candidates = ground::SimilarityGrounder::candidates(&loaded, config);
-            grounder.ground(&loaded, &texts, &candidates, top_k)?
+            grounder.ground(&loaded, &texts, &candidates, top_k, ground::Edges::ByTower)?
         }
     };
     let out = serde_json::json!({

@@ -8,7 +8,9 @@ use crate::config::Config;
 use crate::dataset::{
     moment_detr, read_annotations, read_moments, AnnotationFormat, DatasetError, Moment,
 };
-use crate::ground::{proposal_spans, Answer, Grounder, SimilarityGrounder, SIMILARITY_WINDOWS};
+use crate::ground::{
+    proposal_spans, Answer, Edges, Grounder, SimilarityGrounder, SIMILARITY_WINDOWS,
+};
 use crate::ingest::{read_video, Durations, VideoRef};
 use crate::processor::VideoProposals;
 use crate::rng::{hash_str, Rng};
@@ -444,8 +446,8 @@ pub struct QueryResult {
 
 /// A grounder on annotated sentences: R@1/R@5 at IoU 0.3/0.5/0.7 and mIoU of a trained model
 /// (`model`) or, without one, of the training-free [`SimilarityGrounder`] over the video's
-/// proposals. With `baselines`, also the text tower's similarity over the proposals (when a
-/// model is judged) and over sliding windows, and the proposals in random order. Queries whose
+/// proposals. With `baselines`, also the text tower's similarity over the proposals with their
+/// edges as found and over sliding windows, and the proposals in random order. Queries whose
 /// video has no features count as misses.
 pub fn grounding_report(
     model: Option<&Grounder>,
@@ -474,11 +476,11 @@ pub fn grounding_report(
         None => "similarity",
     }];
     if baselines {
-        // Without a model the similarity over proposals is the method itself.
-        if model.is_some() {
-            methods.push("text similarity");
-        }
-        methods.extend(["text similarity, windows", "random proposal"]);
+        methods.extend([
+            "text similarity",
+            "text similarity, windows",
+            "random proposal",
+        ]);
     }
     let durations = Durations::load(&config.ingest.durations_file).map_err(TrainError::from)?;
     let top_k = config.train.top_k.max(5);
@@ -514,18 +516,27 @@ pub fn grounding_report(
                         &queries,
                         &candidates,
                         top_k,
+                        Edges::ByTower,
                     )?));
                 }
                 (None, None) => unreachable!("loaded when there is no model"),
             }
             if let (true, Some(similarity)) = (baselines, &similarity) {
-                if model.is_some() {
-                    lists.push(spans(
-                        similarity.ground(&video, &queries, &proposals, top_k)?,
-                    ));
-                }
+                lists.push(spans(similarity.ground(
+                    &video,
+                    &queries,
+                    &proposals,
+                    top_k,
+                    Edges::AsFound,
+                )?));
                 let windows = sliding_windows(1.0, SIMILARITY_WINDOWS);
-                lists.push(spans(similarity.ground(&video, &queries, &windows, top_k)?));
+                lists.push(spans(similarity.ground(
+                    &video,
+                    &queries,
+                    &windows,
+                    top_k,
+                    Edges::AsFound,
+                )?));
                 let seconds = |s: &[f64; 2]| [s[0] * video.duration, s[1] * video.duration];
                 lists.push(
                     indices

@@ -8,14 +8,16 @@
 //! reads each query with every seed's network and answers from their mean reading. The
 //! [`SimilarityGrounder`] ranks the video's proposals by the cosine between the query's text
 //! embedding and the span's mean visual embedding, less what every step of the video shares:
-//! a real zero-shot grounder wherever such a tower exists.
+//! a real zero-shot grounder wherever such a tower exists. Where the tower reads the stream
+//! the proposals were found on, it also places each answer's edges, step by step
+//! ([`TowerView::edges`]).
 
 use crate::caption::text::TextEncoder;
-use crate::caption::{mean_over, shared_scene, visual_stream, CaptionError, TextTower};
+use crate::caption::{shared_scene, visual_stream, CaptionError, TextTower};
 use crate::config::{Config, QueryWords, TrainConfig};
 use crate::ingest::{Features, Video};
 use crate::processor::{analyse, StageTimes};
-use crate::similarity::{dot, to_unit_length, Spread};
+use crate::similarity::Spread;
 use crate::span::iou;
 use crate::train::{
     members::mean_readings,
@@ -27,6 +29,7 @@ use crate::train::{
 };
 use serde::Serialize;
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -294,7 +297,12 @@ impl Grounder {
                 } else {
                     Fusion::OWN_STREAM
                 };
-                Some((grounder.scores_of(video, &embedded, &spans)?, fusion))
+                let view = grounder.view(video, &embedded)?;
+                let scores: Vec<Vec<f64>> = embedded
+                    .iter()
+                    .map(|text| view.similarities(text, &spans))
+                    .collect();
+                Some((view, scores, fusion))
             }
             None => None,
         };
@@ -304,7 +312,7 @@ impl Grounder {
             .enumerate()
             .map(|(i, (query, reading))| {
                 // This query's scores on the candidates, then on its own regressed span.
-                let own = similarity.as_ref().map(|(scores, fusion)| {
+                let own = similarity.as_ref().map(|(view, scores, fusion)| {
                     let row = &scores[i];
                     let mut own = row[..candidates.len()].to_vec();
                     own.push(row[candidates.len() + i]);
@@ -312,6 +320,10 @@ impl Grounder {
                         similarity: own,
                         weight: self.similarity_weight,
                         fusion: *fusion,
+                        edges: Some(EdgeSearch {
+                            view,
+                            text: &embedded[i],
+                        }),
                     }
                 });
                 let Reading {
@@ -370,19 +382,29 @@ impl SimilarityGrounder {
     }
 
     /// Top-`top_k` of `candidates` (normalised) for each query, by cosine similarity, any
-    /// overlapping a better one by [`SUPPRESS_IOU`] dropped.
+    /// overlapping a better one by [`SUPPRESS_IOU`] dropped. With [`Edges::ByTower`], where
+    /// the tower reads the stream the candidates were found on, each answer's edges are then
+    /// moved to where the tower sees the query begin and end ([`TowerView::edges`]).
     pub fn ground(
         &self,
         video: &Video,
         queries: &[&str],
         candidates: &[[f64; 2]],
         top_k: usize,
+        edges: Edges,
     ) -> Result<Vec<Answer>, CaptionError> {
-        let scores = self.scores(video, queries, candidates)?;
+        let texts = self.tower.embed(queries)?;
+        let view = self.view(video, &texts)?;
+        let move_edges = edges == Edges::ByTower && names_model_stream(video, &self.stream);
         Ok(queries
             .iter()
-            .zip(scores)
-            .map(|(query, scores)| {
+            .zip(&texts)
+            .map(|(query, text)| {
+                let scores = view.similarities(text, candidates);
+                let search = move_edges.then(|| {
+                    let spread = Spread::of(scores.iter().copied());
+                    (EdgeSearch { view: &view, text }, spread)
+                });
                 let scored = candidates.iter().zip(scores).map(|(c, score)| Segment {
                     start: c[0],
                     end: c[1],
@@ -390,30 +412,18 @@ impl SimilarityGrounder {
                 });
                 Answer {
                     query: query.to_string(),
-                    segments: in_seconds(best_apart(scored.collect(), top_k, None), video.duration),
+                    segments: in_seconds(
+                        best_apart(scored.collect(), top_k, search),
+                        video.duration,
+                    ),
                 }
             })
             .collect())
     }
 
-    /// For each query, the cosine of its text embedding with each candidate's mean visual
-    /// embedding, less the video's shared scene with `caption.remove_scene`.
-    pub fn scores(
-        &self,
-        video: &Video,
-        queries: &[&str],
-        candidates: &[[f64; 2]],
-    ) -> Result<Vec<Vec<f64>>, CaptionError> {
-        self.scores_of(video, &self.tower.embed(queries)?, candidates)
-    }
-
-    /// [`SimilarityGrounder::scores`] of queries already embedded by the tower (`texts`).
-    fn scores_of(
-        &self,
-        video: &Video,
-        texts: &[Vec<f32>],
-        candidates: &[[f64; 2]],
-    ) -> Result<Vec<Vec<f64>>, CaptionError> {
+    /// `video`'s stream as the tower reads it, checked against the width of the embedded
+    /// queries (`texts`).
+    fn view(&self, video: &Video, texts: &[Vec<f32>]) -> Result<TowerView, CaptionError> {
         let stream = visual_stream(video, &self.stream)?;
         if let Some(text) = texts.first().filter(|t| t.len() != stream.dim) {
             return Err(CaptionError::Dimensions {
@@ -421,39 +431,176 @@ impl SimilarityGrounder {
                 text: text.len(),
             });
         }
-        Ok(span_similarities(
-            stream,
-            texts,
-            candidates,
-            self.remove_scene,
-        ))
+        Ok(TowerView::of(stream, self.remove_scene))
     }
 }
 
-/// The cosine of each text embedding with each span's mean visual embedding in `stream`, the
-/// video's [`shared_scene`] taken from the mean first where `remove_scene`.
-fn span_similarities(
-    stream: &Features,
-    texts: &[Vec<f32>],
-    candidates: &[[f64; 2]],
-    remove_scene: bool,
-) -> Vec<Vec<f64>> {
-    let scene = remove_scene.then(|| shared_scene(stream));
-    let visual: Vec<Vec<f32>> = candidates
-        .iter()
-        .map(|c| {
-            let mut mean = mean_over(stream, c[0], c[1]);
-            if let Some(scene) = &scene {
-                mean.iter_mut().zip(scene).for_each(|(m, s)| *m -= s);
+/// Where the training-free grounder's answers begin and end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edges {
+    /// Where the candidates do: the baselines `eval` measures the model against.
+    AsFound,
+    /// Moved by the tower where it reads the stream the candidates were found on
+    /// ([`TowerView::edges`]): `ground --method similarity`, and `eval` without a model.
+    ByTower,
+}
+
+/// How many steps the tower may move each edge of an answer ([`TowerView::edges`]).
+const EDGE_REACH: usize = 3;
+
+/// The flanks an answer is held against reach this share of its length beyond each end.
+const FLANK_SHARE: f64 = 0.5;
+
+/// The weight of the flanks' similarity against the span's own ([`TowerView::contrast`]).
+const FLANK_WEIGHT: f64 = 0.5;
+
+/// The temperature of the edges' vote, in the tower's standard deviations over the
+/// candidates ([`TowerView::edges`]).
+const EDGE_TEMPERATURE: f64 = 0.1;
+
+/// A video's stream as the tower reads it: running sums over its steps, so that the tower's
+/// similarity to a query of any span costs one pass over the feature width, however long the
+/// span.
+struct TowerView {
+    /// `(frames + 1) × dim` sums: row `t` holds the sum of steps `0..t`.
+    sums: Vec<f64>,
+    frames: usize,
+    dim: usize,
+    /// The video's [`shared_scene`], taken from every span's mean (`caption.remove_scene`).
+    scene: Option<Vec<f32>>,
+}
+
+impl TowerView {
+    fn of(stream: &Features, remove_scene: bool) -> TowerView {
+        let dim = stream.dim;
+        let mut sums = vec![0.0; (stream.frames + 1) * dim];
+        for t in 0..stream.frames {
+            let (before, after) = sums.split_at_mut((t + 1) * dim);
+            let previous = &before[t * dim..];
+            for ((sum, prior), value) in after[..dim].iter_mut().zip(previous).zip(stream.row(t)) {
+                *sum = prior + f64::from(*value);
             }
-            to_unit_length(&mut mean);
-            mean
-        })
-        .collect();
-    texts
-        .iter()
-        .map(|text| visual.iter().map(|v| f64::from(dot(v, text))).collect())
-        .collect()
+        }
+        TowerView {
+            sums,
+            frames: stream.frames,
+            dim,
+            scene: remove_scene.then(|| shared_scene(stream)),
+        }
+    }
+
+    /// The cosine of `text` with each normalised span's mean, less the scene.
+    fn similarities(&self, text: &[f32], spans: &[[f64; 2]]) -> Vec<f64> {
+        spans
+            .iter()
+            .map(|span| self.similarity(text, &[self.steps(*span)]))
+            .collect()
+    }
+
+    /// The steps a normalised span covers, at least one: those its first and last instants
+    /// fall in.
+    fn steps(&self, span: [f64; 2]) -> Range<usize> {
+        let frames = self.frames as f64;
+        let first = ((span[0].clamp(0.0, 1.0) * frames).floor() as usize)
+            .min(self.frames.saturating_sub(1));
+        let last = ((span[1].clamp(0.0, 1.0) * frames).ceil() as usize)
+            .clamp(first + 1, self.frames.max(1));
+        first..last
+    }
+
+    /// The cosine of `text` with the mean over the steps of `ranges`, less the scene; 0 over no
+    /// steps.
+    fn similarity(&self, text: &[f32], ranges: &[Range<usize>]) -> f64 {
+        let count: usize = ranges.iter().map(|r| r.len()).sum();
+        if count == 0 || self.frames == 0 {
+            return 0.0;
+        }
+        let (mut along, mut squared) = (0.0, 0.0);
+        for d in 0..self.dim {
+            let sum: f64 = ranges
+                .iter()
+                .map(|r| self.sums[r.end * self.dim + d] - self.sums[r.start * self.dim + d])
+                .sum();
+            let scene = self.scene.as_ref().map_or(0.0, |s| f64::from(s[d]));
+            let value = sum / count as f64 - scene;
+            along += value * f64::from(text[d]);
+            squared += value * value;
+        }
+        along / squared.sqrt().max(1e-12)
+    }
+
+    /// How much more the tower sees `text` in `steps` than in their flanks (a share
+    /// [`FLANK_SHARE`] of their length on either side, as far as the video goes): a span that
+    /// stops short of the moment leaves it in the flanks, one that runs past takes in steps
+    /// without it.
+    fn contrast(&self, text: &[f32], steps: Range<usize>) -> f64 {
+        let width = ((steps.len() as f64 * FLANK_SHARE).round() as usize).max(1);
+        let before = steps.start.saturating_sub(width)..steps.start;
+        let after = steps.end..(steps.end + width).min(self.frames);
+        self.similarity(text, &[steps]) - FLANK_WEIGHT * self.similarity(text, &[before, after])
+    }
+
+    /// `span`'s edges where the tower sees `text` begin and end: every span whose edges lie
+    /// within [`EDGE_REACH`] steps of its own is scored by [`TowerView::contrast`], and their
+    /// edges vote, each weighted by `exp(-(how far its contrast is behind the best) /
+    /// EDGE_TEMPERATURE)` in the tower's standard deviations (`spread`, over the candidates it
+    /// ranked). An answer's edges are where a change in the video was found, or where the
+    /// model's regression put them; the tower's step by step reading places them better
+    /// (README, "Edges by the tower"). Without a spread to weigh by, the best alone.
+    fn edges(&self, text: &[f32], span: [f64; 2], spread: &Spread) -> [f64; 2] {
+        if self.frames == 0 {
+            return span;
+        }
+        let frames = self.frames as f64;
+        let start = ((span[0].clamp(0.0, 1.0) * frames).round() as usize).min(self.frames - 1);
+        let end =
+            ((span[1].clamp(0.0, 1.0) * frames).round() as usize).clamp(start + 1, self.frames);
+        let mut readings = Vec::new();
+        for first in start.saturating_sub(EDGE_REACH)..=(start + EDGE_REACH).min(self.frames - 1) {
+            let ends =
+                end.saturating_sub(EDGE_REACH).max(first + 1)..=(end + EDGE_REACH).min(self.frames);
+            for last in ends {
+                let contrast = self.contrast(text, first..last);
+                if contrast.is_finite() {
+                    readings.push((first as f64 / frames, last as f64 / frames, contrast));
+                }
+            }
+        }
+        let Some(best) = readings.iter().map(|r| r.2).max_by(f64::total_cmp) else {
+            return span;
+        };
+        let (mut total, mut first, mut last) = (0.0, 0.0, 0.0);
+        for (start, end, contrast) in readings {
+            // Infinitely far behind where the candidates' scores are all alike.
+            let behind = (best - contrast) / spread.deviation();
+            let weight = match contrast == best {
+                true => 1.0,
+                false => (-behind / EDGE_TEMPERATURE).exp(),
+            };
+            total += weight;
+            first += weight * start;
+            last += weight * end;
+        }
+        [first / total, last / total]
+    }
+}
+
+/// What the tower reads of one query on one video, to move an answer's edges by.
+#[derive(Clone, Copy)]
+struct EdgeSearch<'a> {
+    view: &'a TowerView,
+    text: &'a [f32],
+}
+
+impl EdgeSearch<'_> {
+    fn moved(&self, segment: Segment, spread: &Spread) -> Segment {
+        let [start, end] = self.view.edges(self.text, segment.span(), spread);
+        Segment {
+            start,
+            end,
+            score: segment.score,
+        }
+    }
 }
 
 /// The video's proposals as spans normalised to [0, 1], best first: what answers are ranked
@@ -471,13 +618,15 @@ pub fn proposal_spans(video: &Video, config: &Config) -> Vec<[f64; 2]> {
 }
 
 /// The tower's side of a fused ranking.
-struct TowerScores {
+struct TowerScores<'a> {
     /// The tower's similarity to the query of each candidate, then of the regressed span.
     similarity: Vec<f64>,
     /// `train.similarity_weight`.
     weight: f64,
     /// How the model's score is read against the tower's.
     fusion: Fusion,
+    /// What the tower reads of the query, to move the answers' edges where the fusion says so.
+    edges: Option<EdgeSearch<'a>>,
 }
 
 /// How a model's score and the tower's are weighed in a fused ranking. The model's score of a
@@ -493,10 +642,9 @@ struct Fusion {
     /// The tower's best candidate gains this times its lead over the second (in the tower's
     /// standard deviations) on top of its weighted score.
     tower_lead: f64,
-    /// With a temperature (in the fused score's units), each answer's boundaries are the mean
-    /// of its own and those of the spans it suppressed, each weighted by `exp(-(how far its
-    /// score is behind the answer's) / temperature)`: see [`best_apart`].
-    boundary_vote: Option<f64>,
+    /// Whether the answers' edges are moved to where the tower sees the query begin and end
+    /// ([`TowerView::edges`]).
+    tower_edges: bool,
 }
 
 impl Fusion {
@@ -506,7 +654,7 @@ impl Fusion {
         event: 1.0,
         boundary: 1.0,
         tower_lead: 0.0,
-        boundary_vote: None,
+        tower_edges: false,
     };
 
     /// A model reading the very stream the tower scores (one stream in the file, or
@@ -519,17 +667,16 @@ impl Fusion {
     /// development worlds of seven settings and checked on four fresh ones (README, "Which
     /// event, and where it ends").
     ///
-    /// Its boundaries are votes at a quarter of the tower's standard deviation: the spans
-    /// around an answer that score nearly as high are readings of the same event the scores
-    /// cannot tell apart, and their weighted mean lands nearer the event's edges than any one
-    /// of them. It raised every figure of all twenty development worlds of one stream; where
-    /// the model reads another stream (the synthetic world) its boundaries are its own and the
-    /// same vote lowered them (2.9 points at IoU .7; README, "Boundaries by vote").
+    /// The tower places the answers' edges: reading the video step by step, it finds where
+    /// the query begins and ends better than the proposals' edges or the model's regression
+    /// (README, "Edges by the tower": every figure of all twenty development worlds of one
+    /// stream rose). Where the model reads another stream (the synthetic world) its edges are
+    /// its own and the tower's lowered them.
     const TOWER_STREAM: Fusion = Fusion {
         event: 0.25,
         boundary: 0.5,
         tower_lead: 1.5,
-        boundary_vote: Some(0.25),
+        tower_edges: true,
     };
 }
 
@@ -543,8 +690,8 @@ impl Fusion {
 /// proposal that holds the attention answers better. With `tower`, the tower's scores are
 /// standardised over the candidates and added, weighted, to the model's, centred and scaled by
 /// [`ATTENTION_SCALE`] and read in parts as the tower's [`Fusion`] says, the regressed span
-/// starts [`REGRESSED_HANDICAP`] behind, and where the fusion says so the answers' boundaries
-/// are votes ([`best_apart`]).
+/// starts [`REGRESSED_HANDICAP`] behind, and where the fusion says so the tower moves the
+/// answers' edges ([`best_apart`]).
 fn rank(
     regressed: &[f64; 2],
     candidates: &[[f64; 2]],
@@ -554,7 +701,7 @@ fn rank(
 ) -> Vec<Segment> {
     let spans: Vec<[f64; 2]> = candidates.iter().chain([regressed]).copied().collect();
     let mut scores: Vec<f64> = spans.iter().map(|c| model.of(c)).collect();
-    let mut vote = None;
+    let mut edges = None;
     if let Some(tower) = tower.filter(|t| t.similarity.len() == scores.len()) {
         let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
         let events = event_scores(&spans, &scores);
@@ -577,7 +724,10 @@ fn rank(
         if let Some(own) = scores.last_mut() {
             *own -= REGRESSED_HANDICAP;
         }
-        vote = fusion.boundary_vote;
+        edges = tower
+            .edges
+            .filter(|_| fusion.tower_edges)
+            .map(|search| (search, Spread::of(tower.similarity.iter().copied())));
     }
     let ranked = spans
         .iter()
@@ -588,7 +738,7 @@ fn rank(
             score,
         })
         .collect();
-    best_apart(ranked, top_k, vote)
+    best_apart(ranked, top_k, edges)
 }
 
 /// Whether `caption.visual_stream` = `name` is, in `video`, the stream a model reads (the one
@@ -705,19 +855,27 @@ fn in_seconds(segments: Vec<Segment>, duration: f64) -> Vec<Segment> {
 }
 
 /// The best `top_k` segments by score, each overlapping none better than it by
-/// [`SUPPRESS_IOU`]. With a `vote` temperature, their boundaries are [`voted`] first, and the
-/// answers are kept apart as voted.
-fn best_apart(mut ranked: Vec<Segment>, top_k: usize, vote: Option<f64>) -> Vec<Segment> {
+/// [`SUPPRESS_IOU`]. With an edge search (and the spread of the tower's scores it weighs by),
+/// each answer's edges are moved by the tower ([`TowerView::edges`]) and the answers are kept
+/// apart as moved.
+fn best_apart(
+    mut ranked: Vec<Segment>,
+    top_k: usize,
+    edges: Option<(EdgeSearch, Spread)>,
+) -> Vec<Segment> {
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-    match vote {
-        Some(temperature) => apart(voted(ranked, temperature), top_k),
+    match edges {
+        Some((search, spread)) => {
+            let moved: Vec<Segment> = ranked.iter().map(|s| search.moved(*s, &spread)).collect();
+            apart(moved.into_iter().chain(ranked), top_k)
+        }
         None => apart(ranked, top_k),
     }
 }
 
 /// The first `top_k` of `ranked` (best first) that overlap none kept before them by
 /// [`SUPPRESS_IOU`].
-fn apart(ranked: Vec<Segment>, top_k: usize) -> Vec<Segment> {
+fn apart(ranked: impl IntoIterator<Item = Segment>, top_k: usize) -> Vec<Segment> {
     let mut kept: Vec<Segment> = Vec::new();
     for candidate in ranked {
         if kept.len() >= top_k {
@@ -733,41 +891,6 @@ fn apart(ranked: Vec<Segment>, top_k: usize) -> Vec<Segment> {
     kept
 }
 
-/// Every segment of `ranked` (best first) that overlaps none better than it by
-/// [`SUPPRESS_IOU`], its boundaries the weighted mean of its own and those of the spans it
-/// suppressed (those overlapping it and no better answer), each weighted by
-/// `exp((score - its score) / temperature)`; its score stays its own. Moved boundaries can bring
-/// two answers within [`SUPPRESS_IOU`] of each other, which is why [`apart`] comes after.
-fn voted(ranked: Vec<Segment>, temperature: f64) -> Vec<Segment> {
-    // Each answer with its ballot: the total weight and the weighted start and end.
-    let mut answers: Vec<(Segment, [f64; 3])> = Vec::new();
-    for candidate in ranked {
-        match answers
-            .iter_mut()
-            .find(|(answer, _)| count_as_one(answer.span(), candidate.span()))
-        {
-            Some((answer, ballot)) => {
-                let weight = ((candidate.score - answer.score) / temperature).exp();
-                // A score that is no number casts no vote rather than spoil the answer's.
-                if weight.is_finite() {
-                    ballot[0] += weight;
-                    ballot[1] += weight * candidate.start;
-                    ballot[2] += weight * candidate.end;
-                }
-            }
-            None => answers.push((candidate, [1.0, candidate.start, candidate.end])),
-        }
-    }
-    answers
-        .into_iter()
-        .map(|(answer, [weight, start, end])| Segment {
-            start: start / weight,
-            end: end / weight,
-            score: answer.score,
-        })
-        .collect()
-}
-
 /// Whether two spans overlap by [`SUPPRESS_IOU`] or more, so count as one answer.
 fn count_as_one(a: [f64; 2], b: [f64; 2]) -> bool {
     iou(a, b) >= SUPPRESS_IOU
@@ -776,13 +899,15 @@ fn count_as_one(a: [f64; 2], b: [f64; 2]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::similarity::dot;
 
     /// The tower's scores at `weight`, against a model of its own stream.
-    fn tower(similarity: Vec<f64>, weight: f64) -> Option<TowerScores> {
+    fn tower(similarity: Vec<f64>, weight: f64) -> Option<TowerScores<'static>> {
         Some(TowerScores {
             similarity,
             weight,
             fusion: Fusion::OWN_STREAM,
+            edges: None,
         })
     }
 
@@ -840,16 +965,13 @@ mod tests {
                 .copied()
                 .collect(),
         };
-        let query = [vec![0.0, 0.0, 1.0]];
+        let query = [0.0, 0.0, 1.0];
         let halves = [[0.0, 0.5], [0.5, 1.0]];
-        let plain = span_similarities(&stream, &query, &halves, false);
-        let removed = span_similarities(&stream, &query, &halves, true);
+        let plain = TowerView::of(&stream, false).similarities(&query, &halves);
+        let removed = TowerView::of(&stream, true).similarities(&query, &halves);
+        assert!((plain[1] - plain[0] - 0.196).abs() < 1e-3, "{plain:?}");
         assert!(
-            (plain[0][1] - plain[0][0] - 0.196).abs() < 1e-3,
-            "{plain:?}"
-        );
-        assert!(
-            (removed[0][1] - removed[0][0] - 0.796).abs() < 1e-3,
+            (removed[1] - removed[0] - 0.796).abs() < 1e-3,
             "{removed:?}"
         );
         // By hand: the steps' mean cosine over all pairs, times the video's mean, from the half.
@@ -864,7 +986,7 @@ mod tests {
             .collect();
         let expected = f64::from(rest[2] / length(&rest));
         assert!(
-            (removed[0][1] - expected).abs() < 1e-5,
+            (removed[1] - expected).abs() < 1e-5,
             "{removed:?} against {expected}"
         );
     }
@@ -961,6 +1083,7 @@ mod tests {
                 similarity: similarity.to_vec(),
                 weight: 0.5,
                 fusion,
+                edges: None,
             };
             let top = rank(
                 &[0.0, 0.3],
@@ -976,11 +1099,8 @@ mod tests {
         // tower at 0.5.
         assert_eq!(first(Fusion::OWN_STREAM, alike), [0.0, 0.3]);
         // Reading the tower's stream, the tower's event wins, and of its two readings the
-        // model's: the longer (the boundaries as chosen, before the vote of the test below).
-        let tower_stream = Fusion {
-            boundary_vote: None,
-            ..Fusion::TOWER_STREAM
-        };
+        // model's: the longer (the edges as found: no edge search here).
+        let tower_stream = Fusion::TOWER_STREAM;
         assert_eq!(first(tower_stream, alike), [0.5, 0.9]);
         // The tower prefers the shorter reading by 0.21 of its standard deviation: less than
         // the model's preference for the longer, more once the tower's lead counts again.
@@ -994,78 +1114,121 @@ mod tests {
         assert_eq!(first(no_lead, shorter), [0.5, 0.9]);
         assert_eq!(first(tower_stream, shorter), [0.5, 0.8]);
         assert_eq!(lead_of(&[1.0]), None);
-        // With the vote, the answer's end lies between its two readings', nearer the winner's.
-        let [start, end] = first(Fusion::TOWER_STREAM, shorter);
-        assert!(start == 0.5 && end > 0.8 && end < 0.85, "{end}");
+    }
+
+    /// Twenty steps of one room (axis 0) with a faint flicker (axis 3); steps `event` also
+    /// show the query's action (axis 1).
+    fn room_with_action(event: Range<usize>) -> Features {
+        let data = (0..20)
+            .flat_map(|t| {
+                let action = if event.contains(&t) { 1.0 } else { 0.0 };
+                let flicker = if t % 2 == 0 { 0.1 } else { -0.1 };
+                [1.0, action, 0.0, flicker]
+            })
+            .collect();
+        Features {
+            frames: 20,
+            dim: 4,
+            data,
+        }
     }
 
     #[test]
-    fn voted_boundaries_are_the_answers_and_its_suppressed_neighbours_weighted_by_score() {
-        let segment = |start, end, score| Segment { start, end, score };
-        let temperature = 0.25;
-        // [0.3, 0.6] overlaps the best by 0.75 and scores ln 2 temperatures behind it: half a
-        // vote. [0.7, 1.0] overlaps the second answer by 0.67 and is ln 3 behind it: a third.
-        let ranked = vec![
-            segment(0.3, 0.6, 1.0 - temperature * 2f64.ln()),
-            segment(0.8, 1.0, 0.9),
-            segment(0.2, 0.6, 1.0),
-            segment(0.7, 1.0, 0.9 - temperature * 3f64.ln()),
-        ];
-        let spans = |segments: Vec<Segment>| -> Vec<[f64; 2]> {
-            segments.iter().map(|s| [s.start, s.end]).collect()
-        };
-        assert_eq!(
-            spans(best_apart(ranked.clone(), 2, None)),
-            [[0.2, 0.6], [0.8, 1.0]]
-        );
-        let voted = best_apart(ranked.clone(), 2, Some(temperature));
-        let expected = [
-            [(0.2 + 0.5 * 0.3) / 1.5, 0.6],
-            [(0.8 + 0.7 / 3.0) / (4.0 / 3.0), 1.0],
-        ];
-        for (got, want) in spans(voted.clone()).iter().zip(expected) {
+    fn the_towers_running_sums_give_each_spans_mean_less_the_scene() {
+        let stream = room_with_action(5..9);
+        let query = [0.3f32, 0.5, 0.2, 0.4];
+        for remove_scene in [false, true] {
+            let view = TowerView::of(&stream, remove_scene);
+            let scene = remove_scene.then(|| shared_scene(&stream));
+            for span in [[0.0, 1.0], [0.25, 0.45], [0.33, 0.61], [0.95, 1.0]] {
+                let mut mean = crate::caption::mean_over(&stream, span[0], span[1]);
+                if let Some(scene) = &scene {
+                    mean.iter_mut().zip(scene).for_each(|(m, s)| *m -= s);
+                }
+                crate::similarity::to_unit_length(&mut mean);
+                let expected = f64::from(dot(&mean, &query));
+                let got = view.similarities(&query, &[span])[0];
+                assert!(
+                    (got - expected).abs() < 1e-6,
+                    "{span:?}: {got} against {expected}"
+                );
+            }
+        }
+        // Over no steps, nothing is seen.
+        let view = TowerView::of(&stream, true);
+        let no_steps = 3..3;
+        assert_eq!(view.similarity(&query, &[no_steps]), 0.0);
+    }
+
+    #[test]
+    fn the_tower_moves_an_answers_edges_onto_where_it_sees_the_query() {
+        let view = TowerView::of(&room_with_action(7..13), true);
+        let query = [0.0f32, 1.0, 0.0, 0.0];
+        // The candidates' scores so close that any reading behind the best is far behind.
+        let sharp = Spread::of([0.0, 1e-4].into_iter());
+        let steps = |span: [f64; 2]| [span[0] * 20.0, span[1] * 20.0];
+        // Two steps too early and too long, then one step short at either end: both find the
+        // action's edges.
+        for answer in [[0.25, 0.75], [0.4, 0.6]] {
+            let moved = view.edges(&query, answer, &sharp);
+            let [first, last] = steps(moved);
             assert!(
-                (got[0] - want[0]).abs() < 1e-12 && (got[1] - want[1]).abs() < 1e-12,
-                "{got:?} against {want:?}"
+                (first - 7.0).abs() < 1e-9 && (last - 13.0).abs() < 1e-9,
+                "{moved:?}"
             );
         }
-        // Scores stay the answers' own.
-        assert_eq!(voted[0].score, 1.0);
-        assert_eq!(voted[1].score, 0.9);
-        // One answer still counts the votes of the spans it suppressed, and no others.
-        let one = spans(best_apart(ranked, 1, Some(temperature)));
-        assert_eq!(one.len(), 1);
-        assert!((one[0][0] - expected[0][0]).abs() < 1e-12);
+        // Each edge moves at most EDGE_REACH steps: from steps 0..4 the action's start is out of
+        // reach.
+        let [first, last] = steps(view.edges(&query, [0.0, 0.2], &sharp));
+        assert!(
+            first <= 3.0 && last <= 4.0 + EDGE_REACH as f64,
+            "{first} {last}"
+        );
+        // Where the candidates' scores are all alike, the best reading alone counts too.
+        let flat = Spread::of([0.5, 0.5].into_iter());
+        let [first, last] = steps(view.edges(&query, [0.25, 0.75], &flat));
+        assert!((first - 7.0).abs() < 1e-9 && (last - 13.0).abs() < 1e-9);
+        // Where readings behind the best are near it in the candidates' standard deviations,
+        // they vote: the edges stay near the action's, no longer on a step.
+        let close = Spread::of([0.0, 0.1].into_iter());
+        let [first, last] = steps(view.edges(&query, [0.25, 0.75], &close));
+        assert!(
+            (6.5..7.5).contains(&first) && (12.5..13.5).contains(&last) && first.fract() != 0.0,
+            "{first} {last}"
+        );
     }
 
     #[test]
-    fn answers_that_their_votes_bring_together_count_as_one() {
+    fn answers_that_the_tower_moves_together_count_as_one_and_the_next_as_found_fills_in() {
+        let view = TowerView::of(&room_with_action(7..13), true);
+        let query = [0.0f32, 1.0, 0.0, 0.0];
+        let search = EdgeSearch {
+            view: &view,
+            text: &query,
+        };
+        let sharp = Spread::of([0.0, 1e-4].into_iter());
         let segment = |start, end, score| Segment { start, end, score };
-        // Two answers overlapping by 0.4, each with a neighbour as good as itself that reaches
-        // towards the other; a third answer apart from both.
-        let ranked = vec![
-            segment(0.0, 0.55, 1.0),
-            segment(0.15, 0.6, 1.0 - 1e-9),
-            segment(0.25, 0.75, 0.9),
-            segment(0.2, 0.75, 0.9 - 1e-9),
-            segment(0.8, 1.0, 0.5),
-        ];
-        let spans = |segments: Vec<Segment>| -> Vec<[f64; 2]> {
+        // Two readings of the action, apart as found (they overlap by 0.17): steps 6..12 and
+        // 10..18.
+        let ranked = vec![segment(0.3, 0.6, 1.0), segment(0.5, 0.9, 0.9)];
+        let spans = |segments: &[Segment]| -> Vec<[f64; 2]> {
             segments.iter().map(|s| [s.start, s.end]).collect()
         };
         assert_eq!(
-            spans(best_apart(ranked.clone(), 2, None)),
-            [[0.0, 0.55], [0.25, 0.75]]
+            spans(&best_apart(ranked.clone(), 2, None)),
+            [[0.3, 0.6], [0.5, 0.9]]
         );
-        // Voted, the first two come to [0.075, 0.575] and [0.225, 0.75], which overlap by 0.52:
-        // the second gives way to the third.
-        let voted = spans(best_apart(ranked, 2, Some(0.25)));
-        assert_eq!(voted.len(), 2);
+        // Moved, the first is the action, steps 7..13; the second reaches back to step 7 but
+        // its end no further than step 15, and counts as one with the first. The second as
+        // found, apart from the moved first, takes its place.
+        let moved = best_apart(ranked, 2, Some((search, sharp)));
         assert!(
-            (voted[0][0] - 0.075).abs() < 1e-6 && (voted[0][1] - 0.575).abs() < 1e-6,
-            "{voted:?}"
+            (moved[0].start - 0.35).abs() < 1e-9 && (moved[0].end - 0.65).abs() < 1e-9,
+            "{moved:?}"
         );
-        assert_eq!(voted[1], [0.8, 1.0]);
+        assert_eq!(moved[0].score, 1.0);
+        assert_eq!(spans(&moved[1..]), [[0.5, 0.9]]);
+        assert_eq!(moved[1].score, 0.9);
     }
 
     #[test]

@@ -727,6 +727,37 @@ fn a_development_world_on_real_structure_is_one_world_across_ranges() {
         p(&held_out.join("features")),
     ]);
     assert!(report.contains("similarity"), "{report}");
+    // One stream, which the tower reads: it moves the answers' edges to where it sees each
+    // query begin and end, and the baseline row keeps them where the proposals found them.
+    let report = must(&[
+        "eval",
+        "--method",
+        "similarity",
+        "--baselines",
+        "--config",
+        p(&held_out.join("caption.toml")),
+        "--annotations",
+        p(&held_out.join("gt.jsonl")),
+        "--features",
+        p(&held_out.join("features")),
+    ]);
+    let figures = |method: &str| -> Vec<f64> {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("{method}  ")))
+            .unwrap_or_else(|| panic!("no {method} row: {report}"));
+        line[method.len()..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    // Queries, answers per video, R@1 at IoU .3 / .5 / .7, R@5 ..., R@all ..., mIoU.
+    let (moved, as_found) = (figures("similarity"), figures("text similarity"));
+    assert_eq!(moved[0], as_found[0]);
+    assert!(
+        moved[4] > as_found[4] && moved[11] > as_found[11],
+        "R@1 at IoU .7 and mIoU, edges by the tower {moved:?} against as found {as_found:?}"
+    );
     let (ok, report) = run(&[
         "synth",
         "--structure",

@@ -58,6 +58,11 @@ impl Spread {
         }
     }
 
+    /// The standard deviation.
+    pub fn deviation(&self) -> f64 {
+        self.deviation
+    }
+
     /// `value` in standard deviations above the mean; 0 where every value is alike.
     pub fn margin(&self, value: f64) -> f64 {
         match self.deviation > 1e-12 {
