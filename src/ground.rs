@@ -577,6 +577,10 @@ impl TowerView {
                 true => 1.0,
                 false => (-behind / EDGE_TEMPERATURE).exp(),
             };
+            // A spread that is no number gives no weight rather than spoil the edges.
+            if !weight.is_finite() {
+                continue;
+            }
             total += weight;
             first += weight * start;
             last += weight * end;
