@@ -858,10 +858,10 @@ fn in_seconds(segments: Vec<Segment>, duration: f64) -> Vec<Segment> {
         .collect()
 }
 
-/// The best `top_k` segments by score, each overlapping none better than it by
+/// The best `top_k` segments by score, best first, each overlapping none better than it by
 /// [`SUPPRESS_IOU`]. With an edge search (and the spread of the tower's scores it weighs by),
 /// each answer's edges are moved by the tower ([`TowerView::edges`]) and the answers are kept
-/// apart as moved.
+/// apart as moved; where moved answers come together, the next one as found fills the place.
 fn best_apart(
     mut ranked: Vec<Segment>,
     top_k: usize,
@@ -871,7 +871,10 @@ fn best_apart(
     match edges {
         Some((search, spread)) => {
             let moved: Vec<Segment> = ranked.iter().map(|s| search.moved(*s, &spread)).collect();
-            apart(moved.into_iter().chain(ranked), top_k)
+            // Those filling in as found may score above the last moved ones.
+            let mut answers = apart(moved.into_iter().chain(ranked), top_k);
+            answers.sort_by(|a, b| b.score.total_cmp(&a.score));
+            answers
         }
         None => apart(ranked, top_k),
     }
@@ -1225,6 +1228,7 @@ mod tests {
         // Moved, the first is the action, steps 7..13; the second reaches back to step 7 but
         // its end no further than step 15, and counts as one with the first. The second as
         // found, apart from the moved first, takes its place.
+        let ranked_pair = [ranked[0], ranked[1]];
         let moved = best_apart(ranked, 2, Some((search, sharp)));
         assert!(
             (moved[0].start - 0.35).abs() < 1e-9 && (moved[0].end - 0.65).abs() < 1e-9,
@@ -1233,6 +1237,13 @@ mod tests {
         assert_eq!(moved[0].score, 1.0);
         assert_eq!(spans(&moved[1..]), [[0.5, 0.9]]);
         assert_eq!(moved[1].score, 0.9);
+        // A third reading, of the room before the action, is moved and kept; the one filling in
+        // as found still comes before it, by score.
+        let with_room = vec![ranked_pair[0], ranked_pair[1], segment(0.0, 0.15, 0.1)];
+        let answers = best_apart(with_room, 3, Some((search, sharp)));
+        let scores: Vec<f64> = answers.iter().map(|s| s.score).collect();
+        assert_eq!(scores, [1.0, 0.9, 0.1]);
+        assert!(answers[2].end <= 0.3, "{answers:?}");
     }
 
     #[test]

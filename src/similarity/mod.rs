@@ -41,6 +41,7 @@ impl Ssm {
 /// The mean and standard deviation of a set of scores, to read a score as standard deviations
 /// above the set's mean: scores of different sets (words on different spans, candidates of
 /// different scorers) then compare.
+#[derive(Clone, Copy, Debug)]
 pub struct Spread {
     mean: f64,
     deviation: f64,
