@@ -18,7 +18,7 @@ use crate::config::{Config, QueryWords, TrainConfig};
 use crate::ingest::{Features, Video};
 use crate::processor::{analyse, StageTimes};
 use crate::similarity::Spread;
-use crate::span::iou;
+use crate::span::{iou, steps_of};
 use crate::train::{
     members::mean_readings,
     model::Reading,
@@ -285,24 +285,14 @@ impl Grounder {
         let predictions = mean_readings(readings, cell_spans);
         // The tower's scores of every query on the candidates and on every regressed span, in
         // one pass: each span's mean and each query's embedding computed once.
-        let similarity = match self.tower.as_ref().filter(|_| self.weighs_similarity()) {
+        let tower = match self.tower.as_ref().filter(|_| self.weighs_similarity()) {
             Some(grounder) => {
-                let spans: Vec<[f64; 2]> = candidates
-                    .iter()
-                    .copied()
-                    .chain(predictions.iter().map(|r| [r.span.0, r.span.1]))
-                    .collect();
                 let fusion = if names_model_stream(video, &grounder.stream) {
                     Fusion::TOWER_STREAM
                 } else {
                     Fusion::OWN_STREAM
                 };
-                let view = grounder.view(video, &embedded)?;
-                let scores: Vec<Vec<f64>> = embedded
-                    .iter()
-                    .map(|text| view.similarities(text, &spans))
-                    .collect();
-                Some((view, scores, fusion))
+                Some((grounder.view(video, &embedded)?, fusion))
             }
             None => None,
         };
@@ -311,13 +301,13 @@ impl Grounder {
             .zip(predictions)
             .enumerate()
             .map(|(i, (query, reading))| {
-                // This query's scores on the candidates, then on its own regressed span.
-                let own = similarity.as_ref().map(|(view, scores, fusion)| {
-                    let row = &scores[i];
-                    let mut own = row[..candidates.len()].to_vec();
-                    own.push(row[candidates.len() + i]);
+                // The tower's scores of the candidates, then of this query's regressed span.
+                let own = tower.as_ref().map(|(view, fusion)| {
+                    let regressed = [reading.span.0, reading.span.1];
+                    let spans: Vec<[f64; 2]> =
+                        candidates.iter().copied().chain([regressed]).collect();
                     TowerScores {
-                        similarity: own,
+                        similarity: view.similarities(&embedded[i], &spans),
                         weight: self.similarity_weight,
                         fusion: *fusion,
                         edges: Some(EdgeSearch {
@@ -493,19 +483,8 @@ impl TowerView {
     fn similarities(&self, text: &[f32], spans: &[[f64; 2]]) -> Vec<f64> {
         spans
             .iter()
-            .map(|span| self.similarity(text, &[self.steps(*span)]))
+            .map(|span| self.similarity(text, &[steps_of(*span, self.frames)]))
             .collect()
-    }
-
-    /// The steps a normalised span covers, at least one: those its first and last instants
-    /// fall in.
-    fn steps(&self, span: [f64; 2]) -> Range<usize> {
-        let frames = self.frames as f64;
-        let first = ((span[0].clamp(0.0, 1.0) * frames).floor() as usize)
-            .min(self.frames.saturating_sub(1));
-        let last = ((span[1].clamp(0.0, 1.0) * frames).ceil() as usize)
-            .clamp(first + 1, self.frames.max(1));
-        first..last
     }
 
     /// The cosine of `text` with the mean over the steps of `ranges`, less the scene; 0 over no
@@ -801,11 +780,10 @@ impl ModelScore<'_> {
     fn of(&self, span: &[f64; 2]) -> f64 {
         match self {
             ModelScore::Attention(attention) => {
-                let n = attention.len().max(1);
-                let first = ((span[0] * n as f64).floor() as usize).min(n - 1);
-                let last = ((span[1] * n as f64).ceil() as usize).clamp(first + 1, n);
-                let mass: f32 = attention.get(first..last).map_or(0.0, |a| a.iter().sum());
-                f64::from(mass) - (last - first) as f64 / n as f64
+                let steps = steps_of(*span, attention.len());
+                let share = steps.len() as f64 / attention.len().max(1) as f64;
+                let mass: f32 = attention.get(steps).map_or(0.0, |a| a.iter().sum());
+                f64::from(mass) - share
             }
             ModelScore::Map {
                 cells,

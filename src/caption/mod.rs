@@ -16,6 +16,7 @@ use crate::config::{CaptionMode, Config, PairSelection};
 use crate::failure::Reason;
 use crate::ingest::{Features, Video};
 use crate::similarity::dot;
+use crate::span::steps_of;
 use anchored::AnchoredTower;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -392,16 +393,14 @@ pub fn visual_stream<'v>(video: &'v Video, name: &str) -> Result<&'v Features, C
 
 /// The mean feature over the normalised time span `[start, end)`, at least one frame.
 pub fn mean_over(features: &Features, start: f64, end: f64) -> Vec<f32> {
-    let frames = features.frames;
-    let first = ((start.clamp(0.0, 1.0) * frames as f64).floor() as usize).min(frames - 1);
-    let last = ((end.clamp(0.0, 1.0) * frames as f64).ceil() as usize).clamp(first + 1, frames);
+    let steps = steps_of([start, end], features.frames);
+    let count = steps.len() as f32;
     let mut mean = vec![0f32; features.dim];
-    for t in first..last {
+    for t in steps {
         for (m, v) in mean.iter_mut().zip(features.row(t)) {
             *m += v;
         }
     }
-    let count = (last - first) as f32;
     mean.iter_mut().for_each(|m| *m /= count);
     mean
 }

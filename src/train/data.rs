@@ -12,6 +12,7 @@ use crate::ingest::{read_video, Durations, Features, Video, VideoRef};
 use crate::rng::{hash_str, Rng};
 use crate::sample::sample;
 use crate::similarity::{dot, to_unit_length};
+use crate::span::steps_of;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -278,9 +279,8 @@ impl Batch {
             }
             mask[i * length..i * length + words[i].len()].fill(1.0);
             targets.extend([pair.start as f32, pair.end as f32]);
-            let first = ((pair.start * n as f64).floor() as usize).min(n - 1);
-            let last = ((pair.end * n as f64).ceil() as usize).clamp(first + 1, n);
-            inside[i * n + first..i * n + last].fill(1.0);
+            let steps = steps_of([pair.start, pair.end], n);
+            inside[i * n + steps.start..i * n + steps.end].fill(1.0);
         }
         let similarity = match config.similarity_input {
             true => Some(step_similarity(pairs, videos, queries, n)?),
