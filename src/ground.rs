@@ -421,7 +421,7 @@ impl SimilarityGrounder {
                 text: text.len(),
             });
         }
-        Ok(TowerView::of(stream, self.remove_scene))
+        Ok(TowerView::of(stream, self.remove_scene, video.duration))
     }
 }
 
@@ -435,8 +435,11 @@ pub enum Edges {
     ByTower,
 }
 
-/// How many steps the tower may move each edge of an answer ([`TowerView::edges`]).
-const EDGE_REACH: usize = 3;
+/// How far the tower may move each edge of an answer, in seconds ([`TowerView::edges`]): three
+/// steps of the development worlds' one feature per second, and the best reach measured at two
+/// features per second as well (six steps) and at one every two seconds (two steps; README,
+/// "Edges by the tower").
+const EDGE_REACH_SECONDS: f64 = 3.0;
 
 /// The flanks an answer is held against reach this share of its length beyond each end.
 const FLANK_SHARE: f64 = 0.5;
@@ -458,10 +461,14 @@ struct TowerView {
     dim: usize,
     /// The video's [`shared_scene`], taken from every span's mean (`caption.remove_scene`).
     scene: Option<Vec<f32>>,
+    /// How many steps an answer's edge may move: [`EDGE_REACH_SECONDS`] of this video, at
+    /// least one step.
+    reach: usize,
 }
 
 impl TowerView {
-    fn of(stream: &Features, remove_scene: bool) -> TowerView {
+    /// `stream`, of a video `duration` seconds long.
+    fn of(stream: &Features, remove_scene: bool, duration: f64) -> TowerView {
         let dim = stream.dim;
         let mut sums = vec![0.0; (stream.frames + 1) * dim];
         for t in 0..stream.frames {
@@ -471,11 +478,19 @@ impl TowerView {
                 *sum = prior + f64::from(*value);
             }
         }
+        // A duration that is no length leaves the reach at one step, not at every step.
+        let steps_per_second = match duration.is_finite() && duration > 0.0 {
+            true => stream.frames as f64 / duration,
+            false => 0.0,
+        };
+        let reach = ((EDGE_REACH_SECONDS * steps_per_second).round() as usize)
+            .clamp(1, stream.frames.max(1));
         TowerView {
             sums,
             frames: stream.frames,
             dim,
             scene: remove_scene.then(|| shared_scene(stream)),
+            reach,
         }
     }
 
@@ -520,7 +535,7 @@ impl TowerView {
     }
 
     /// `span`'s edges where the tower sees `text` begin and end: every span whose edges lie
-    /// within [`EDGE_REACH`] steps of its own is scored by [`TowerView::contrast`], and their
+    /// within [`EDGE_REACH_SECONDS`] of its own is scored by [`TowerView::contrast`], and their
     /// edges vote, each weighted by `exp(-(how far its contrast is behind the best) /
     /// EDGE_TEMPERATURE)` in the tower's standard deviations (`spread`, over the candidates it
     /// ranked). An answer's edges are where a change in the video was found, or where the
@@ -535,9 +550,9 @@ impl TowerView {
         let end =
             ((span[1].clamp(0.0, 1.0) * frames).round() as usize).clamp(start + 1, self.frames);
         let mut readings = Vec::new();
-        for first in start.saturating_sub(EDGE_REACH)..=(start + EDGE_REACH).min(self.frames - 1) {
-            let ends =
-                end.saturating_sub(EDGE_REACH).max(first + 1)..=(end + EDGE_REACH).min(self.frames);
+        let reach = self.reach;
+        for first in start.saturating_sub(reach)..=(start + reach).min(self.frames - 1) {
+            let ends = end.saturating_sub(reach).max(first + 1)..=(end + reach).min(self.frames);
             for last in ends {
                 let contrast = self.contrast(text, first..last);
                 if contrast.is_finite() {
@@ -952,8 +967,8 @@ mod tests {
         };
         let query = [0.0, 0.0, 1.0];
         let halves = [[0.0, 0.5], [0.5, 1.0]];
-        let plain = TowerView::of(&stream, false).similarities(&query, &halves);
-        let removed = TowerView::of(&stream, true).similarities(&query, &halves);
+        let plain = TowerView::of(&stream, false, 8.0).similarities(&query, &halves);
+        let removed = TowerView::of(&stream, true, 8.0).similarities(&query, &halves);
         assert!((plain[1] - plain[0] - 0.196).abs() < 1e-3, "{plain:?}");
         assert!(
             (removed[1] - removed[0] - 0.796).abs() < 1e-3,
@@ -1123,7 +1138,7 @@ mod tests {
         let stream = room_with_action(5..9);
         let query = [0.3f32, 0.5, 0.2, 0.4];
         for remove_scene in [false, true] {
-            let view = TowerView::of(&stream, remove_scene);
+            let view = TowerView::of(&stream, remove_scene, 20.0);
             let scene = remove_scene.then(|| shared_scene(&stream));
             for span in [[0.0, 1.0], [0.25, 0.45], [0.33, 0.61], [0.95, 1.0]] {
                 let mut mean = crate::caption::mean_over(&stream, span[0], span[1]);
@@ -1140,14 +1155,14 @@ mod tests {
             }
         }
         // Over no steps, nothing is seen.
-        let view = TowerView::of(&stream, true);
+        let view = TowerView::of(&stream, true, 20.0);
         let no_steps = 3..3;
         assert_eq!(view.similarity(&query, &[no_steps]), 0.0);
     }
 
     #[test]
     fn the_tower_moves_an_answers_edges_onto_where_it_sees_the_query() {
-        let view = TowerView::of(&room_with_action(7..13), true);
+        let view = TowerView::of(&room_with_action(7..13), true, 20.0);
         let query = [0.0f32, 1.0, 0.0, 0.0];
         // The candidates' scores so close that any reading behind the best is far behind.
         let sharp = Spread::of([0.0, 1e-4].into_iter());
@@ -1162,13 +1177,10 @@ mod tests {
                 "{moved:?}"
             );
         }
-        // Each edge moves at most EDGE_REACH steps: from steps 0..4 the action's start is out of
-        // reach.
+        // Each edge moves at most three seconds, three steps here: from steps 0..4 the action's
+        // start is out of reach.
         let [first, last] = steps(view.edges(&query, [0.0, 0.2], &sharp));
-        assert!(
-            first <= 3.0 && last <= 4.0 + EDGE_REACH as f64,
-            "{first} {last}"
-        );
+        assert!(first <= 3.0 && last <= 7.0, "{first} {last}");
         // Where the candidates' scores are all alike, the best reading alone counts too.
         let flat = Spread::of([0.5, 0.5].into_iter());
         let [first, last] = steps(view.edges(&query, [0.25, 0.75], &flat));
@@ -1184,8 +1196,32 @@ mod tests {
     }
 
     #[test]
+    fn an_edge_reaches_three_seconds_of_the_video_whatever_its_feature_rate() {
+        let stream = room_with_action(7..13);
+        let query = [0.0f32, 1.0, 0.0, 0.0];
+        let sharp = Spread::of([0.0, 1e-4].into_iter());
+        // Steps 4..16, three steps too wide at either end.
+        let answer = [0.2, 0.8];
+        let reach = |duration: f64| TowerView::of(&stream, true, duration).reach;
+        // One step a second: three steps, and the action is found.
+        assert_eq!(reach(20.0), 3);
+        let [first, last] = TowerView::of(&stream, true, 20.0).edges(&query, answer, &sharp);
+        assert!((first * 20.0 - 7.0).abs() < 1e-9 && (last * 20.0 - 13.0).abs() < 1e-9);
+        // One step every two seconds: two steps (1.5, rounded), and the action is out of reach.
+        assert_eq!(reach(40.0), 2);
+        let [first, last] = TowerView::of(&stream, true, 40.0).edges(&query, answer, &sharp);
+        assert!(first * 20.0 <= 6.0 && last * 20.0 >= 14.0, "{first} {last}");
+        // Two steps a second: six; never more than the video, never less than a step.
+        assert_eq!(reach(10.0), 6);
+        assert_eq!(reach(1.0), 20);
+        for no_length in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(reach(no_length), 1);
+        }
+    }
+
+    #[test]
     fn answers_that_the_tower_moves_together_count_as_one_and_the_next_as_found_fills_in() {
-        let view = TowerView::of(&room_with_action(7..13), true);
+        let view = TowerView::of(&room_with_action(7..13), true, 20.0);
         let query = [0.0f32, 1.0, 0.0, 0.0];
         let search = EdgeSearch {
             view: &view,
