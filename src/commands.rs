@@ -199,7 +199,9 @@ pub(crate) fn ground(
         None => {
             let grounder = ground::SimilarityGrounder::load(config)?;
             let candidates = ground::SimilarityGrounder::candidates(&loaded, config);
-            grounder.ground(&loaded, &texts, &candidates, top_k, ground::Edges::ByTower)?
+            let embedded = grounder.embed(&texts)?;
+            let edges = ground::Edges::ByTower;
+            grounder.ground(&loaded, &texts, &embedded, &candidates, top_k, edges)?
         }
     };
     let out = serde_json::json!({

@@ -504,27 +504,31 @@ pub fn grounding_report(
                     .map(|a| a.segments.iter().map(|s| [s.start, s.end]).collect())
                     .collect()
             };
+            let texts = match &similarity {
+                Some(similarity) => similarity.embed(&queries)?,
+                None => Vec::new(),
+            };
             let mut lists: Vec<Vec<Vec<[f64; 2]>>> = Vec::new();
             match (model, &similarity) {
                 (Some(model), _) => {
                     lists.push(spans(model.ground(&video, &queries, &proposals, top_k)?))
                 }
-                (None, Some(similarity)) => {
-                    let candidates = SimilarityGrounder::candidates(&video, config);
-                    lists.push(spans(similarity.ground(
-                        &video,
-                        &queries,
-                        &candidates,
-                        top_k,
-                        Edges::ByTower,
-                    )?));
-                }
+                // The grounder's candidates are the video's proposals, found above.
+                (None, Some(similarity)) => lists.push(spans(similarity.ground(
+                    &video,
+                    &queries,
+                    &texts,
+                    &proposals,
+                    top_k,
+                    Edges::ByTower,
+                )?)),
                 (None, None) => unreachable!("loaded when there is no model"),
             }
             if let (true, Some(similarity)) = (baselines, &similarity) {
                 lists.push(spans(similarity.ground(
                     &video,
                     &queries,
+                    &texts,
                     &proposals,
                     top_k,
                     Edges::AsFound,
@@ -533,6 +537,7 @@ pub fn grounding_report(
                 lists.push(spans(similarity.ground(
                     &video,
                     &queries,
+                    &texts,
                     &windows,
                     top_k,
                     Edges::AsFound,

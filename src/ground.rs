@@ -283,8 +283,7 @@ impl Grounder {
         }
         let cell_spans = self.members[0].network.model.cell_spans();
         let predictions = mean_readings(readings, cell_spans);
-        // The tower's scores of every query on the candidates and on every regressed span, in
-        // one pass: each span's mean and each query's embedding computed once.
+        // The video as the tower reads it, once for all the queries.
         let tower = match self.tower.as_ref().filter(|_| self.weighs_similarity()) {
             Some(grounder) => {
                 let fusion = if names_model_stream(video, &grounder.stream) {
@@ -371,24 +370,31 @@ impl SimilarityGrounder {
         proposal_spans(video, config)
     }
 
-    /// Top-`top_k` of `candidates` (normalised) for each query, by cosine similarity, any
-    /// overlapping a better one by [`SUPPRESS_IOU`] dropped. With [`Edges::ByTower`], where
-    /// the tower reads the stream the candidates were found on, each answer's edges are then
-    /// moved to where the tower sees the query begin and end ([`TowerView::edges`]).
+    /// The tower's embedding of each query, what [`SimilarityGrounder::ground`] reads them by:
+    /// computed once, however many candidate sets they are grounded among.
+    pub fn embed(&self, queries: &[&str]) -> Result<Vec<Vec<f32>>, CaptionError> {
+        self.tower.embed(queries)
+    }
+
+    /// Top-`top_k` of `candidates` (normalised) for each query (`texts`, its
+    /// [`SimilarityGrounder::embed`]), by cosine similarity, any overlapping a better one by
+    /// [`SUPPRESS_IOU`] dropped. With [`Edges::ByTower`], where the tower reads the stream the
+    /// candidates were found on, each answer's edges are then moved to where the tower sees
+    /// the query begin and end ([`TowerView::edges`]).
     pub fn ground(
         &self,
         video: &Video,
         queries: &[&str],
+        texts: &[Vec<f32>],
         candidates: &[[f64; 2]],
         top_k: usize,
         edges: Edges,
     ) -> Result<Vec<Answer>, CaptionError> {
-        let texts = self.tower.embed(queries)?;
-        let view = self.view(video, &texts)?;
+        let view = self.view(video, texts)?;
         let move_edges = edges == Edges::ByTower && names_model_stream(video, &self.stream);
         Ok(queries
             .iter()
-            .zip(&texts)
+            .zip(texts)
             .map(|(query, text)| {
                 let scores = view.similarities(text, candidates);
                 let search = move_edges.then(|| {
@@ -863,9 +869,10 @@ fn best_apart(
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
     match edges {
         Some((search, spread)) => {
-            let moved: Vec<Segment> = ranked.iter().map(|s| search.moved(*s, &spread)).collect();
+            // Moved only as far down the ranking as the answers reach.
+            let moved = ranked.iter().map(|s| search.moved(*s, &spread));
             // Those filling in as found may score above the last moved ones.
-            let mut answers = apart(moved.into_iter().chain(ranked), top_k);
+            let mut answers = apart(moved.chain(ranked.iter().copied()), top_k);
             answers.sort_by(|a, b| b.score.total_cmp(&a.score));
             answers
         }
@@ -1242,8 +1249,7 @@ mod tests {
         // Moved, the first is the action, steps 7..13; the second reaches back to step 7 but
         // its end no further than step 15, and counts as one with the first. The second as
         // found, apart from the moved first, takes its place.
-        let ranked_pair = [ranked[0], ranked[1]];
-        let moved = best_apart(ranked, 2, Some((search, sharp)));
+        let moved = best_apart(ranked.clone(), 2, Some((search, sharp)));
         assert!(
             (moved[0].start - 0.35).abs() < 1e-9 && (moved[0].end - 0.65).abs() < 1e-9,
             "{moved:?}"
@@ -1253,7 +1259,7 @@ mod tests {
         assert_eq!(moved[1].score, 0.9);
         // A third reading, of the room before the action, is moved and kept; the one filling in
         // as found still comes before it, by score.
-        let with_room = vec![ranked_pair[0], ranked_pair[1], segment(0.0, 0.15, 0.1)];
+        let with_room = [ranked, vec![segment(0.0, 0.15, 0.1)]].concat();
         let answers = best_apart(with_room, 3, Some((search, sharp)));
         let scores: Vec<f64> = answers.iter().map(|s| s.score).collect();
         assert_eq!(scores, [1.0, 0.9, 0.1]);
