@@ -1194,12 +1194,15 @@ mod tests {
         assert_eq!(lead_of(&[1.0]), None);
     }
 
-    /// Twenty steps of one room (axis 0) with a faint flicker (axis 3); steps `event` also
-    /// show the query's action (axis 1).
-    fn room_with_action(event: Range<usize>) -> Features {
+    /// Twenty steps of one room (axis 0) with a faint flicker (axis 3); the steps of each of
+    /// `actions` also show the query's action (axis 1) at its strength.
+    fn room_with_actions(actions: &[(Range<usize>, f32)]) -> Features {
         let data = (0..20)
             .flat_map(|t| {
-                let action = if event.contains(&t) { 1.0 } else { 0.0 };
+                let action = actions
+                    .iter()
+                    .find(|(steps, _)| steps.contains(&t))
+                    .map_or(0.0, |(_, strength)| *strength);
                 let flicker = if t % 2 == 0 { 0.1 } else { -0.1 };
                 [1.0, action, 0.0, flicker]
             })
@@ -1213,7 +1216,7 @@ mod tests {
 
     #[test]
     fn the_towers_running_sums_give_each_spans_mean_less_the_scene() {
-        let stream = room_with_action(5..9);
+        let stream = room_with_actions(&[(5..9, 1.0)]);
         let query = [0.3f32, 0.5, 0.2, 0.4];
         for remove_scene in [false, true] {
             let view = TowerView::of(&stream, remove_scene, 20.0);
@@ -1240,7 +1243,7 @@ mod tests {
 
     #[test]
     fn the_tower_moves_an_answers_edges_onto_where_it_sees_the_query() {
-        let view = TowerView::of(&room_with_action(7..13), true, 20.0);
+        let view = TowerView::of(&room_with_actions(&[(7..13, 1.0)]), true, 20.0);
         let query = [0.0f32, 1.0, 0.0, 0.0];
         // The candidates' scores so close that any reading behind the best is far behind.
         let sharp = Spread::of([0.0, 1e-4].into_iter());
@@ -1275,7 +1278,7 @@ mod tests {
 
     #[test]
     fn an_edge_reaches_three_seconds_of_the_video_whatever_its_feature_rate() {
-        let stream = room_with_action(7..13);
+        let stream = room_with_actions(&[(7..13, 1.0)]);
         let query = [0.0f32, 1.0, 0.0, 0.0];
         let sharp = Spread::of([0.0, 1e-4].into_iter());
         // Steps 4..16, three steps too wide at either end.
@@ -1299,7 +1302,7 @@ mod tests {
 
     #[test]
     fn answers_that_the_tower_moves_together_count_as_one_and_the_next_as_found_fills_in() {
-        let view = TowerView::of(&room_with_action(7..13), true, 20.0);
+        let view = TowerView::of(&room_with_actions(&[(7..13, 1.0)]), true, 20.0);
         let query = [0.0f32, 1.0, 0.0, 0.0];
         // Scores the tower's similarity plays no part in: none is ranked again as moved.
         let search = EdgeSearch {
@@ -1340,30 +1343,13 @@ mod tests {
         assert_eq!(scores, [1.0, 0.1, 0.1]);
     }
 
-    /// Twenty steps of one room (axis 0) with a faint flicker (axis 3): a strong action (axis
-    /// 1) on steps 2..5 and a weaker one on steps 11..17.
-    fn strong_and_weak_actions() -> Features {
-        let data = (0..20)
-            .flat_map(|t| {
-                let action = match t {
-                    2..5 => 1.5,
-                    11..17 => 1.0,
-                    _ => 0.0,
-                };
-                let flicker = if t % 2 == 0 { 0.1 } else { -0.1 };
-                [1.0, action, 0.0, flicker]
-            })
-            .collect();
-        Features {
-            frames: 20,
-            dim: 4,
-            data,
-        }
-    }
-
     #[test]
     fn answers_close_to_the_best_are_ranked_again_as_moved_and_the_rest_as_found() {
-        let view = TowerView::of(&strong_and_weak_actions(), true, 20.0);
+        let view = TowerView::of(
+            &room_with_actions(&[(2..5, 1.5), (11..17, 1.0)]),
+            true,
+            20.0,
+        );
         let query = [0.0f32, 1.0, 0.0, 0.0];
         // As found, the strong action is under half of its span (steps 0..8) and the weak one
         // most of its own (steps 10..19); the third span is the room alone (steps 7..10).
@@ -1417,7 +1403,11 @@ mod tests {
 
     #[test]
     fn the_towers_favourite_as_found_gives_way_to_a_close_answer_it_sees_better_once_moved() {
-        let view = TowerView::of(&strong_and_weak_actions(), true, 20.0);
+        let view = TowerView::of(
+            &room_with_actions(&[(2..5, 1.5), (11..17, 1.0)]),
+            true,
+            20.0,
+        );
         let query = [0.0f32, 1.0, 0.0, 0.0];
         // As found, the strong action is under half of the first span (steps 0..8) and the
         // weak one more than half of the second (steps 10..20), the tower's favourite by an
