@@ -1343,13 +1343,19 @@ mod tests {
         assert_eq!(scores, [1.0, 0.1, 0.1]);
     }
 
-    #[test]
-    fn answers_close_to_the_best_are_ranked_again_as_moved_and_the_rest_as_found() {
-        let view = TowerView::of(
+    /// The tower's view of a room with a strong action on steps 2..5 and a weaker one on steps
+    /// 11..17, the scene taken out.
+    fn strong_and_weak_actions() -> TowerView {
+        TowerView::of(
             &room_with_actions(&[(2..5, 1.5), (11..17, 1.0)]),
             true,
             20.0,
-        );
+        )
+    }
+
+    #[test]
+    fn answers_close_to_the_best_are_ranked_again_as_moved_and_the_rest_as_found() {
+        let view = strong_and_weak_actions();
         let query = [0.0f32, 1.0, 0.0, 0.0];
         // As found, the strong action is under half of its span (steps 0..8) and the weak one
         // most of its own (steps 10..19); the third span is the room alone (steps 7..10).
@@ -1403,11 +1409,7 @@ mod tests {
 
     #[test]
     fn the_towers_favourite_as_found_gives_way_to_a_close_answer_it_sees_better_once_moved() {
-        let view = TowerView::of(
-            &room_with_actions(&[(2..5, 1.5), (11..17, 1.0)]),
-            true,
-            20.0,
-        );
+        let view = strong_and_weak_actions();
         let query = [0.0f32, 1.0, 0.0, 0.0];
         // As found, the strong action is under half of the first span (steps 0..8) and the
         // weak one more than half of the second (steps 10..20), the tower's favourite by an
