@@ -620,7 +620,7 @@ struct EdgeSearch<'a> {
     /// [`REGRESSED_HANDICAP`] is in, and not the tower's deviation as the fused score holds it
     /// (`train.similarity_weight`, 0.8 by default). With the model's part at zero the tower's
     /// unit reproduces the training-free grounder, but with it the tower's unit lost 1.2 points
-    /// of R@1 at IoU .7 on average over nine development worlds, and 1.25 fused units lost 1.4
+    /// of R@1 at IoU .7 on average over nine development worlds, and 1.25 fused units lost 1.3
     /// (README, "Where the clean worlds' gap lies").
     deviation_in_score: f64,
 }
