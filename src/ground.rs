@@ -467,8 +467,9 @@ const FLANK_WEIGHT: f64 = 0.5;
 const EDGE_TEMPERATURE: f64 = 0.1;
 
 /// The answers whose scores lie within this many of the tower's standard deviations of the
-/// best are ranked again once moved, each gaining what the tower sees of the query in its moved
-/// span beyond its found one, in the same deviations. Which of a few close candidates is the
+/// best (in a fused ranking, units of its score: [`EdgeSearch::deviation_in_score`]) are ranked
+/// again once moved, each gaining what the tower sees of the query in its moved span beyond its
+/// found one, in the same units. Which of a few close candidates is the
 /// event shows better once each spans just the steps the tower sees the query in; further
 /// down, a candidate's gain from moving is mostly the search finding noise that looks like the
 /// query (README, "Close answers ranked as moved": the training-free grounder's R@1 at IoU
