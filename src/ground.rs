@@ -313,7 +313,7 @@ impl Grounder {
                         edges: Some(EdgeSearch {
                             view,
                             text: &embedded[i],
-                            deviation_in_score: 1.0,
+                            deviation_in_score: FUSED_SCORE_UNIT,
                         }),
                     }
                 });
@@ -467,12 +467,11 @@ const FLANK_WEIGHT: f64 = 0.5;
 const EDGE_TEMPERATURE: f64 = 0.1;
 
 /// The answers whose scores lie within this many of the tower's standard deviations of the
-/// best (in a fused ranking, units of its score: [`EdgeSearch::deviation_in_score`]) are ranked
-/// again once moved, each gaining what the tower sees of the query in its moved span beyond its
-/// found one, in the same units. Which of a few close candidates is the
-/// event shows better once each spans just the steps the tower sees the query in; further
-/// down, a candidate's gain from moving is mostly the search finding noise that looks like the
-/// query (README, "Close answers ranked as moved": the training-free grounder's R@1 at IoU
+/// best (in a fused ranking, [`FUSED_SCORE_UNIT`]s) are ranked again once moved, each gaining
+/// what the tower sees of the query in its moved span beyond its found one, in the same units.
+/// Which of a few close candidates is the event shows better once each spans just the steps
+/// the tower sees the query in; further down, a candidate's gain from moving is mostly the
+/// search finding noise that looks like the query (README, "Close answers ranked as moved": the training-free grounder's R@1 at IoU
 /// .5 and .7 rose by 2.2 and 3.9 points on average over sixteen development worlds; ranking
 /// every candidate again lost the weak-tower world 1.3 at IoU .5).
 const CONTENDER_DEVIATIONS: f64 = 1.0;
@@ -617,12 +616,7 @@ struct EdgeSearch<'a> {
     /// What a gain of one of the tower's standard deviations over the candidates counts for in
     /// the ranking's score, and the unit of the gap within which answers are ranked again as
     /// moved ([`CONTENDER_DEVIATIONS`]): the deviation itself where the tower's similarity is
-    /// the score. Where the score is fused, it is one unit of that score, the one
-    /// [`REGRESSED_HANDICAP`] is in, and not the tower's deviation as the fused score holds it
-    /// (`train.similarity_weight`, 0.8 by default). With the model's part at zero the tower's
-    /// unit reproduces the training-free grounder, but with it the tower's unit lost 1.2 points
-    /// of R@1 at IoU .7 on average over nine development worlds, and 1.25 fused units lost 1.3
-    /// (README, "Where the clean worlds' gap lies").
+    /// the score, [`FUSED_SCORE_UNIT`] where the score is fused.
     deviation_in_score: f64,
 }
 
@@ -896,6 +890,15 @@ const ATTENTION_SCALE: f64 = 4.0;
 /// weight 0.7, 0.25 gained in every development world but the synthetic one (0.3 to 0.9 points
 /// lower); 0.1 to 0.6 were measured.
 const REGRESSED_HANDICAP: f64 = 0.25;
+
+/// What a gain of one of the tower's standard deviations counts for where the score is fused
+/// ([`EdgeSearch::deviation_in_score`]): one unit of that score, the one [`REGRESSED_HANDICAP`]
+/// is in, and not the tower's deviation as the fused score holds it (`train.similarity_weight`,
+/// 0.8 by default). With the model's part at zero the tower's unit reproduces the training-free
+/// grounder, but with it the tower's unit lost 1.2 points of R@1 at IoU .7 on average over
+/// nine development worlds, and 1.25 fused units lost 1.3 (README, "Where the clean worlds'
+/// gap lies").
+const FUSED_SCORE_UNIT: f64 = 1.0;
 
 /// `values` less their mean, over their standard deviation (0 when they are all alike).
 fn standardised(values: &[f64]) -> Vec<f64> {
@@ -1433,7 +1436,7 @@ mod tests {
                 edges: Some(EdgeSearch {
                     view: &view,
                     text: &query,
-                    deviation_in_score: 1.0,
+                    deviation_in_score: FUSED_SCORE_UNIT,
                 }),
             };
             let answers = rank(
