@@ -1358,79 +1358,83 @@ mod tests {
         }
     }
 
-    #[test]
-    fn answers_that_the_tower_moves_together_count_as_one_and_the_next_as_found_fills_in() {
+    /// Runs `check` with an edge search for a query shown on steps 7..13 of a 20-step room,
+    /// in scores the tower's similarity plays no part in (none is ranked again as moved), and
+    /// a spread sharp enough that the best edges alone count.
+    fn on_one_action(check: impl FnOnce(EdgeSearch, Spread)) {
         let view = TowerView::of(&room_with_actions(&[(7..13, 1.0)]), true, 20.0);
         let query = [0.0f32, 1.0, 0.0, 0.0];
-        // Scores the tower's similarity plays no part in: none is ranked again as moved.
         let search = EdgeSearch {
             view: &view,
             text: &query,
             deviation_in_score: 0.0,
         };
-        let sharp = Spread::of([0.0, 1e-4].into_iter());
-        let segment = |start, end, score| Segment { start, end, score };
-        // Two readings of the action, apart as found (they overlap by 0.17): steps 6..12 and
-        // 10..18.
-        let ranked = vec![segment(0.3, 0.6, 1.0), segment(0.5, 0.9, 0.9)];
-        let spans = |segments: &[Segment]| -> Vec<[f64; 2]> {
-            segments.iter().map(|s| [s.start, s.end]).collect()
-        };
-        assert_eq!(
-            spans(&best_apart(ranked.clone(), 2, None, None)),
-            [[0.3, 0.6], [0.5, 0.9]]
-        );
-        // Moved, the first is the action, steps 7..13; the second reaches back to step 7 but
-        // its end no further than step 15, and counts as one with the first. The second as
-        // found, apart from the moved first, takes its place.
-        let moved = best_apart(ranked.clone(), 2, Some((search, sharp)), None);
-        assert!(
-            (moved[0].start - 0.35).abs() < 1e-9 && (moved[0].end - 0.65).abs() < 1e-9,
-            "{moved:?}"
-        );
-        assert_eq!(moved[0].score, 1.0);
-        assert_eq!(spans(&moved[1..]), [[0.5, 0.9]]);
-        assert_eq!(moved[1].score, 0.9);
-        // A third reading, of the room before the action, is moved and kept before the one
-        // filling in as found, which then scores no higher than it.
-        let with_room = [ranked, vec![segment(0.0, 0.15, 0.1)]].concat();
-        let answers = best_apart(with_room, 3, Some((search, sharp)), None);
-        assert!(answers[1].end <= 0.3, "{answers:?}");
-        assert_eq!(spans(&answers[2..]), [[0.5, 0.9]]);
-        let scores: Vec<f64> = answers.iter().map(|s| s.score).collect();
-        assert_eq!(scores, [1.0, 0.1, 0.1]);
+        check(search, Spread::of([0.0, 1e-4].into_iter()));
+    }
+
+    fn segment(start: f64, end: f64, score: f64) -> Segment {
+        Segment { start, end, score }
+    }
+
+    #[test]
+    fn answers_that_the_tower_moves_together_count_as_one_and_the_next_as_found_fills_in() {
+        on_one_action(|search, sharp| {
+            // Two readings of the action, apart as found (they overlap by 0.17): steps 6..12 and
+            // 10..18.
+            let ranked = vec![segment(0.3, 0.6, 1.0), segment(0.5, 0.9, 0.9)];
+            let spans = |segments: &[Segment]| -> Vec<[f64; 2]> {
+                segments.iter().map(|s| [s.start, s.end]).collect()
+            };
+            assert_eq!(
+                spans(&best_apart(ranked.clone(), 2, None, None)),
+                [[0.3, 0.6], [0.5, 0.9]]
+            );
+            // Moved, the first is the action, steps 7..13; the second reaches back to step 7 but
+            // its end no further than step 15, and counts as one with the first. The second as
+            // found, apart from the moved first, takes its place.
+            let moved = best_apart(ranked.clone(), 2, Some((search, sharp)), None);
+            assert!(
+                (moved[0].start - 0.35).abs() < 1e-9 && (moved[0].end - 0.65).abs() < 1e-9,
+                "{moved:?}"
+            );
+            assert_eq!(moved[0].score, 1.0);
+            assert_eq!(spans(&moved[1..]), [[0.5, 0.9]]);
+            assert_eq!(moved[1].score, 0.9);
+            // A third reading, of the room before the action, is moved and kept before the one
+            // filling in as found, which then scores no higher than it.
+            let with_room = [ranked, vec![segment(0.0, 0.15, 0.1)]].concat();
+            let answers = best_apart(with_room, 3, Some((search, sharp)), None);
+            assert!(answers[1].end <= 0.3, "{answers:?}");
+            assert_eq!(spans(&answers[2..]), [[0.5, 0.9]]);
+            let scores: Vec<f64> = answers.iter().map(|s| s.score).collect();
+            assert_eq!(scores, [1.0, 0.1, 0.1]);
+        });
     }
 
     #[test]
     fn the_first_answer_ends_halfway_to_another_reading_of_its_event_and_no_other() {
-        let view = TowerView::of(&room_with_actions(&[(7..13, 1.0)]), true, 20.0);
-        let query = [0.0f32, 1.0, 0.0, 0.0];
-        let search = EdgeSearch {
-            view: &view,
-            text: &query,
-            deviation_in_score: 0.0,
-        };
-        let sharp = Spread::of([0.0, 1e-4].into_iter());
-        let segment = |start, end, score| Segment { start, end, score };
-        // The first moves onto the action, steps 7..13; the second reads the room after it.
-        let ranked = vec![segment(0.3, 0.6, 1.0), segment(0.7, 1.0, 0.5)];
-        let first = |halfway_to| best_apart(ranked.clone(), 2, Some((search, sharp)), halfway_to);
-        assert_eq!(first(None)[0].span(), [0.35, 0.65]);
-        // Another reading that starts two steps earlier counts as one with it (IoU 0.75).
-        let met = first(Some([0.25, 0.65]));
-        assert!(
-            (met[0].start - 0.3).abs() < 1e-9 && (met[0].end - 0.65).abs() < 1e-9,
-            "{met:?}"
-        );
-        assert_eq!(met[0].score, 1.0);
-        // A reading of another event leaves it where the tower put it.
-        assert_eq!(first(Some([0.6, 0.95]))[0].span(), [0.35, 0.65]);
-        for answers in [met, first(Some([0.6, 0.95]))] {
+        on_one_action(|search, sharp| {
+            // The first moves onto the action, steps 7..13; the second reads the room after it.
+            let ranked = vec![segment(0.3, 0.6, 1.0), segment(0.7, 1.0, 0.5)];
+            let first =
+                |halfway_to| best_apart(ranked.clone(), 2, Some((search, sharp)), halfway_to);
+            assert_eq!(first(None)[0].span(), [0.35, 0.65]);
+            // Another reading that starts two steps earlier counts as one with it (IoU 0.75).
+            let met = first(Some([0.25, 0.65]));
             assert!(
-                !count_as_one(answers[0].span(), answers[1].span()),
-                "{answers:?}"
+                (met[0].start - 0.3).abs() < 1e-9 && (met[0].end - 0.65).abs() < 1e-9,
+                "{met:?}"
             );
-        }
+            assert_eq!(met[0].score, 1.0);
+            // A reading of another event leaves it where the tower put it.
+            assert_eq!(first(Some([0.6, 0.95]))[0].span(), [0.35, 0.65]);
+            for answers in [met, first(Some([0.6, 0.95]))] {
+                assert!(
+                    !count_as_one(answers[0].span(), answers[1].span()),
+                    "{answers:?}"
+                );
+            }
+        });
     }
 
     /// The tower's view of a room with a strong action on steps 2..5 and a weaker one on steps
