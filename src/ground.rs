@@ -962,9 +962,10 @@ fn in_seconds(segments: Vec<Segment>, duration: f64) -> Vec<Segment> {
 /// [`SUPPRESS_IOU`]. With an edge search (and the spread of the tower's scores it weighs by),
 /// each answer's edges are moved by the tower ([`TowerView::edges`]), those close to the best
 /// are ranked again as moved ([`CONTENDER_DEVIATIONS`]), and the answers are kept apart as
-/// moved; where moved answers come together, the next one as found fills the place. The first
-/// answer, where it counts as one with `halfway_to` (another reading of its event), ends halfway
-/// between the two, and the rest are kept apart from it so.
+/// moved; where moved answers come together, the next one as found fills the place, and the
+/// first answer, where it counts as one with `halfway_to` (another reading of its event), ends
+/// halfway between the two, the rest kept apart from it so. Without an edge search nothing is
+/// moved, `halfway_to` included.
 fn best_apart(
     mut ranked: Vec<Segment>,
     top_k: usize,
