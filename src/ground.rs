@@ -49,6 +49,14 @@ pub struct Segment {
 }
 
 impl Segment {
+    fn scored(span: [f64; 2], score: f64) -> Segment {
+        Segment {
+            start: span[0],
+            end: span[1],
+            score,
+        }
+    }
+
     fn span(&self) -> [f64; 2] {
         [self.start, self.end]
     }
@@ -451,14 +459,14 @@ const FLANK_WEIGHT: f64 = 0.5;
 /// candidates ([`TowerView::edges`]).
 const EDGE_TEMPERATURE: f64 = 0.1;
 
-/// The answers whose scores lie within this many of the tower's standard deviations of the
-/// best (in a fused ranking, [`FUSED_SCORE_UNIT`]s) are ranked again once moved, each gaining
-/// what the tower sees of the query in its moved span beyond its found one, in the same units.
-/// Which of a few close candidates is the event shows better once each spans just the steps
-/// the tower sees the query in; further down, a candidate's gain from moving is mostly the
-/// search finding noise that looks like the query (README, "Close answers ranked as moved": the training-free grounder's R@1 at IoU
-/// .5 and .7 rose by 2.2 and 3.9 points on average over sixteen development worlds; ranking
-/// every candidate again lost the weak-tower world 1.3 at IoU .5).
+/// The answers whose scores lie within this many of the tower's standard deviations of the best
+/// (in a fused ranking, [`FUSED_SCORE_UNIT`]s) are ranked again once moved, each gaining what
+/// the tower sees of the query in its moved span beyond its found one, in the same units. Which
+/// of a few close candidates is the event shows better once each spans just the steps the tower
+/// sees the query in; further down, a candidate's gain from moving is mostly the search finding
+/// noise that looks like the query (README, "Close answers ranked as moved": the training-free
+/// grounder's R@1 at IoU .5 and .7 rose by 2.2 and 3.9 points on average over sixteen
+/// development worlds; ranking every candidate again lost the weak-tower world 1.3 at IoU .5).
 const CONTENDER_DEVIATIONS: f64 = 1.0;
 
 /// A video's stream as the tower reads it: running sums over its steps, so that the tower's
@@ -657,11 +665,7 @@ fn ranked_by_tower(
     let scored = candidates
         .iter()
         .zip(similarity)
-        .map(|(c, &score)| Segment {
-            start: c[0],
-            end: c[1],
-            score,
-        })
+        .map(|(span, &score)| Segment::scored(*span, score))
         .collect();
     best_apart(scored, top_k, search, None)
 }
@@ -828,11 +832,7 @@ fn rank(
     let ranked = spans
         .iter()
         .zip(scores)
-        .map(|(c, score)| Segment {
-            start: c[0],
-            end: c[1],
-            score,
-        })
+        .map(|(span, score)| Segment::scored(*span, score))
         .collect();
     best_apart(ranked, top_k, edges, grounders_first)
 }
@@ -1373,16 +1373,15 @@ mod tests {
         check(search, Spread::of([0.0, 1e-4].into_iter()));
     }
 
-    fn segment(start: f64, end: f64, score: f64) -> Segment {
-        Segment { start, end, score }
-    }
-
     #[test]
     fn answers_that_the_tower_moves_together_count_as_one_and_the_next_as_found_fills_in() {
         on_one_action(|search, sharp| {
             // Two readings of the action, apart as found (they overlap by 0.17): steps 6..12 and
             // 10..18.
-            let ranked = vec![segment(0.3, 0.6, 1.0), segment(0.5, 0.9, 0.9)];
+            let ranked = vec![
+                Segment::scored([0.3, 0.6], 1.0),
+                Segment::scored([0.5, 0.9], 0.9),
+            ];
             let spans = |segments: &[Segment]| -> Vec<[f64; 2]> {
                 segments.iter().map(|s| [s.start, s.end]).collect()
             };
@@ -1403,7 +1402,7 @@ mod tests {
             assert_eq!(moved[1].score, 0.9);
             // A third reading, of the room before the action, is moved and kept before the one
             // filling in as found, which then scores no higher than it.
-            let with_room = [ranked, vec![segment(0.0, 0.15, 0.1)]].concat();
+            let with_room = [ranked, vec![Segment::scored([0.0, 0.15], 0.1)]].concat();
             let answers = best_apart(with_room, 3, Some((search, sharp)), None);
             assert!(answers[1].end <= 0.3, "{answers:?}");
             assert_eq!(spans(&answers[2..]), [[0.5, 0.9]]);
@@ -1416,7 +1415,10 @@ mod tests {
     fn the_first_answer_ends_halfway_to_another_reading_of_its_event_and_no_other() {
         on_one_action(|search, sharp| {
             // The first moves onto the action, steps 7..13; the second reads the room after it.
-            let ranked = vec![segment(0.3, 0.6, 1.0), segment(0.7, 1.0, 0.5)];
+            let ranked = vec![
+                Segment::scored([0.3, 0.6], 1.0),
+                Segment::scored([0.7, 1.0], 0.5),
+            ];
             let first =
                 |halfway_to| best_apart(ranked.clone(), 2, Some((search, sharp)), halfway_to);
             assert_eq!(first(None)[0].span(), [0.35, 0.65]);
@@ -1467,11 +1469,7 @@ mod tests {
         let ranked: Vec<Segment> = found
             .iter()
             .zip(&similarity)
-            .map(|(span, &score)| Segment {
-                start: span[0],
-                end: span[1],
-                score,
-            })
+            .map(|(span, &score)| Segment::scored(*span, score))
             .collect();
         // The training-free grounder's way: the tower's similarity is the score.
         let search = EdgeSearch {
